@@ -1,0 +1,246 @@
+"""Decoder-only transformer in Flax NNX (Llama / SmolLM2, Qwen2, Qwen3 families).
+
+Attribute names mirror the Hugging Face module tree (``model.layers[i].self_attn.q_proj`` ...) so
+that checkpoint import/export is a mechanical rename plus a transpose of linear kernels.
+
+The model never owns a KV cache. It takes the cache buffers as arguments and returns the updated
+buffers, so the same pure function serves training (no cache), prefill, decode and appending a
+second turn (see `selfrl_jax.sampling`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from selfrl_jax.models.config import ModelConfig
+
+# Finite "minus infinity": a query row whose keys are all masked (a left-pad position) then gets a
+# uniform, finite attention instead of NaN; such rows are never used.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+class KVBuffers(NamedTuple):
+  """Key/value cache storage for all layers, written at a shared slot index."""
+
+  k_LxBxSxKxH: jax.Array
+  v_LxBxSxKxH: jax.Array
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """RoPE inverse frequencies [head_dim/2], with Llama-3 scaling when configured."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq.astype(np.float32)
+  # Llama 3.1 "llama3" rope: long wavelengths are divided by `factor`, short ones kept, and the
+  # band in between interpolated smoothly.
+  low_freq_wavelen = s.original_max_position / s.low_freq_factor
+  high_freq_wavelen = s.original_max_position / s.high_freq_factor
+  wavelen = 2 * np.pi / inv_freq
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotary embedding in the rotate-half layout used by Hugging Face checkpoints."""
+  freqs_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  cos = jnp.cos(freqs_BxTxF)[:, :, None, :]
+  sin = jnp.sin(freqs_BxTxF)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm; statistics in float32 whatever the compute dtype."""
+
+  def __init__(self, dim: int, eps: float, *, dtype, param_dtype):
+    self.eps = eps
+    self.dtype = dtype
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed.astype(self.dtype) * self.weight[...].astype(self.dtype))
+
+
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=_INIT, dtype=jnp.dtype(cfg.compute_dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    h, dm = cfg.head_dim, cfg.d_model
+    self.q_proj = _linear(dm, cfg.n_heads * h, cfg, rngs, bias=cfg.qkv_bias)
+    self.k_proj = _linear(dm, cfg.n_kv_heads * h, cfg, rngs, bias=cfg.qkv_bias)
+    self.v_proj = _linear(dm, cfg.n_kv_heads * h, cfg, rngs, bias=cfg.qkv_bias)
+    self.o_proj = _linear(cfg.n_heads * h, dm, cfg, rngs)
+    if cfg.qk_norm:
+      kw = dict(dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+      self.q_norm = RMSNorm(h, cfg.rms_eps, **kw)
+      self.k_norm = RMSNorm(h, cfg.rms_eps, **kw)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_BxSxKxH=None, write_index=None):
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    q = self.q_proj(x_BxTxD).reshape(b, t, cfg.n_heads, cfg.head_dim)
+    k = self.k_proj(x_BxTxD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    v = self.v_proj(x_BxTxD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = rope_inv_freq(cfg)  # host constant, folded into the compiled program
+    q = apply_rope(q, positions_BxT, inv_freq)
+    k = apply_rope(k, positions_BxT, inv_freq)
+    if kv_BxSxKxH is not None:
+      # Write this chunk into the cache at the shared slot, then attend over the whole buffer.
+      k_cache, v_cache = kv_BxSxKxH
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+      new_kv = (k, v)
+    else:
+      new_kv = None
+    groups = cfg.n_heads // cfg.n_kv_heads
+    q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+    scores = scores * (cfg.head_dim ** -0.5)
+    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(q.dtype))
+    return self.o_proj(out.reshape(b, t, cfg.n_heads * cfg.head_dim)), new_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.gate_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+    self.up_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+    self.down_proj = _linear(cfg.d_ff, cfg.d_model, cfg, rngs)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    kw = dict(dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_eps, **kw)
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_eps, **kw)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions_BxT, mask_BxTxS, kv=None, write_index=None):
+    attn_out, new_kv = self.self_attn(self.input_layernorm(x), positions_BxT, mask_BxTxS, kv, write_index)
+    x = x + attn_out
+    return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+
+
+class Backbone(nnx.Module):
+  """Embedding, blocks and final norm (Hugging Face `model.*`)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_INIT,
+                                  dtype=jnp.dtype(cfg.compute_dtype),
+                                  param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.norm = RMSNorm(cfg.d_model, cfg.rms_eps, dtype=jnp.dtype(cfg.compute_dtype),
+                        param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+class Decoder(nnx.Module):
+  """Causal LM. `__call__` returns final hidden states; `logits` projects them to the vocabulary.
+
+  Keeping the two apart lets losses compute log-probs in vocabulary chunks without ever holding a
+  [B, T, V] logits tensor (see `selfrl_jax.algos.logprobs`).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.model = Backbone(cfg, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+               kv: KVBuffers | None = None, write_index: jax.Array | int | None = None,
+               ) -> tuple[jax.Array, KVBuffers | None]:
+    """Runs the blocks.
+
+    Args:
+      tokens_BxT: input ids.
+      positions_BxT: RoPE position of each token (padding excluded from the count).
+      mask_BxTxS: True where query t may attend key slot s. Without a cache S == T.
+      kv: cache buffers [L, B, S, K, H]; the chunk's keys/values are written at `write_index`.
+      write_index: first cache slot of this chunk (shared by the batch).
+
+    Returns:
+      (hidden_BxTxD, updated KVBuffers or None).
+    """
+    x = self.model.embed_tokens(tokens_BxT)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.model.layers):
+      layer_kv = None if kv is None else (kv.k_LxBxSxKxH[i], kv.v_LxBxSxKxH[i])
+      x, layer_new_kv = layer(x, positions_BxT, mask_BxTxS, layer_kv, write_index)
+      if kv is not None:
+        new_k.append(layer_new_kv[0])
+        new_v.append(layer_new_kv[1])
+    hidden = self.model.norm(x)
+    new_cache = None if kv is None else KVBuffers(jnp.stack(new_k), jnp.stack(new_v))
+    return hidden, new_cache
+
+  def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    """Projects hidden states to float32 vocabulary logits."""
+    if self.cfg.tie_embeddings:
+      out = self.model.embed_tokens.attend(hidden_BxTxD)
+    else:
+      out = self.lm_head(hidden_BxTxD)
+    return out.astype(jnp.float32)
+
+  def output_embedding(self) -> jax.Array:
+    """The [D, V] matrix `logits` multiplies by (for chunked log-prob computation)."""
+    if self.cfg.tie_embeddings:
+      return self.model.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+
+def positions_and_mask(valid_BxS: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """RoPE positions and causal mask for a full (uncached) sequence with padding holes.
+
+  Padding (valid == False) may sit anywhere — left padding of prompts, or unused response slots
+  between turns. Positions count only valid tokens, so a sequence with holes gets exactly the
+  positions it would have if the holes were removed; this matches what the KV-cache sampler sees.
+  """
+  positions_BxS = jnp.maximum(jnp.cumsum(valid_BxS.astype(jnp.int32), axis=-1) - 1, 0)
+  s = valid_BxS.shape[-1]
+  causal_SxS = jnp.tril(jnp.ones((s, s), dtype=bool))
+  mask_BxSxS = causal_SxS[None] & valid_BxS[:, None, :]
+  return positions_BxS, mask_BxSxS
+
+
+def forward_full(model: Decoder, tokens_BxS: jax.Array, valid_BxS: jax.Array) -> jax.Array:
+  """Hidden states of a whole padded sequence without a cache (the training forward pass)."""
+  positions_BxS, mask_BxSxS = positions_and_mask(valid_BxS)
+  hidden, _ = model(tokens_BxS, positions_BxS, mask_BxSxS)
+  return hidden
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+  """A randomly initialised model (normal(0.02) weights, unit norms)."""
+  return Decoder(cfg, rngs=nnx.Rngs(seed))
