@@ -26,10 +26,14 @@ _INIT = nnx.initializers.normal(stddev=0.02)
 
 
 class KVBuffers(NamedTuple):
-  """Key/value cache storage for all layers, written at a shared slot index."""
+  """Key/value cache storage, one [B, S, K, H] buffer per layer, written at a shared slot index.
 
-  k_LxBxSxKxH: jax.Array
-  v_LxBxSxKxH: jax.Array
+  Per-layer buffers (not one stacked [L, ...] array) let XLA update each layer in place inside the
+  decode loop; a stacked array would be copied whole on every step.
+  """
+
+  k_BxSxKxH: tuple[jax.Array, ...]
+  v_BxSxKxH: tuple[jax.Array, ...]
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -187,7 +191,7 @@ class Decoder(nnx.Module):
       tokens_BxT: input ids.
       positions_BxT: RoPE position of each token (padding excluded from the count).
       mask_BxTxS: True where query t may attend key slot s. Without a cache S == T.
-      kv: cache buffers [L, B, S, K, H]; the chunk's keys/values are written at `write_index`.
+      kv: per-layer cache buffers [B, S, K, H]; the chunk's keys/values are written at `write_index`.
       write_index: first cache slot of this chunk (shared by the batch).
 
     Returns:
@@ -196,13 +200,13 @@ class Decoder(nnx.Module):
     x = self.model.embed_tokens(tokens_BxT)
     new_k, new_v = [], []
     for i, layer in enumerate(self.model.layers):
-      layer_kv = None if kv is None else (kv.k_LxBxSxKxH[i], kv.v_LxBxSxKxH[i])
+      layer_kv = None if kv is None else (kv.k_BxSxKxH[i], kv.v_BxSxKxH[i])
       x, layer_new_kv = layer(x, positions_BxT, mask_BxTxS, layer_kv, write_index)
       if kv is not None:
         new_k.append(layer_new_kv[0])
         new_v.append(layer_new_kv[1])
     hidden = self.model.norm(x)
-    new_cache = None if kv is None else KVBuffers(jnp.stack(new_k), jnp.stack(new_v))
+    new_cache = None if kv is None else KVBuffers(tuple(new_k), tuple(new_v))
     return hidden, new_cache
 
   def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:

@@ -1,0 +1,198 @@
+"""Jit-compiled sampling: prefill, then a `lax.while_loop` decode that stops when all rows finish.
+
+    params = SamplingParams(max_new_tokens=64, temperature=1.0, stop_ids=tok.eos_ids, pad_id=tok.pad_id)
+    out = generate(model, prompt_tokens_PxT, prompt_valid_PxT, key, params, group_size=G)
+    out.tokens_BxN, out.logp_BxN, out.valid_BxN      # B = P * G, rows grouped by prompt
+    # Second turn (token in, token out): append instruction ids to the same cache and sample again.
+    out2 = continue_generation(model, out.cache, instr_BxI, instr_valid_BxI, key2, params)
+
+All functions take the NNX model and are meant to be traced inside one `jax.jit` (see `Sampler`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selfrl_jax.models.decoder import Decoder
+from selfrl_jax.sampling.kv_cache import KVCache, append, init_cache, repeat_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static decoding settings (hashable: a change recompiles).
+
+  Attributes:
+    max_new_tokens: response buffer length N.
+    temperature: softmax temperature; 0 means greedy.
+    top_k: keep the k most likely tokens (0 = off).
+    top_p: nucleus threshold (1.0 = off).
+    stop_ids: a row finishes after emitting any of these (the stop token is kept and valid).
+    pad_id: written after a row has finished.
+  """
+
+  max_new_tokens: int
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+    if self.temperature < 0:
+      raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}.")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}.")
+    if self.top_k < 0:
+      raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}.")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+
+class SampleOutput(NamedTuple):
+  """One sampled turn.
+
+  Attributes:
+    tokens_BxN: sampled ids; `pad_id` after a row's stop token.
+    logp_BxN: log-prob of each sampled token under softmax(logits / temperature) (plain softmax
+      when greedy), before top-k/top-p truncation — the quantity the trainer recomputes; 0 on padding.
+    valid_BxN: token was generated (up to and including the stop token).
+    length_B: number of valid tokens.
+    stopped_B: the row emitted a stop token (False: truncated at max_new_tokens).
+    cache: cache holding prompt and response; its slot layout is [prompt | N response slots].
+  """
+
+  tokens_BxN: jax.Array
+  logp_BxN: jax.Array
+  valid_BxN: jax.Array
+  length_B: jax.Array
+  stopped_B: jax.Array
+  cache: KVCache
+
+
+def _truncate(logits_BxV: jax.Array, params: SamplingParams) -> jax.Array:
+  """Applies top-k and top-p by setting excluded logits to -inf."""
+  neg_inf = jnp.finfo(logits_BxV.dtype).min
+  if params.top_k > 0:
+    kth_B = jax.lax.top_k(logits_BxV, params.top_k)[0][:, -1]
+    logits_BxV = jnp.where(logits_BxV < kth_B[:, None], neg_inf, logits_BxV)
+  if params.top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it < p.
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = mass_before_BxV < params.top_p
+    threshold_B = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1)
+    logits_BxV = jnp.where(logits_BxV < threshold_B[:, None], neg_inf, logits_BxV)
+  return logits_BxV
+
+
+def sample_token(logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Draws one token per row; returns (token_B, logp_B) with logp as documented in SampleOutput."""
+  if params.greedy:
+    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+  else:
+    scaled_BxV = logits_BxV / params.temperature
+    logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+    token_B = jax.random.categorical(key, _truncate(scaled_BxV, params), axis=-1).astype(jnp.int32)
+  logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+  return token_B, logp_B
+
+
+def decode(model: Decoder, cache: KVCache, logits_BxV: jax.Array, key: jax.Array,
+           params: SamplingParams) -> SampleOutput:
+  """Samples up to `max_new_tokens` tokens after the cache's content, stopping early when all rows stop.
+
+  The returned cache always ends exactly `max_new_tokens` slots after it started (unused slots are
+  invalid), so every turn occupies a static slice of the slot layout.
+  """
+  b, n = logits_BxV.shape[0], params.max_new_tokens
+  start = cache.end_index
+  stop_ids = jnp.asarray(params.stop_ids or (-1,), jnp.int32)
+
+  def cond(carry):
+    step, _, _, done_B, _, _ = carry
+    return (step < n) & ~jnp.all(done_B)
+
+  def body(carry):
+    step, tokens_BxN, logp_BxN, done_B, cache, logits_BxV = carry
+    token_B, logp_B = sample_token(logits_BxV, jax.random.fold_in(key, step), params)
+    token_B = jnp.where(done_B, params.pad_id, token_B)
+    logp_B = jnp.where(done_B, 0.0, logp_B)
+    tokens_BxN = jax.lax.dynamic_update_slice(tokens_BxN, token_B[:, None], (0, step))
+    logp_BxN = jax.lax.dynamic_update_slice(logp_BxN, logp_B[:, None], (0, step))
+    # The stop token itself enters the cache: a following turn must see it.
+    logits_BxV, cache = append(model, cache, token_B[:, None], ~done_B[:, None])
+    done_B = done_B | jnp.isin(token_B, stop_ids)
+    return step + 1, tokens_BxN, logp_BxN, done_B, cache, logits_BxV
+
+  init = (jnp.zeros((), jnp.int32), jnp.full((b, n), params.pad_id, jnp.int32),
+          jnp.zeros((b, n), jnp.float32), jnp.zeros((b,), bool), cache, logits_BxV)
+  _, tokens_BxN, logp_BxN, done_B, cache, _ = jax.lax.while_loop(cond, body, init)
+  valid_BxN = jax.lax.dynamic_slice_in_dim(cache.valid_BxS, start, n, axis=1)
+  cache = cache.replace(end_index=start + n)
+  return SampleOutput(tokens_BxN=tokens_BxN, logp_BxN=logp_BxN, valid_BxN=valid_BxN,
+                      length_B=valid_BxN.sum(axis=1, dtype=jnp.int32), stopped_B=done_B, cache=cache)
+
+
+def generate(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax.Array, key: jax.Array,
+             params: SamplingParams, group_size: int = 1, extra_capacity: int = 0) -> SampleOutput:
+  """Prefills each prompt once, repeats the cache `group_size` times, and samples.
+
+  Args:
+    model: the decoder.
+    prompt_tokens_PxT: left-padded prompts.
+    prompt_valid_PxT: False on padding.
+    key: PRNG key.
+    params: decoding settings.
+    group_size: completions per prompt (G); output rows are prompt-major (P*G).
+    extra_capacity: additional cache slots reserved for later turns (`continue_generation`).
+  """
+  p, t = prompt_tokens_PxT.shape
+  cache = init_cache(model.cfg, p, t + params.max_new_tokens + extra_capacity)
+  logits_PxV, cache = append(model, cache, prompt_tokens_PxT, prompt_valid_PxT)
+  logits_BxV, cache = repeat_rows((logits_PxV, cache), group_size)
+  return decode(model, cache, logits_BxV, key, params)
+
+
+def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, valid_BxI: jax.Array,
+                        key: jax.Array, params: SamplingParams) -> SampleOutput:
+  """Appends tokens (e.g. a self-correction instruction) to an existing cache and samples the next turn."""
+  needed = tokens_BxI.shape[1] + params.max_new_tokens
+  if needed > cache.capacity:
+    raise ValueError(f"Cache capacity {cache.capacity} cannot hold {tokens_BxI.shape[1]} appended "
+                     f"tokens + max_new_tokens={params.max_new_tokens}; raise extra_capacity in generate().")
+  logits_BxV, cache = append(model, cache, tokens_BxI, valid_BxI)
+  return decode(model, cache, logits_BxV, key, params)
+
+
+class Sampler:
+  """Compiled `generate` / `continue_generation` over split NNX state (graphdef fixed, state traced).
+
+      sampler = Sampler(graphdef, SamplingParams(...), group_size=4)
+      out = sampler.generate(state, prompts_PxT, valid_PxT, key)
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, params: SamplingParams, group_size: int = 1,
+               extra_capacity: int = 0):
+    self.params = params
+
+    def _generate(state, prompt_tokens_PxT, prompt_valid_PxT, key):
+      return generate(nnx.merge(graphdef, state), prompt_tokens_PxT, prompt_valid_PxT, key, params,
+                      group_size=group_size, extra_capacity=extra_capacity)
+
+    def _continue(state, cache, tokens_BxI, valid_BxI, key):
+      return continue_generation(nnx.merge(graphdef, state), cache, tokens_BxI, valid_BxI, key, params)
+
+    self.generate = jax.jit(_generate)
+    self.continue_generation = jax.jit(_continue, donate_argnums=(1,))
