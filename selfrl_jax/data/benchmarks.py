@@ -92,16 +92,18 @@ def load_math_dir(path: str, name: str = "math") -> RecordSource:
                  key=lambda f: (os.path.basename(os.path.dirname(f)), _numeric_stem(f)))
   if not files:
     raise FileNotFoundError(f"MATH directory {path!r} holds no <subject>/<n>.json files.")
-  rows, skipped_parse = [], []
+  rows = []
   for f in files:
     try:
       with open(f, encoding="utf-8") as fh:
         rows.append({**json.load(fh), "_file": f})
-    except (ValueError, OSError) as e:
-      rows.append(f"unreadable {f}: {e}")  # non-dict -> counted as malformed by convert_rows
-      skipped_parse.append(f)
+    except (ValueError, OSError, TypeError) as e:
+      rows.append({"_file": f, "_error": f"{type(e).__name__}: {e}"})
 
   def convert(row: dict[str, Any], pos: int) -> dict[str, str]:
+    del pos
+    if "_error" in row:
+      raise ValueError(f"unreadable {row['_file']}: {row['_error']}")
     solution = _str_field(row, "solution")
     answer = last_boxed_answer(solution)
     if answer is None:
