@@ -1,0 +1,106 @@
+"""The host training loop: warm start, data, compiled step, evaluation, metrics, checkpoints.
+
+    summary = train(config, workdir)      # what experiments/train.py and reproduce.py call
+
+Everything inside an iteration runs in the compiled `train_step`; the host only feeds batches,
+writes metrics, evaluates, checkpoints and handles preemption.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from selfrl_jax.data.pipeline import make_prompt_iterator
+from selfrl_jax.train import builders
+from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
+from selfrl_jax.train.metrics import MetricWriter
+from selfrl_jax.train.sft import cached_warm_start, train_sft
+from selfrl_jax.train.state import create_train_state, make_optimizer
+from selfrl_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteAbort(RuntimeError):
+  """Too many consecutive non-finite updates; the last good checkpoint is intact."""
+
+
+def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, cache_dir: str):
+  """Returns the SFT warm-started model (cached by settings) or `model` when `sft.steps == 0`."""
+  if cfg.sft.steps == 0:
+    return model
+  settings = {"model": model.cfg.__dict__, "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
+              "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": cfg.seed}
+
+  def build(m):
+    batches = make_prompt_iterator(train_source, tok, batch_size=cfg.sft.batch_size,
+                                   max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
+                                   seed=cfg.seed + 1)
+    return train_sft(m, batches, steps=cfg.sft.steps, learning_rate=cfg.sft.learning_rate,
+                     error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok), seed=cfg.seed,
+                     progress=cfg.train.progress)
+  return cached_warm_start(model, cache_dir, settings, build)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | None = None) -> dict:
+  """Runs (or resumes) an RL experiment; returns evaluation results before and after training."""
+  builders.validate_config(cfg)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  model, tok = builders.build_model(cfg)
+  train_source, test_source = builders.build_sources(cfg)
+  model = warm_start(cfg, model, tok, train_source, sft_cache_dir or os.path.join(workdir, "warm_start"))
+
+  tx = make_optimizer(cfg.optim)
+  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=cfg.rl.kl_coef > 0)
+  algorithm = builders.build_algorithm(cfg, tok)
+  step_fns = make_train_step(builders.build_update_settings(cfg), algorithm, graphdef, tx)
+  evaluator = Evaluator(graphdef, algorithm, builders.eval_sampling(cfg, tok), fixed_eval_batches(
+      test_source, tok, eval_size=cfg.train.eval_size, batch_size=cfg.train.eval_batch_size,
+      max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len))
+  batches = make_prompt_iterator(train_source, tok, batch_size=cfg.rl.prompts_per_step,
+                                 max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
+                                 seed=cfg.seed)
+  writer = MetricWriter(workdir, console=cfg.train.progress)
+  history = {"step": [], "eval/accuracy": []}
+
+  def evaluate(step: int) -> dict:
+    result = evaluator(state.params)
+    writer.write(step, result)
+    history["step"].append(step)
+    history["eval/accuracy"].append(result["eval/accuracy"])
+    return result
+
+  initial = evaluate(0)
+  bar = tqdm.trange(cfg.train.num_steps, desc="RL", disable=not cfg.train.progress)
+  for i in bar:
+    t0 = time.perf_counter()
+    batch = next(batches)
+    if cfg.rl.mode == "fused":
+      state, metrics = step_fns.fused(state, batch)
+    else:
+      rollout = step_fns.sample(state, batch)
+      state, metrics = step_fns.update(state, batch, rollout, algorithm.rewards(rollout, batch))
+    metrics = jax.device_get(metrics)
+    metrics["time/step_s"] = time.perf_counter() - t0
+    metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
+    step = i + 1
+    if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
+      raise NonFiniteAbort(f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient "
+                           f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}).")
+    if step % cfg.train.log_every == 0:
+      writer.write(step, metrics)
+    bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
+    if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
+      evaluate(step)
+  final = evaluate(cfg.train.num_steps)
+  writer.close()
+  return {"initial": initial, "final": final, "history": history,
+          "compilations": step_fns.fused._cache_size() if cfg.rl.mode == "fused" else None}

@@ -1,0 +1,107 @@
+"""Supervised warm start: teacher forcing on task demonstrations, some deliberately wrong.
+
+RL needs a base policy that is imperfect but not hopeless (the role a pretrained LLM plays). A
+short SFT run on demonstrations, a fraction `error_rate` of which have one answer token replaced by
+a random one, gives exactly that. The result is saved as a Hugging Face directory under the
+workdir and reused by later runs with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+
+from selfrl_jax.models.decoder import Decoder
+from selfrl_jax.models.hf_io import load_hf, save_hf
+from selfrl_jax.train.step import sequence_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def demonstrations(batch: dict[str, np.ndarray], rng: np.random.Generator, error_rate: float,
+                   corrupt_ids: np.ndarray) -> dict[str, np.ndarray]:
+  """[prompt | answer EOS] sequences with a loss mask on the answer; some answers corrupted.
+
+  A corrupted row has one answer token (never the EOS) replaced by a different id from
+  `corrupt_ids`, so the model learns a noisy mapping rather than a different task.
+  """
+  prompt_PxT, target_PxA = batch["prompt_tokens_PxT"], batch["target_tokens_PxA"].copy()
+  p, a = target_PxA.shape
+  target_valid_PxA = np.arange(a)[None, :] < batch["target_len_P"][:, None]
+  answer_len_P = batch["target_len_P"] - 1
+  for row in np.flatnonzero(rng.random(p) < error_rate):
+    if answer_len_P[row] > 0:
+      pos = rng.integers(answer_len_P[row])
+      choices = corrupt_ids[corrupt_ids != target_PxA[row, pos]]
+      target_PxA[row, pos] = rng.choice(choices)
+  return {"tokens_BxS": np.concatenate([prompt_PxT, target_PxA], axis=1),
+          "valid_BxS": np.concatenate([batch["prompt_valid_PxT"], target_valid_PxA], axis=1),
+          "loss_mask_BxS": np.concatenate([np.zeros(prompt_PxT.shape, bool), target_valid_PxA], axis=1)}
+
+
+def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, chunk_size: int | None = None):
+  """Jitted teacher-forcing step: mean negative log-likelihood of loss-masked tokens."""
+  def loss_fn(params, demo):
+    model = nnx.merge(graphdef, params)
+    logp_BxS = sequence_logprobs(model, demo["tokens_BxS"], demo["valid_BxS"], temperature=1.0,
+                                 chunk_size=chunk_size)
+    mask = demo["loss_mask_BxS"]
+    return -jnp.where(mask, logp_BxS, 0.0).sum() / jnp.maximum(mask.sum(), 1)
+
+  @jax.jit
+  def step(params, opt_state, demo):
+    loss, grads = jax.value_and_grad(loss_fn)(params, demo)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
+def train_sft(model: Decoder, batches: Iterator[dict[str, np.ndarray]], *, steps: int, learning_rate: float,
+              error_rate: float, corrupt_ids: np.ndarray, seed: int, progress: bool = True) -> Decoder:
+  """Runs `steps` SFT updates with Adam and returns the trained model."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optax.adam(learning_rate)
+  opt_state = tx.init(params)
+  step = make_sft_step(graphdef, tx)
+  rng = np.random.default_rng(seed)
+  bar = tqdm.trange(steps, desc="SFT warm start", disable=not progress, leave=False)
+  for _ in bar:
+    demo = demonstrations(next(batches), rng, error_rate, corrupt_ids)
+    params, opt_state, loss = step(params, opt_state, demo)
+    bar.set_postfix(nll=f"{float(loss):.3f}", refresh=False)
+  return nnx.merge(graphdef, params)
+
+
+def cached_warm_start(model: Decoder, cache_root: str, settings: dict, build: Callable[[Decoder], Decoder]) -> Decoder:
+  """Returns the SFT model for `settings`, training it with `build` only if not cached yet.
+
+  Args:
+    model: the freshly initialised model (its config names the architecture).
+    cache_root: directory holding one sub-directory per distinct settings hash.
+    settings: JSON-able description of everything that determines the result (model, task, SFT, seed).
+    build: trains the warm start from `model`.
+  """
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  directory = os.path.join(cache_root, f"sft_{key}")
+  if os.path.exists(os.path.join(directory, "model.safetensors")):
+    log.info("Reusing SFT warm start %s", directory)
+    return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
+  trained = build(model)
+  tmp = f"{directory}.tmp{os.getpid()}"
+  save_hf(trained, tmp)
+  with open(os.path.join(tmp, "sft_settings.json"), "w") as f:
+    json.dump(settings, f, indent=2, sort_keys=True, default=str)
+  os.makedirs(cache_root, exist_ok=True)
+  if not os.path.exists(directory):
+    os.replace(tmp, directory)  # atomic: a crash never leaves a half-written warm start behind
+  return trained
