@@ -14,13 +14,14 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from selfrl_jax.data.pipeline import make_prompt_iterator
 from selfrl_jax.train import builders
 from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
+from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.metrics import MetricWriter
+from selfrl_jax.train.preemption import PreemptionHandler
 from selfrl_jax.train.sft import cached_warm_start, train_sft
 from selfrl_jax.train.state import create_train_state, make_optimizer
 from selfrl_jax.train.step import make_train_step
@@ -50,7 +51,12 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, cache_d
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | None = None) -> dict:
-  """Runs (or resumes) an RL experiment; returns evaluation results before and after training."""
+  """Runs an RL experiment, resuming from the newest good checkpoint in `workdir` if there is one.
+
+  Returns:
+    {"initial": eval before RL, "final": eval after, "history": eval curve, "compilations": number of
+    train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "resumed_from": step}.
+  """
   builders.validate_config(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -68,39 +74,77 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   batches = make_prompt_iterator(train_source, tok, batch_size=cfg.rl.prompts_per_step,
                                  max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
                                  seed=cfg.seed)
-  writer = MetricWriter(workdir, console=cfg.train.progress)
-  history = {"step": [], "eval/accuracy": []}
 
-  def evaluate(step: int) -> dict:
-    result = evaluator(state.params)
-    writer.write(step, result)
-    history["step"].append(step)
-    history["eval/accuracy"].append(result["eval/accuracy"])
-    return result
+  ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
+                           save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
+  # The reference policy is the (deterministic) warm start: rebuilt, never checkpointed.
+  ref_params = state.ref_params
+  restored = ckpt.restore_or_none(jax.eval_shape(lambda: state.replace(ref_params=None)))
+  if restored is None:
+    start, history = 0, {"step": [], "eval/accuracy": []}
+    writer = MetricWriter(workdir, console=cfg.train.progress)
+    initial = evaluator(state.params)
+    writer.write(0, initial)
+    history["step"].append(0)
+    history["eval/accuracy"].append(initial["eval/accuracy"])
+  else:
+    start = restored.step
+    state = restored.state.replace(ref_params=ref_params)
+    batches.set_state(restored.data_state)
+    initial, history = restored.meta["initial"], restored.meta["history"]
+    writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress)
+    log.info("Resumed from step %d", start)
 
-  initial = evaluate(0)
-  bar = tqdm.trange(cfg.train.num_steps, desc="RL", disable=not cfg.train.progress)
-  for i in bar:
-    t0 = time.perf_counter()
-    batch = next(batches)
-    if cfg.rl.mode == "fused":
-      state, metrics = step_fns.fused(state, batch)
-    else:
-      rollout = step_fns.sample(state, batch)
-      state, metrics = step_fns.update(state, batch, rollout, algorithm.rewards(rollout, batch))
-    metrics = jax.device_get(metrics)
-    metrics["time/step_s"] = time.perf_counter() - t0
-    metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
-    step = i + 1
-    if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
-      raise NonFiniteAbort(f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient "
-                           f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}).")
-    if step % cfg.train.log_every == 0:
-      writer.write(step, metrics)
-    bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
-    if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
-      evaluate(step)
-  final = evaluate(cfg.train.num_steps)
+  def save(step: int, force: bool = False) -> None:
+    ckpt.save(step, state.replace(ref_params=None), batches.get_state(), cfg,
+              meta={"initial": initial, "history": history}, force=force)
+
+  preempted = False
+  bar = tqdm.trange(start, cfg.train.num_steps, initial=start, total=cfg.train.num_steps, desc="RL",
+                    disable=not cfg.train.progress)
+  with PreemptionHandler() as preemption:
+    for i in bar:
+      t0 = time.perf_counter()
+      batch = next(batches)
+      if cfg.rl.mode == "fused":
+        state, metrics = step_fns.fused(state, batch)
+      else:
+        rollout = step_fns.sample(state, batch)
+        state, metrics = step_fns.update(state, batch, rollout, algorithm.rewards(rollout, batch))
+      metrics = jax.device_get(metrics)
+      metrics["time/step_s"] = time.perf_counter() - t0
+      metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
+      step = i + 1
+      if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
+        ckpt.wait_until_finished()
+        raise NonFiniteAbort(
+            f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient (limit "
+            f"train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); the last checkpoint "
+            f"(step {ckpt.latest_step()}) is intact.")
+      if step % cfg.train.log_every == 0:
+        writer.write(step, metrics)
+      bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
+      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
+        result = evaluator(state.params)
+        writer.write(step, result)
+        history["step"].append(step)
+        history["eval/accuracy"].append(result["eval/accuracy"])
+      if preemption.should_stop(step):
+        log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
+        save(step, force=True)
+        preempted = True
+        break
+      if ckpt.should_save(step) and step < cfg.train.num_steps:
+        save(step)
+  final = None
+  if not preempted:
+    final = evaluator(state.params)
+    writer.write(cfg.train.num_steps, final)
+    history["step"].append(cfg.train.num_steps)
+    history["eval/accuracy"].append(final["eval/accuracy"])
+    save(cfg.train.num_steps, force=True)
+  ckpt.wait_until_finished()
   writer.close()
-  return {"initial": initial, "final": final, "history": history,
-          "compilations": step_fns.fused._cache_size() if cfg.rl.mode == "fused" else None}
+  return {"initial": initial, "final": final, "history": history, "preempted": preempted,
+          "resumed_from": None if restored is None else restored.step,
+          "compilations": step_fns.fused._cache_size() if cfg.rl.mode == "fused" else step_fns.update._cache_size()}

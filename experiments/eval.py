@@ -1,0 +1,51 @@
+r"""Evaluate the newest checkpoint of a workdir (greedy, held-out split) with the config it was trained with.
+
+  python experiments/eval.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from selfrl_jax.train import builders  # noqa: E402
+from selfrl_jax.train.checkpoint import CheckpointManager  # noqa: E402
+from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches  # noqa: E402
+from selfrl_jax.train.state import create_train_state, make_optimizer  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run was trained with.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
+_EVAL_SIZE = flags.DEFINE_integer("eval_size", None, "Override train.eval_size.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  if _EVAL_SIZE.value:
+    with cfg.unlocked():
+      cfg.train.eval_size = _EVAL_SIZE.value
+  builders.validate_config(cfg)
+  model, tok = builders.build_model(cfg)
+  _, test_source = builders.build_sources(cfg)
+  graphdef, state = create_train_state(model, make_optimizer(cfg.optim), cfg.seed, keep_reference=False)
+  ckpt = CheckpointManager(os.path.join(os.path.abspath(_WORKDIR.value), "checkpoints"))
+  restored = ckpt.restore_or_none(jax.eval_shape(lambda: state))
+  if restored is None:
+    raise SystemExit(f"No checkpoint found under {_WORKDIR.value}/checkpoints.")
+  evaluator = Evaluator(graphdef, builders.build_algorithm(cfg, tok), builders.eval_sampling(cfg, tok),
+                        fixed_eval_batches(test_source, tok, eval_size=cfg.train.eval_size,
+                                           batch_size=cfg.train.eval_batch_size, max_prompt_len=cfg.rl.max_prompt_len,
+                                           max_answer_len=cfg.rl.max_answer_len))
+  print(json.dumps({"step": restored.step, **evaluator(restored.state.params)}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,34 @@
+r"""Train with any experiment config; resumes automatically from the newest checkpoint in --workdir.
+
+  python experiments/train.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo
+  python experiments/train.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo \
+      --config.rl.advantage=rloo --config.train.num_steps=200
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ imports
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from selfrl_jax.train.loop import train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:arg).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  summary = train(_CONFIG.value, _WORKDIR.value)
+  print(json.dumps({k: summary[k] for k in ("initial", "final", "preempted", "resumed_from", "compilations")}))
+
+
+if __name__ == "__main__":
+  app.run(main)

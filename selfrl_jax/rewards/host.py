@@ -1,0 +1,84 @@
+"""Host-side rewards over decoded text, usable in split mode and (via `pure_callback`) in fused mode.
+
+A host reward is a callable `(response_tokens_BxN, response_valid_BxN, example_id_B) -> rewards_B`
+on numpy arrays: it decodes the responses, looks the records up by example id, and scores them.
+`GuardedReward` makes any per-sample Python scorer safe: an exception or a non-finite score gives
+reward 0 for that sample, is counted in `counters`, and is logged (the first few of each kind).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from selfrl_jax.models.tokenizers import Tokenizer
+from selfrl_jax.rewards.math_answers import MathVerifier
+
+log = logging.getLogger(__name__)
+_LOGGED_PER_KIND = 5
+
+
+def decode_responses(tokenizer: Tokenizer, response_tokens_BxN, response_valid_BxN) -> list[str]:
+  """Text of each response's valid tokens (stop tokens dropped)."""
+  tokens, valid = np.asarray(response_tokens_BxN), np.asarray(response_valid_BxN, bool)
+  return [tokenizer.decode(row[mask]) for row, mask in zip(tokens, valid)]
+
+
+class GuardedReward:
+  """Wraps `score(completion, record) -> float`; failures score 0 and are counted, never raised.
+
+  Attributes:
+    counters: {"calls", "errors", "nonfinite"} — read them into metrics after each step.
+  """
+
+  def __init__(self, score: Callable[[str, Mapping[str, Any]], float], tokenizer: Tokenizer,
+               records: Sequence[Mapping[str, Any]], name: str = "host_reward"):
+    self.score, self.tokenizer, self.records, self.name = score, tokenizer, records, name
+    self.counters: collections.Counter = collections.Counter()
+
+  def _safe(self, index: int, completion: str, record: Mapping[str, Any]) -> float:
+    self.counters["calls"] += 1
+    try:
+      value = float(self.score(completion, record))
+    except Exception as e:  # a buggy verifier must not kill a long run: score 0, count, log
+      self.counters["errors"] += 1
+      if self.counters["errors"] <= _LOGGED_PER_KIND:
+        log.warning("%s raised on sample %d (%s: %s); scored 0.", self.name, index, type(e).__name__, e)
+      return 0.0
+    if not math.isfinite(value):
+      self.counters["nonfinite"] += 1
+      if self.counters["nonfinite"] <= _LOGGED_PER_KIND:
+        log.warning("%s returned %r on sample %d; scored 0.", self.name, value, index)
+      return 0.0
+    return value
+
+  def __call__(self, response_tokens_BxN, response_valid_BxN, example_id_B) -> np.ndarray:
+    texts = decode_responses(self.tokenizer, response_tokens_BxN, response_valid_BxN)
+    ids = np.asarray(example_id_B).reshape(-1)
+    return np.asarray([self._safe(i, t, self.records[int(e)]) for i, (t, e) in enumerate(zip(texts, ids))],
+                      np.float32)
+
+
+class MathAnswerReward:
+  """Binary math-answer correctness with math-verify in a process pool (timeouts scored 0, counted)."""
+
+  def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], timeout_s: float = 5.0,
+               num_workers: int | None = None):
+    self.tokenizer, self.records = tokenizer, records
+    self.verifier = MathVerifier(timeout_s=timeout_s, num_workers=num_workers)
+
+  @property
+  def counters(self):
+    return self.verifier.counters
+
+  def __call__(self, response_tokens_BxN, response_valid_BxN, example_id_B) -> np.ndarray:
+    texts = decode_responses(self.tokenizer, response_tokens_BxN, response_valid_BxN)
+    golds = [str(self.records[int(e)]["answer"]) for e in np.asarray(example_id_B).reshape(-1)]
+    return self.verifier.score(texts, golds)
+
+  def close(self):
+    self.verifier.close()

@@ -1,0 +1,119 @@
+"""The compiled train step: fused == split, gradient accumulation, non-finite guard, no recompiles."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+import optax
+
+from selfrl_jax.algos.grpo import GRPO
+from selfrl_jax.models.config import tiny_config
+from selfrl_jax.models.decoder import init_model
+from selfrl_jax.models.tokenizers import CharTokenizer
+from selfrl_jax.rewards.registry import exact_match
+from selfrl_jax.sampling.sampler import SamplingParams
+from selfrl_jax.train.state import create_train_state
+from selfrl_jax.train.step import UpdateSettings, make_train_step
+
+P, G, T, N, A = 4, 4, 6, 5, 4
+TOK = CharTokenizer()
+
+
+def _fraction_of_digit_reward(rollout, batch):
+  """A smooth jittable reward (fraction of digit tokens) so advantages are rarely all zero."""
+  del batch
+  digits = jnp.asarray(TOK.encode("0123456789"))
+  is_digit = jnp.isin(rollout.response_tokens_BxN, digits) & rollout.response_valid_BxN
+  return is_digit.sum(1) / jnp.maximum(rollout.response_valid_BxN.sum(1), 1)
+
+
+def _setup(reward_fn=_fraction_of_digit_reward, kl_coef=0.0, **overrides):
+  model = init_model(tiny_config(vocab_size=TOK.vocab_size, d_model=32, d_ff=64, n_heads=2, n_kv_heads=1, head_dim=16))
+  tx = optax.adam(1e-2)
+  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=kl_coef > 0)
+  sampling = SamplingParams(max_new_tokens=N, temperature=1.0, stop_ids=TOK.eos_ids)
+  algo = GRPO(sampling=sampling, group_size=G, advantage="grpo", kl_coef=kl_coef, reward_fn=reward_fn)
+  settings = UpdateSettings(rollouts=P * G, group_size=G, temperature=1.0, clip_low=0.2, clip_high=0.28,
+                            kl_coef=kl_coef, kl_estimator="k3", loss_agg="token_mean", norm_len=N, num_epochs=1,
+                            num_minibatches=1, micro_batch_size=P * G, logprob_chunk=None)
+  settings = dataclasses.replace(settings, **overrides)
+  return make_train_step(settings, algo, graphdef, tx), state, algo
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rs = np.random.RandomState(0)
+  return {"prompt_tokens_PxT": jnp.asarray(rs.randint(3, 40, (P, T)), jnp.int32),
+          "prompt_valid_PxT": jnp.asarray(np.arange(T)[None] >= rs.randint(0, 3, (P, 1))),
+          "target_tokens_PxA": jnp.asarray(rs.randint(3, 40, (P, A)), jnp.int32),
+          "target_len_P": jnp.full((P,), 2, jnp.int32), "example_id_P": jnp.arange(P)}
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def test_fused_equals_split_and_compiles_once(batch):
+  fns, state, algo = _setup(num_epochs=2, num_minibatches=2, micro_batch_size=4)
+  fused_state, split_state = state, jax.tree.map(jnp.copy, state)
+  for _ in range(3):
+    fused_state, fused_metrics = fns.fused(fused_state, batch)
+    rollout = fns.sample(split_state, batch)
+    split_state, split_metrics = fns.update(split_state, batch, rollout, algo.rewards(rollout, batch))
+    for a, b in zip(_leaves(fused_state), _leaves(split_state)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(fused_metrics["loss"]), float(split_metrics["loss"]), rtol=1e-5, atol=1e-7)
+  assert fns.fused._cache_size() == 1 and fns.update._cache_size() == 1
+  assert int(fused_state.step) == 3
+  assert float(fused_metrics["logp_gap"]) < 1e-4  # sampler and trainer agree on the same tokens
+  assert float(fused_metrics["grad_norm"]) > 0
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_gradient_accumulation_matches_one_big_batch(batch, agg):
+  whole, state, _ = _setup(micro_batch_size=P * G, loss_agg=agg)
+  accumulated, _, _ = _setup(micro_batch_size=4, loss_agg=agg)
+  a, _ = whole.fused(jax.tree.map(jnp.copy, state), batch)
+  b, _ = accumulated.fused(state, batch)
+  for x, y in zip(_leaves(a), _leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_loss_skips_update_and_counts(batch):
+  nan_reward = lambda rollout, b: jnp.full((rollout.batch_size,), jnp.nan)  # noqa: E731
+  fns, state, _ = _setup(reward_fn=nan_reward, num_minibatches=2, micro_batch_size=8)
+  before = _leaves(state)
+  state, metrics = fns.fused(state, batch)
+  for x, y in zip(before, _leaves(state)):
+    np.testing.assert_array_equal(x, y)
+  assert int(metrics["nonfinite_skipped"]) == 2 and int(state.nonfinite_total) == 2
+  assert int(state.nonfinite_streak) == 1
+  state, _ = fns.fused(state, batch)
+  assert int(state.nonfinite_streak) == 2
+
+
+def test_kl_term_uses_frozen_reference(batch):
+  fns, state, _ = _setup(kl_coef=0.1)
+  state, metrics = fns.fused(state, batch)
+  assert abs(float(metrics["kl"])) < 1e-6  # policy == reference on the first step
+  state, metrics = fns.fused(state, batch)
+  assert float(metrics["kl"]) > 0  # k3 > 0 once the policy moved away from the frozen reference
+  ref = _leaves(state.replace(params=state.ref_params))
+  init = _leaves(_setup(kl_coef=0.1)[1])
+  for x, y in zip(ref, init):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_exact_match_reward_in_step(batch):
+  reward = exact_match(TOK.eos_ids)
+  fns, state, algo = _setup(reward_fn=reward)
+  rollout = fns.sample(state, batch)
+  got = np.asarray(algo.rewards(rollout, batch)["reward"])
+  tokens, valid = np.asarray(rollout.response_tokens_BxN), np.asarray(rollout.response_valid_BxN)
+  targets = np.repeat(np.asarray(batch["target_tokens_PxA"]), G, axis=0)
+  for b in range(P * G):
+    answer = [t for t, v in zip(tokens[b], valid[b]) if v]
+    answer = answer[:answer.index(TOK.eos_ids[0])] if TOK.eos_ids[0] in answer else answer
+    assert got[b] == float(answer == list(targets[b, :1]))
