@@ -11,10 +11,10 @@ from configs.common import get_base_config
 def get_config(arg: str | None = None):
   del arg
   c = get_base_config()
-  c.sft.steps = 150
+  c.sft.steps = 600
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
   c.optim.learning_rate = 1e-3
-  c.train.num_steps = 100
+  c.train.num_steps = 200
   c.lock()
   return c

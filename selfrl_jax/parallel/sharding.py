@@ -252,7 +252,11 @@ def shard_params(tree: Any, mesh: Mesh) -> Any:
 
   def place(x, s):
     if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-      return jax.device_put(x, s)
+      # Typed keys cannot be built from host slices: place the raw key data, then re-wrap it.
+      data = np.asarray(jax.random.key_data(x))
+      data_sharding = NamedSharding(s.mesh, P(*s.spec, *([None] * (data.ndim - x.ndim))))
+      placed = jax.make_array_from_callback(data.shape, data_sharding, lambda idx: data[idx])
+      return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
   return jax.tree.map(place, tree, shardings)

@@ -60,6 +60,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"minibatch size {minibatch} (rollouts / num_minibatches) is not divisible by micro_batch_size={rl.micro_batch_size}")
   _check(rl.prompts_per_step % num_devices == 0, "rl.prompts_per_step",
          f"{rl.prompts_per_step} prompts per step cannot be split evenly over {num_devices} devices")
+  _check(cfg.train.eval_batch_size % num_devices == 0, "train.eval_batch_size",
+         f"{cfg.train.eval_batch_size} cannot be split evenly over {num_devices} devices")
   _check(0 <= rl.clip_low < 1 and rl.clip_high >= 0, "rl.clip_low", "need 0 <= clip_low < 1 and clip_high >= 0")
   _check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
   _check(rl.temperature > 0, "rl.temperature", "training rollouts need temperature > 0 (log-probs use logits/T)")

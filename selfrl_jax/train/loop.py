@@ -17,6 +17,9 @@ import ml_collections
 import tqdm
 
 from selfrl_jax.data.pipeline import make_prompt_iterator
+from selfrl_jax.parallel import sharding
+from selfrl_jax.parallel.distributed import maybe_initialize_distributed, process_info
+from selfrl_jax.parallel.mesh import make_mesh
 from selfrl_jax.train import builders
 from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
 from selfrl_jax.train.checkpoint import CheckpointManager
@@ -57,6 +60,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
     {"initial": eval before RL, "final": eval after, "history": eval curve, "compilations": number of
     train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "resumed_from": step}.
   """
+  maybe_initialize_distributed()
   builders.validate_config(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -66,20 +70,29 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
 
   tx = make_optimizer(cfg.optim)
   graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=cfg.rl.kl_coef > 0)
+  mesh = make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp)
+  state_sharding = sharding.param_shardings(state, mesh)
+  state = sharding.shard_params(state, mesh)
   algorithm = builders.build_algorithm(cfg, tok)
-  step_fns = make_train_step(builders.build_update_settings(cfg), algorithm, graphdef, tx)
+  step_fns = make_train_step(builders.build_update_settings(cfg), algorithm, graphdef, tx,
+                             state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh),
+                             replicated_sharding=sharding.replicated(mesh))
   evaluator = Evaluator(graphdef, algorithm, builders.eval_sampling(cfg, tok), fixed_eval_batches(
       test_source, tok, eval_size=cfg.train.eval_size, batch_size=cfg.train.eval_batch_size,
       max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len))
-  batches = make_prompt_iterator(train_source, tok, batch_size=cfg.rl.prompts_per_step,
+  # Each host reads its own slice of the data; shard_batch assembles the global batch.
+  process_index, process_count, _ = process_info()
+  batches = make_prompt_iterator(train_source, tok, batch_size=cfg.rl.prompts_per_step // process_count,
                                  max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, shard_index=process_index, shard_count=process_count)
 
   ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
                            save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
   # The reference policy is the (deterministic) warm start: rebuilt, never checkpointed.
   ref_params = state.ref_params
-  restored = ckpt.restore_or_none(jax.eval_shape(lambda: state.replace(ref_params=None)))
+  abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          state.replace(ref_params=None), state_sharding.replace(ref_params=None))
+  restored = ckpt.restore_or_none(abstract)
   if restored is None:
     start, history = 0, {"step": [], "eval/accuracy": []}
     writer = MetricWriter(workdir, console=cfg.train.progress)
@@ -105,7 +118,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   with PreemptionHandler() as preemption:
     for i in bar:
       t0 = time.perf_counter()
-      batch = next(batches)
+      batch = sharding.shard_batch(next(batches), mesh)
       if cfg.rl.mode == "fused":
         state, metrics = step_fns.fused(state, batch)
       else:

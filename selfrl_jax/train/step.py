@@ -195,7 +195,7 @@ class TrainStep:
 
 def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, state_sharding: Any = None,
-                    batch_sharding: Any = None) -> TrainStep:
+                    batch_sharding: Any = None, replicated_sharding: Any = None) -> TrainStep:
   """Builds the pure train step and compiles it once (state donated).
 
   Args:
@@ -204,7 +204,8 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
     graphdef: static NNX graph of the policy (from `create_train_state`).
     tx: optax optimizer.
     state_sharding: optional sharding pytree for TrainState (None: let jit decide / single device).
-    batch_sharding: optional sharding for batch arrays (rows over the data axes).
+    batch_sharding: sharding for batch and rollout arrays (rows over the data axes).
+    replicated_sharding: sharding for metrics (scalars).
   """
   s = settings
 
@@ -235,8 +236,14 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
     rollout = sample(state, batch)
     return update(state, batch, rollout, algorithm.rewards(rollout, batch))
 
-  jit = lambda f, n, donate: jax.jit(  # noqa: E731
-      f, donate_argnums=donate,
-      in_shardings=None if state_sharding is None else (state_sharding,) + (batch_sharding,) * (n - 1),
-      out_shardings=None)
-  return TrainStep(fused=jit(fused, 2, (0,)), sample=jit(sample, 2, ()), update=jit(update, 4, (0,)))
+  def compile_(f, num_args: int, donate: tuple[int, ...], out_shardings):
+    if state_sharding is None:
+      return jax.jit(f, donate_argnums=donate)
+    # Explicit in/out shardings: the state leaves the step laid out exactly as it entered, so the
+    # next call reuses the same compiled program.
+    return jax.jit(f, donate_argnums=donate, out_shardings=out_shardings,
+                   in_shardings=(state_sharding,) + (batch_sharding,) * (num_args - 1))
+
+  state_out = (state_sharding, replicated_sharding)
+  return TrainStep(fused=compile_(fused, 2, (0,), state_out), sample=compile_(sample, 2, (), batch_sharding),
+                   update=compile_(update, 4, (0,), state_out))
