@@ -1,0 +1,124 @@
+"""The host loop: bit-exact resume after SIGKILL, non-finite abort, config validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.tiny.grpo_arithmetic import get_config
+from selfrl_jax.rewards import registry
+from selfrl_jax.train.builders import ConfigError, validate_config
+from selfrl_jax.train.checkpoint import CheckpointManager
+from selfrl_jax.train.loop import NonFiniteAbort, train
+from selfrl_jax.train.metrics import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--config.sft.steps=10", "--config.train.num_steps=8", "--config.train.checkpoint_every=2",
+         "--config.train.eval_every=0", "--config.train.eval_size=128", "--config.train.progress=False",
+         "--config.rl.prompts_per_step=8", "--config.rl.group_size=4", "--config.rl.micro_batch_size=16",
+         "--config.rl.num_minibatches=2"]
+
+
+def _train_cmd(workdir):
+  return [sys.executable, os.path.join(REPO, "experiments", "train.py"),
+          "--config=" + os.path.join(REPO, "configs", "tiny", "grpo_arithmetic.py"), f"--workdir={workdir}"] + FLAGS
+
+
+def _train_rows(workdir):
+  drop = ("time/", "tokens_per_s")
+  rows = {}
+  for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if "loss" in r:
+      rows[r["step"]] = {k: v for k, v in r.items() if not k.startswith(drop)}
+  return rows
+
+
+def _state_files(workdir, step):
+  """Raw parameter bytes of a checkpoint step, read back through orbax's own files."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  tree = ocp.PyTreeCheckpointer().restore(path)
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_bit_exact(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SELFRL_CACHE=str(tmp_path / "cache"))
+  reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+  subprocess.run(_train_cmd(reference), env=env, check=True, capture_output=True, timeout=400)
+  proc = subprocess.Popen(_train_cmd(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill -9 once step 5 is logged (checkpoints exist at 2 and 4)
+    if (resumed / "metrics.jsonl").exists() and any(r.get("step", 0) >= 5 for r in read_jsonl(resumed / "metrics.jsonl")):
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  ckpt_steps = sorted(int(d) for d in os.listdir(resumed / "checkpoints") if d.isdigit())
+  assert ckpt_steps and ckpt_steps[-1] < 8, ckpt_steps
+  out = subprocess.run(_train_cmd(resumed), env=env, check=True, capture_output=True, text=True, timeout=400)
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary["resumed_from"] == ckpt_steps[-1] and summary["compilations"] == 1
+  a, b = _state_files(reference, 8), _state_files(resumed, 8)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert _train_rows(reference) == _train_rows(resumed)
+
+
+def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
+  monkeypatch.setitem(registry.REWARDS, "nan_for_test",
+                      lambda stop_ids: lambda rollout, batch: jnp.full((rollout.batch_size,), jnp.nan))
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.sft.steps, cfg.train.num_steps, cfg.train.progress = 0, 10, False
+    cfg.rl.reward, cfg.train.max_nonfinite_in_row = "nan_for_test", 3
+    cfg.train.eval_size, cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 128, 4, 4, 16
+  with pytest.raises(NonFiniteAbort, match="3 consecutive steps"):
+    train(cfg, str(tmp_path))
+  rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "nonfinite_skipped" in r]
+  assert [r["nonfinite_skipped"] for r in rows] == [1, 1]  # the third step aborts before logging
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rl.num_minibatches", 3, "not divisible by num_minibatches=3"),
+    ("rl.micro_batch_size", 48, "not divisible by micro_batch_size=48"),
+    ("rl.advantage", "ppo", "rl.advantage"),
+    ("rl.group_size", 1, "rloo needs group_size"),
+])
+def test_inconsistent_config_names_the_field(field, value, message):
+  cfg = get_config()
+  with cfg.unlocked():
+    section, name = field.split(".")
+    cfg[section][name] = value
+    if name == "group_size":
+      cfg.rl.advantage, cfg.rl.micro_batch_size = "rloo", 16
+  with pytest.raises(ConfigError, match=message):
+    validate_config(cfg)
+
+
+def test_batch_not_divisible_by_devices():
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.rl.prompts_per_step, cfg.rl.micro_batch_size = 12, 32
+  with pytest.raises(ConfigError, match="rl.prompts_per_step.*8 devices"):
+    validate_config(cfg, num_devices=8)
+
+
+def test_unknown_key_and_wrong_type_fail_on_the_command_line(tmp_path):
+  base = [sys.executable, os.path.join(REPO, "experiments", "train.py"),
+          "--config=" + os.path.join(REPO, "configs", "tiny", "grpo_arithmetic.py"), f"--workdir={tmp_path}"]
+  out = subprocess.run(base + ["--config.rl.lerning_rate=0.1"], capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "lerning_rate" in out.stderr
+  out = subprocess.run(base + ["--config.rl.group_size=eight"], capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "group_size" in out.stderr
