@@ -27,6 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.task.name = "arithmetic"       # registry key in selfrl_jax.data.tasks.TASKS
   c.task.params = ml_collections.ConfigDict({"num_digits": 2, "reverse_answer": True})  # task config fields
   c.task.train_size = 5000         # records in the train split
+  c.task.valid_size = 256          # records in the validation split (SFT early stopping)
   c.task.test_size = 512           # records in the held-out split
   c.task.data_dir = ""             # tfds data dir ("" -> $SELFRL_TFDS_DIR or ~/.cache/selfrl_jax/tfds)
 
@@ -67,6 +68,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sft.batch_size = 64            # demonstrations per SFT step
   c.sft.learning_rate = 3e-3       # Adam learning rate of the warm start
   c.sft.error_rate = 0.3           # fraction of demonstrations with one answer token corrupted
+  c.sft.target_accuracy = 0.0      # stop SFT once greedy validation accuracy reaches this (0 = run all steps)
+  c.sft.check_every = 50           # SFT steps between validation checks
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100          # RL iterations

@@ -34,7 +34,7 @@ def main(argv):
       cfg.train.eval_size = _EVAL_SIZE.value
   builders.validate_config(cfg)
   model, tok = builders.build_model(cfg)
-  _, test_source = builders.build_sources(cfg)
+  _, _, test_source = builders.build_sources(cfg)
   graphdef, state = create_train_state(model, make_optimizer(cfg.optim), cfg.seed, keep_reference=False)
   ckpt = CheckpointManager(os.path.join(os.path.abspath(_WORKDIR.value), "checkpoints"))
   restored = ckpt.restore_or_none(jax.eval_shape(lambda: state))

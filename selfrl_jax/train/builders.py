@@ -88,15 +88,19 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
 def build_task(cfg: ml_collections.ConfigDict):
   t = cfg.task
   params = dict(t.params.to_dict()) if "params" in t else {}
-  params["splits"] = {"train": t.train_size, "test": t.test_size}
+  params["splits"] = {"train": t.train_size, "valid": t.valid_size, "test": t.test_size}
   return make_task(t.name, **params)
 
 
 def build_sources(cfg: ml_collections.ConfigDict):
-  """(train records, test records) of the configured task, prepared as tfds array_record files."""
+  """(train, valid, test) records of the configured task, prepared as tfds array_record files.
+
+  The three splits hold disjoint problems: train feeds SFT and RL, valid decides when the SFT warm
+  start is good enough, test is only ever evaluated.
+  """
   task = build_task(cfg)
   data_dir = cfg.task.data_dir or None
-  return load_task_split(task, "train", data_dir), load_task_split(task, "test", data_dir)
+  return tuple(load_task_split(task, split, data_dir) for split in ("train", "valid", "test"))
 
 
 def train_sampling(cfg, tok: Tokenizer) -> SamplingParams:

@@ -15,6 +15,7 @@ import time
 import jax
 import ml_collections
 import tqdm
+from flax import nnx
 
 from selfrl_jax.data.pipeline import make_prompt_iterator
 from selfrl_jax.parallel import sharding
@@ -36,8 +37,13 @@ class NonFiniteAbort(RuntimeError):
   """Too many consecutive non-finite updates; the last good checkpoint is intact."""
 
 
-def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, cache_dir: str):
-  """Returns the SFT warm-started model (cached by settings) or `model` when `sft.steps == 0`."""
+def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_source, cache_dir: str):
+  """Returns the SFT warm-started model (cached by settings) or `model` when `sft.steps == 0`.
+
+  With `sft.target_accuracy > 0`, SFT stops as soon as greedy accuracy on the validation split
+  reaches it (checked every `sft.check_every` steps), so every seed starts RL from a base of the
+  same, deliberately imperfect quality.
+  """
   if cfg.sft.steps == 0:
     return model
   settings = {"model": model.cfg.__dict__, "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
@@ -47,9 +53,17 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, cache_d
     batches = make_prompt_iterator(train_source, tok, batch_size=cfg.sft.batch_size,
                                    max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
                                    seed=cfg.seed + 1)
+    stop_when = None
+    if cfg.sft.target_accuracy > 0:
+      graphdef = nnx.graphdef(m)
+      check = Evaluator(graphdef, builders.build_algorithm(cfg, tok), builders.eval_sampling(cfg, tok),
+                        fixed_eval_batches(valid_source, tok, eval_size=cfg.train.eval_batch_size,
+                                           batch_size=cfg.train.eval_batch_size, max_prompt_len=cfg.rl.max_prompt_len,
+                                           max_answer_len=cfg.rl.max_answer_len))
+      stop_when = lambda params: check(params)["eval/accuracy"] >= cfg.sft.target_accuracy  # noqa: E731
     return train_sft(m, batches, steps=cfg.sft.steps, learning_rate=cfg.sft.learning_rate,
                      error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok), seed=cfg.seed,
-                     progress=cfg.train.progress)
+                     progress=cfg.train.progress, stop_when=stop_when, check_every=cfg.sft.check_every)
   return cached_warm_start(model, cache_dir, settings, build)
 
 
@@ -65,8 +79,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   model, tok = builders.build_model(cfg)
-  train_source, test_source = builders.build_sources(cfg)
-  model = warm_start(cfg, model, tok, train_source, sft_cache_dir or os.path.join(workdir, "warm_start"))
+  train_source, valid_source, test_source = builders.build_sources(cfg)
+  model = warm_start(cfg, model, tok, train_source, valid_source,
+                     sft_cache_dir or os.path.join(workdir, "warm_start"))
 
   tx = make_optimizer(cfg.optim)
   graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=cfg.rl.kl_coef > 0)
