@@ -76,6 +76,24 @@ def test_sigkill_resume_is_bit_exact(tmp_path):
   assert _train_rows(reference) == _train_rows(resumed)
 
 
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SELFRL_CACHE=str(tmp_path / "cache"))
+  cmd = _train_cmd(tmp_path / "run") + ["--config.train.num_steps=1000", "--config.train.checkpoint_every=500"]
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  deadline = time.time() + 300
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  while time.time() < deadline and not (metrics.exists() and any(r.get("step", 0) >= 3 for r in read_jsonl(metrics))):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["preempted"] is True
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
+  assert saved and 3 <= saved[-1] < 500  # the step it stopped at, not a periodic checkpoint
+
+
 def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
   monkeypatch.setitem(registry.REWARDS, "nan_for_test",
                       lambda stop_ids: lambda rollout, batch: jnp.full((rollout.batch_size,), jnp.nan))
