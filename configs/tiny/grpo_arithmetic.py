@@ -12,10 +12,10 @@ def get_config(arg: str | None = None):
   del arg
   c = get_base_config()
   # Warm start: SFT on demonstrations with 10% corrupted answers, stopped once greedy validation
-  # accuracy reaches 0.4 (checked every 25 steps), so every seed starts RL equally imperfect.
+  # accuracy reaches 0.5 (checked every 25 steps), so every seed starts RL equally imperfect.
   c.sft.steps = 1500
   c.sft.error_rate = 0.1
-  c.sft.target_accuracy = 0.4
+  c.sft.target_accuracy = 0.5
   c.sft.check_every = 25
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8

@@ -68,6 +68,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   _check(rl.max_answer_len >= 2, "rl.max_answer_len", "needs room for at least one answer token and EOS")
   _check(cfg.train.num_steps >= 1, "train.num_steps", f"must be >= 1, got {cfg.train.num_steps}")
   _check(cfg.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  _check(cfg.task.valid_size % cfg.train.eval_batch_size == 0, "task.valid_size",
+         f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.train.eval_size % cfg.train.eval_batch_size == 0, "train.eval_size",
          f"{cfg.train.eval_size} is not a multiple of eval_batch_size={cfg.train.eval_batch_size}")
 

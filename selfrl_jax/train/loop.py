@@ -57,7 +57,7 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
     if cfg.sft.target_accuracy > 0:
       graphdef = nnx.graphdef(m)
       check = Evaluator(graphdef, builders.build_algorithm(cfg, tok), builders.eval_sampling(cfg, tok),
-                        fixed_eval_batches(valid_source, tok, eval_size=cfg.train.eval_batch_size,
+                        fixed_eval_batches(valid_source, tok, eval_size=cfg.task.valid_size,
                                            batch_size=cfg.train.eval_batch_size, max_prompt_len=cfg.rl.max_prompt_len,
                                            max_answer_len=cfg.rl.max_answer_len))
       stop_when = lambda params: check(params)["eval/accuracy"] >= cfg.sft.target_accuracy  # noqa: E731

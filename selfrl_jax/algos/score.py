@@ -1,0 +1,297 @@
+"""SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn REINFORCE for self-correction.
+
+    algo = SCoRe.from_config(cfg.score, train_sampling, tok, group_size=cfg.rl.group_size)
+    rollout = algo.rollout(model, batch, key)            # [prompt | y1 | instr | y2], TwoTurnRollout
+    rewards = algo.rewards(rollout, batch)               # {"reward", "r1", "r2"}
+    adv_BxS, kl_weight_BxS, metrics = algo.advantages(rollout, rewards, step)
+
+Stage I (Eq. 3): only y2 is rewarded (R1 = 0); turn-1 tokens carry the strong KL anchor beta2 and
+turn-2 tokens the small beta1 (§7 item 4). Stage II (Eq. 4 + 5): R1 = r1, R2 = r2 + alpha (r2 - r1),
+beta1 on both turns. Credit (§2.3, §7 item 1): `per_turn` gives turn-1 tokens A1 and turn-2 tokens
+A2 (gamma = 0); `episode` gives every token the advantage of R1 + R2, which with alpha > 1 rewards
+sandbagging turn 1 (§6). The shared update applies `policy_loss` with these per-token advantages and
+KL weights against `state.ref_params`, the frozen base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from selfrl_jax.algos.advantages import reinforce, rloo
+from selfrl_jax.algos.losses import KL_ESTIMATORS
+from selfrl_jax.models.decoder import Decoder
+from selfrl_jax.models.tokenizers import Tokenizer
+from selfrl_jax.rewards.registry import RewardFn, exact_match
+from selfrl_jax.rollouts.two_turn import (TwoTurnRollout, attach_extras, correction_instruction_ids,
+                                          turn1_view, two_turn_rollout)
+from selfrl_jax.sampling.sampler import SamplingParams
+
+TURN_CREDITS = ("per_turn", "episode")
+BASELINES = ("rloo", "batch_mean", "none")
+ADV_NORMS = ("none", "std")
+STAGE2_ALGOS = ("reinforce", "star")
+
+
+def _check_choice(field: str, value: str, valid: tuple[str, ...]) -> None:
+  if value not in valid:
+    raise ValueError(f"SCoRe.{field}: unknown value {value!r}; valid keys: {list(valid)}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure pieces (score.md §10.1).
+
+
+def stage_of(step: jax.Array, use_stage1: bool, stage1_steps: int) -> jax.Array:
+  """Stage controller: 1 while `step < stage1_steps` (when Stage I is on), else 2; int32, jittable."""
+  step = jnp.asarray(step, jnp.int32)
+  if not use_stage1:
+    return jnp.full(step.shape, 2, jnp.int32)
+  return jnp.where(step < stage1_steps, 1, 2).astype(jnp.int32)
+
+
+def score_turn_rewards(r1_B: jax.Array, r2_B: jax.Array, alpha: float, stage: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """Per-turn returns (R1_B, R2_B): Stage I (Eq. 3): (0, r2); Stage II (Eq. 4 + 5): (r1, r2 + alpha (r2 - r1))."""
+  r1_B = jnp.asarray(r1_B, jnp.float32)
+  r2_B = jnp.asarray(r2_B, jnp.float32)
+  stage1 = jnp.asarray(stage) == 1
+  R1_B = jnp.where(stage1, 0.0, r1_B)
+  R2_B = jnp.where(stage1, r2_B, r2_B + alpha * (r2_B - r1_B))
+  return R1_B, R2_B
+
+
+def rloo_advantage(rewards_PxG: jax.Array) -> jax.Array:
+  """A_j = R_j - mean_{i != j} R_i within each group of k = G samples (§7 item 2)."""
+  return rloo(rewards_PxG)
+
+
+def baseline_advantage(returns_B: jax.Array, group_size: int, baseline: str) -> jax.Array:
+  """Return minus a baseline: leave-one-out over the prompt's group (rloo), the batch mean, or none."""
+  _check_choice("baseline", baseline, BASELINES)
+  returns_B = jnp.asarray(returns_B, jnp.float32)
+  if baseline == "none":
+    return returns_B
+  fn = rloo if baseline == "rloo" else reinforce
+  return fn(returns_B.reshape(-1, group_size)).reshape(-1)
+
+
+def normalize_advantage(adv_B: jax.Array, adv_norm: str, eps: float = 1e-6) -> jax.Array:
+  """`std`: divide by the batch std of this turn's advantages (population std); `none`: identity."""
+  _check_choice("adv_norm", adv_norm, ADV_NORMS)
+  return adv_B if adv_norm == "none" else adv_B / (adv_B.std() + eps)
+
+
+def turn_advantages(R1_B: jax.Array, R2_B: jax.Array, *, group_size: int, turn_credit: str, baseline: str,
+                    adv_norm: str = "none") -> tuple[jax.Array, jax.Array]:
+  """(A1_B, A2_B) credited to turn-1 and turn-2 tokens (§2.5 step 6, §7 items 1–2).
+
+  per_turn: A_k = baseline-subtracted R_k, each turn's baseline computed over the group separately.
+  episode: both turns get the baseline-subtracted episode return R1 + R2.
+  """
+  _check_choice("turn_credit", turn_credit, TURN_CREDITS)
+  if turn_credit == "episode":
+    a_B = normalize_advantage(baseline_advantage(R1_B + R2_B, group_size, baseline), adv_norm)
+    return a_B, a_B
+  return (normalize_advantage(baseline_advantage(R1_B, group_size, baseline), adv_norm),
+          normalize_advantage(baseline_advantage(R2_B, group_size, baseline), adv_norm))
+
+
+def per_token(value1_B: jax.Array, value2_B: jax.Array, turn_id_BxS: jax.Array) -> jax.Array:
+  """Spreads a per-turn value over that turn's tokens (turn_id 1 / 2); 0 on context and holes."""
+  return jnp.where(turn_id_BxS == 1, jnp.asarray(value1_B, jnp.float32)[:, None],
+                   jnp.where(turn_id_BxS == 2, jnp.asarray(value2_B, jnp.float32)[:, None], 0.0))
+
+
+def turn_kl_weights(stage: jax.Array, beta1: float, beta2: float, first_turn_kl_only: bool = False
+                    ) -> tuple[jax.Array, jax.Array]:
+  """(kl_w1, kl_w2): Stage I beta2 on turn 1 and beta1 on turn 2 (0 with first_turn_kl_only); Stage II beta1, beta1."""
+  stage1 = jnp.asarray(stage) == 1
+  w1 = jnp.where(stage1, beta2, beta1).astype(jnp.float32)
+  w2 = jnp.where(stage1, 0.0 if first_turn_kl_only else beta1, beta1).astype(jnp.float32)
+  return w1, w2
+
+
+def _same_response(a_BxN, a_valid_BxN, b_BxM, b_valid_BxM) -> jax.Array:
+  """y1 == y2 as token sequences (valid tokens in order; holes ignored)."""
+  width = max(a_BxN.shape[1], b_BxM.shape[1])
+
+  def compact(tokens, valid):
+    # Valid tokens to the front in order (a stable sort on ~valid), then -1 padding to `width`.
+    order = jnp.argsort(~valid.astype(bool), axis=1, stable=True)
+    packed = jnp.where(jnp.take_along_axis(valid.astype(bool), order, axis=1),
+                       jnp.take_along_axis(tokens, order, axis=1), -1)
+    return jnp.pad(packed, ((0, 0), (0, width - packed.shape[1])), constant_values=-1)
+  return jnp.all(compact(a_BxN, a_valid_BxN) == compact(b_BxM, b_valid_BxM), axis=1)
+
+
+def train_correction_metrics(r1_B, r2_B, y1_BxN, y1_valid_BxN, y2_BxM, y2_valid_BxM) -> dict[str, jax.Array]:
+  """Jittable twin of `eval.self_correction_metrics` on training rollouts (§2.4; same metric names)."""
+  r1 = jnp.asarray(r1_B) > 0.5
+  r2 = jnp.asarray(r2_B) > 0.5
+  f = lambda x: x.astype(jnp.float32).mean()  # noqa: E731
+  out = {"acc_t1": f(r1), "acc_t2": f(r2), "delta_i2c": f(~r1 & r2), "delta_c2i": f(r1 & ~r2)}
+  out["delta"] = out["acc_t2"] - out["acc_t1"]
+  out["frac_changed"] = f(~_same_response(y1_BxN, y1_valid_BxN, y2_BxM, y2_valid_BxM))
+  return out
+
+
+def star_demonstrations(rollout: TwoTurnRollout, r1_B: jax.Array, r2_B: jax.Array, *,
+                        include_c2c: bool = False, train_turn1: bool = False
+                        ) -> tuple[dict[str, jax.Array], jax.Array]:
+  """STaR baseline (§5 baselines, Table 4 `stage2_algo=star`): SFT on successful correction traces.
+
+  Keeps traces with y1 wrong and y2 right (D_STaR), plus y1 right and y2 right with `include_c2c`
+  (D+_STaR). Shapes stay fixed: rejected rows keep their tokens but get an all-False loss mask, which
+  under the mean-NLL of `train.sft.make_sft_step` equals dropping them. Loss on y2 tokens (and on y1
+  tokens with `train_turn1`).
+
+  Returns:
+    ({tokens_BxS, valid_BxS, loss_mask_BxS} as in `train.sft.demonstrations`, keep_B).
+  """
+  r1 = jnp.asarray(r1_B) > 0.5
+  r2 = jnp.asarray(r2_B) > 0.5
+  keep_B = (~r1 & r2) | (include_c2c & r1 & r2)
+  trained_BxS = (rollout.turn_id_BxS == 2) | (train_turn1 & (rollout.turn_id_BxS == 1))
+  demo = {"tokens_BxS": rollout.tokens_BxS, "valid_BxS": rollout.valid_BxS,
+          "loss_mask_BxS": trained_BxS & rollout.valid_BxS & keep_B[:, None]}
+  return demo, keep_B
+
+
+# ----------------------------------------------------------------------------------------------
+# The Algorithm.
+
+
+@dataclasses.dataclass(frozen=True)
+class SCoRe:
+  """SCoRe as an `Algorithm` for the shared train step (train/step.py).
+
+  Attributes:
+    sampling: turn-1 decoding settings (the evaluator swaps in greedy ones).
+    group_size: rollouts per prompt (k); one y2 per y1.
+    instr_ids: self-correction instruction ids p, appended after y1.
+    reward_fn: single-turn `RewardFn` (scores `rollout.response_*`); applied to y1 and y2.
+    max_new_tokens2: turn-2 buffer N2 (0: same as turn 1).
+    multi_turn: False => single-turn RL on turn 1 (Eq. 2; the "w/o multi-turn" ablation). y2 is still
+      sampled (for metrics and evaluation) but its tokens are out of the loss mask; stages are off.
+    use_stage1: run Stage I for `stage1_steps` steps, then Stage II ("w/o Stage I" ablation: False).
+    stage1_steps: Stage I length in RL iterations (`state.step` counts them).
+    alpha: shaping weight of Eq. 5 (0: "w/o reward shaping").
+    beta1: KL weight on both turns in Stage II and on turn 2 in Stage I.
+    beta2: first-attempt KL weight in Stage I.
+    first_turn_kl_only: Stage I puts no KL on turn-2 tokens.
+    turn_credit: per_turn | episode.
+    baseline: rloo | batch_mean | none (per turn, over the group or batch).
+    adv_norm: none | std.
+    kl_estimator: k1 | k2 | k3; must equal the shared update's `rl.kl_estimator`.
+  """
+
+  sampling: SamplingParams
+  group_size: int
+  instr_ids: tuple[int, ...]
+  reward_fn: RewardFn
+  max_new_tokens2: int = 0
+  multi_turn: bool = True
+  use_stage1: bool = True
+  stage1_steps: int = 0
+  alpha: float = 10.0
+  beta1: float = 0.01
+  beta2: float = 0.1
+  first_turn_kl_only: bool = False
+  turn_credit: str = "per_turn"
+  baseline: str = "rloo"
+  adv_norm: str = "none"
+  kl_estimator: str = "k3"
+
+  def __post_init__(self):
+    _check_choice("turn_credit", self.turn_credit, TURN_CREDITS)
+    _check_choice("baseline", self.baseline, BASELINES)
+    _check_choice("adv_norm", self.adv_norm, ADV_NORMS)
+    _check_choice("kl_estimator", self.kl_estimator, tuple(sorted(KL_ESTIMATORS)))
+    object.__setattr__(self, "instr_ids", tuple(int(i) for i in self.instr_ids))
+    if not self.instr_ids:
+      raise ValueError("SCoRe.instr_ids is empty; the correction instruction needs at least one token.")
+    for field in ("stage1_steps", "max_new_tokens2"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
+    for field in ("beta1", "beta2"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
+
+  @classmethod
+  def from_config(cls, score_cfg: Any, sampling: SamplingParams, tokenizer: Tokenizer, *, group_size: int,
+                  reward_fn: RewardFn | None = None) -> SCoRe:
+    """Builds from `config.score` (see configs/score/README.md); reward defaults to token exact match."""
+    c = score_cfg
+    get = lambda name, default: c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)  # noqa: E731
+    return cls(
+        sampling=sampling, group_size=group_size,
+        instr_ids=correction_instruction_ids(tokenizer, get("instruction", "<fix>"), get("chat_instruction", False)),
+        reward_fn=reward_fn or exact_match(stop_ids=tuple(tokenizer.eos_ids)),
+        max_new_tokens2=get("max_new_tokens2", 0), multi_turn=get("multi_turn", True),
+        use_stage1=get("use_stage1", True), stage1_steps=get("stage1_steps", 0), alpha=get("alpha", 10.0),
+        beta1=get("beta1", 0.01), beta2=get("beta2", 0.1), first_turn_kl_only=get("first_turn_kl_only", False),
+        turn_credit=get("turn_credit", "per_turn"), baseline=get("baseline", "rloo"),
+        adv_norm=get("adv_norm", "none"), kl_estimator=get("kl_estimator", "k3"))
+
+  @property
+  def sampling2(self) -> SamplingParams:
+    return dataclasses.replace(self.sampling, max_new_tokens=self.max_new_tokens2 or self.sampling.max_new_tokens)
+
+  @property
+  def needs_reference(self) -> bool:
+    """Whether the update needs reference log-probs (the shared step computes them iff rl.kl_coef > 0)."""
+    return self.beta1 > 0 or (self.multi_turn and self.use_stage1 and self.stage1_steps > 0 and self.beta2 > 0)
+
+  def stage(self, step: jax.Array) -> jax.Array:
+    """1 or 2 (multi-turn), 0 for single-turn RL (no stages)."""
+    if not self.multi_turn:
+      return jnp.zeros(jnp.shape(step), jnp.int32)
+    return stage_of(step, self.use_stage1, self.stage1_steps)
+
+  def rollout(self, model: Decoder, batch: dict, key: jax.Array) -> TwoTurnRollout:
+    rollout, extras = two_turn_rollout(model, batch["prompt_tokens_PxT"], batch["prompt_valid_PxT"],
+                                       self.instr_ids, key, self.sampling, self.sampling2, self.group_size)
+    if not self.multi_turn:
+      rollout = rollout.replace(loss_mask_BxS=rollout.loss_mask_BxS & (rollout.turn_id_BxS == 1))
+    return attach_extras(rollout, extras)
+
+  def rewards(self, rollout: TwoTurnRollout, batch: dict) -> dict[str, jax.Array]:
+    """r1 = r(y1, y*), r2 = r(y2, y*); "reward" is the last trained turn's (r2, or r1 when single-turn)."""
+    r1_B = self.reward_fn(turn1_view(rollout), batch)
+    r2_B = self.reward_fn(rollout, batch)
+    return {"reward": r2_B if self.multi_turn else r1_B, "r1": r1_B, "r2": r2_B}
+
+  def turn_terms(self, r1_B: jax.Array, r2_B: jax.Array, stage: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(A1_B, A2_B, kl_w1, kl_w2) for one batch at `stage` (0 = single-turn)."""
+    if not self.multi_turn:
+      a1_B = normalize_advantage(baseline_advantage(r1_B, self.group_size, self.baseline), self.adv_norm)
+      zero = jnp.zeros((), jnp.float32)
+      return a1_B, jnp.zeros_like(a1_B), jnp.asarray(self.beta1, jnp.float32), zero
+    R1_B, R2_B = score_turn_rewards(r1_B, r2_B, self.alpha, stage)
+    a1_B, a2_B = turn_advantages(R1_B, R2_B, group_size=self.group_size, turn_credit=self.turn_credit,
+                                 baseline=self.baseline, adv_norm=self.adv_norm)
+    w1, w2 = turn_kl_weights(stage, self.beta1, self.beta2, self.first_turn_kl_only)
+    return a1_B, a2_B, w1, w2
+
+  def advantages(self, rollout: TwoTurnRollout, rewards: dict, step: jax.Array):
+    """Per-token advantages and KL weights (§2.5 steps 5–7) plus self-correction metrics."""
+    stage = self.stage(step)
+    r1_B, r2_B = rewards["r1"], rewards["r2"]
+    a1_B, a2_B, w1, w2 = self.turn_terms(r1_B, r2_B, stage)
+    turn_BxS = jnp.where(rollout.loss_mask_BxS, rollout.turn_id_BxS, 0)
+    adv_BxS = per_token(a1_B, a2_B, turn_BxS)
+    b = r1_B.shape[0]
+    kl_weight_BxS = per_token(jnp.broadcast_to(w1, (b,)), jnp.broadcast_to(w2, (b,)), turn_BxS)
+    e = rollout.extras
+    metrics = train_correction_metrics(r1_B, r2_B, e.y1_tokens_BxN, e.y1_valid_BxN,
+                                       rollout.response_tokens_BxN, rollout.response_valid_BxN)
+    metrics.update({"stage": stage, "adv1_abs_mean": jnp.abs(a1_B).mean(), "adv2_abs_mean": jnp.abs(a2_B).mean(),
+                    "kl_w1": w1, "kl_w2": w2,
+                    "turn1_len_mean": e.y1_valid_BxN.sum(axis=1).mean(),
+                    "turn1_clipped_frac": 1.0 - e.y1_stopped_B.astype(jnp.float32).mean()})
+    return adv_BxS, kl_weight_BxS, metrics
