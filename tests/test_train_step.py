@@ -36,7 +36,7 @@ def _setup(reward_fn=_fraction_of_digit_reward, kl_coef=0.0, **overrides):
   sampling = SamplingParams(max_new_tokens=N, temperature=1.0, stop_ids=TOK.eos_ids)
   algo = GRPO(sampling=sampling, group_size=G, advantage="grpo", kl_coef=kl_coef, reward_fn=reward_fn)
   settings = UpdateSettings(rollouts=P * G, group_size=G, temperature=1.0, clip_low=0.2, clip_high=0.28,
-                            kl_coef=kl_coef, kl_estimator="k3", loss_agg="token_mean", norm_len=N, num_epochs=1,
+                            use_reference=kl_coef > 0, kl_estimator="k3", loss_agg="token_mean", norm_len=N, num_epochs=1,
                             num_minibatches=1, micro_batch_size=P * G, logprob_chunk=None)
   settings = dataclasses.replace(settings, **overrides)
   return make_train_step(settings, algo, graphdef, tx), state, algo

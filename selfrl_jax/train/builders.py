@@ -127,7 +127,7 @@ def build_update_settings(cfg: ml_collections.ConfigDict) -> UpdateSettings:
   rl = cfg.rl
   return UpdateSettings(
       rollouts=rl.prompts_per_step * rl.group_size, group_size=rl.group_size, temperature=rl.temperature,
-      clip_low=rl.clip_low, clip_high=rl.clip_high, kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator,
+      clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=rl.kl_coef > 0, kl_estimator=rl.kl_estimator,
       loss_agg=rl.loss_agg, norm_len=rl.max_new_tokens, num_epochs=rl.num_epochs,
       num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
       logprob_chunk=rl.logprob_chunk or None)

@@ -35,14 +35,18 @@ Rewards = dict[str, jax.Array]  # "reward" (the scalar used for advantages) plus
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSettings:
-  """Static knobs of the shared update (from `config.rl`; see configs/common.py for meanings)."""
+  """Static knobs of the shared update (from `config.rl`; see configs/common.py for meanings).
+
+  `use_reference`: compute frozen-reference log-probs for the KL term. The per-token KL weights
+  come from the Algorithm (GRPO: rl.kl_coef everywhere; SCoRe: beta1 / beta2 per turn).
+  """
 
   rollouts: int
   group_size: int
   temperature: float
   clip_low: float
   clip_high: float
-  kl_coef: float
+  use_reference: bool
   kl_estimator: str
   loss_agg: str
   norm_len: int
@@ -220,7 +224,7 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
     old = ref = None
     if s.needs_old_logprobs:
       old = _microbatched_logprobs(graphdef, state.params, rollout.tokens_BxS, rollout.valid_BxS, s)
-    if s.kl_coef > 0:
+    if s.use_reference:
       ref = _microbatched_logprobs(graphdef, state.ref_params, rollout.tokens_BxS, rollout.valid_BxS, s)
     ub = UpdateBatch(tokens_BxS=rollout.tokens_BxS, valid_BxS=rollout.valid_BxS,
                      loss_mask_BxS=rollout.loss_mask_BxS, adv_BxS=adv_BxS, kl_weight_BxS=kl_weight_BxS,
