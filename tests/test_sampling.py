@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selfrl_jax.models.config import tiny_config
-from selfrl_jax.models.decoder import forward_full, init_model
+from selfrl_jax.models.decoder import forward_full
+from sampling_fixtures import left_padded_prompts, peaked_model
 from selfrl_jax.sampling.sampler import Sampler, SamplingParams, sample_token
 
 VOCAB, T, N = 64, 8, 10
@@ -16,22 +16,12 @@ LENGTHS = (8, 5, 2)
 
 @pytest.fixture(scope="module")
 def model():
-  m = init_model(tiny_config("qwen3", vocab_size=VOCAB))
-  # normal(0.02) weights give near-uniform logits; scale up so greedy choices have clear margins.
-  state = nnx.state(m, nnx.Param)
-  nnx.update(m, jax.tree.map(lambda x: x * 10.0 if x.ndim == 2 else x, state))
-  return m
+  return peaked_model("qwen3", VOCAB)
 
 
 @pytest.fixture(scope="module")
 def prompts():
-  rs = np.random.RandomState(0)
-  tokens = np.zeros((len(LENGTHS), T), np.int32)
-  valid = np.zeros((len(LENGTHS), T), bool)
-  for i, n in enumerate(LENGTHS):
-    tokens[i, T - n:] = rs.randint(3, VOCAB, n)
-    valid[i, T - n:] = True
-  return jnp.asarray(tokens), jnp.asarray(valid)
+  return left_padded_prompts(LENGTHS, T, VOCAB)
 
 
 def _full_logits(model, tokens, valid):

@@ -10,10 +10,10 @@ from flax import nnx
 
 from selfrl_jax.algos.losses import policy_loss
 from selfrl_jax.algos.score import SCoRe
-from selfrl_jax.models.config import tiny_config
-from selfrl_jax.models.decoder import init_model, positions_and_mask
+from selfrl_jax.models.decoder import positions_and_mask
 from selfrl_jax.rewards.registry import exact_match
 from selfrl_jax.rollouts.two_turn import multi_attempt_rollout, two_turn_rollout
+from sampling_fixtures import left_padded_prompts, peaked_model
 from selfrl_jax.sampling.sampler import SamplingParams, generate
 from selfrl_jax.train.step import sequence_logprobs
 
@@ -25,22 +25,12 @@ STOPS = tuple(range(40, 52))  # some rows stop early, some run to the end of the
 
 @pytest.fixture(scope="module")
 def model():
-  m = init_model(tiny_config("llama", vocab_size=VOCAB, n_layers=1))  # one block: fast compiles
-  # normal(0.02) weights give near-uniform logits; scale up so greedy choices have clear margins.
-  state = nnx.state(m, nnx.Param)
-  nnx.update(m, jax.tree.map(lambda x: x * 10.0 if x.ndim == 2 else x, state))
-  return m
+  return peaked_model("llama", VOCAB, n_layers=1)  # one block: fast compiles
 
 
 @pytest.fixture(scope="module")
 def prompts():
-  rs = np.random.RandomState(0)
-  tokens = np.zeros((len(LENGTHS), T), np.int32)
-  valid = np.zeros((len(LENGTHS), T), bool)
-  for i, n in enumerate(LENGTHS):
-    tokens[i, T - n:] = rs.randint(7, VOCAB, n)
-    valid[i, T - n:] = True
-  return jnp.asarray(tokens), jnp.asarray(valid)
+  return left_padded_prompts(LENGTHS, T, VOCAB, low=7)
 
 
 def _jit(model, fn):

@@ -17,7 +17,6 @@ import pytest
 from configs.tiny.grpo_arithmetic import get_config
 from selfrl_jax.rewards import registry
 from selfrl_jax.train.builders import ConfigError, validate_config
-from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.loop import NonFiniteAbort, train
 from selfrl_jax.train.metrics import read_jsonl
 

@@ -162,7 +162,7 @@ def _optimize(state: TrainState, graphdef, tx: optax.GradientTransformation, ub:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     state = state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state))
     metrics = jax.tree.map(jnp.mean, metrics)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = (~finite).astype(jnp.int32)
     return state, metrics
 
