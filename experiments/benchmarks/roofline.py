@@ -37,3 +37,13 @@ def generate_flops(cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: in
   prefill = batch * prompt_len * matmul_flops_per_token(cfg, cache_len)
   decode = batch * new_tokens * matmul_flops_per_token(cfg, cache_len)
   return prefill + decode
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+  """FLOPs of one teacher-forced forward + backward pass over [batch, seq_len] tokens.
+
+  Backward costs twice the forward, so this is 3x the forward count: per token
+  6 * (matmul params) + 12 * layers * heads * head_dim * seq_len (the PaLM MFU convention, which
+  counts the full S x S attention our implementation computes, not the causal half).
+  """
+  return 3 * batch * seq_len * matmul_flops_per_token(cfg, seq_len)
