@@ -1,6 +1,11 @@
 r"""Evaluate the newest checkpoint of a workdir (greedy, held-out split) with the config it was trained with.
 
   python experiments/eval.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo
+  python experiments/eval.py --config=configs/score/tiny_arithmetic.py --workdir=/tmp/score \
+      --config.score.n_attempts_eval=4       # SCoRe: Acc@t1..t4, Delta(t1,t2), i->c, c->i, edits
+
+Prints one JSON line: the algorithm's evaluation metrics (GRPO: accuracy; SCoRe: the
+self-correction metrics of score.md §2.4).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from selfrl_jax.train import builders  # noqa: E402
 from selfrl_jax.train.checkpoint import CheckpointManager  # noqa: E402
-from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches  # noqa: E402
+from selfrl_jax.train.loop import make_evaluator  # noqa: E402
 from selfrl_jax.train.state import create_train_state, make_optimizer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run was trained with.", lock_config=True)
@@ -40,10 +45,7 @@ def main(argv):
   restored = ckpt.restore_or_none(jax.eval_shape(lambda: state))
   if restored is None:
     raise SystemExit(f"No checkpoint found under {_WORKDIR.value}/checkpoints.")
-  evaluator = Evaluator(graphdef, builders.build_algorithm(cfg, tok), builders.eval_sampling(cfg, tok),
-                        fixed_eval_batches(test_source, tok, eval_size=cfg.train.eval_size,
-                                           batch_size=cfg.train.eval_batch_size, max_prompt_len=cfg.rl.max_prompt_len,
-                                           max_answer_len=cfg.rl.max_answer_len))
+  evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
   print(json.dumps({"step": restored.step, **evaluator(restored.state.params)}))
 
 

@@ -1,8 +1,13 @@
 r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evaluate, plot.
 
-  python experiments/reproduce.py                                  # 3 seeds, ~10 min on 2 CPU cores
+  python experiments/reproduce.py                                  # GRPO, 3 seeds, ~10 min on 2 CPU cores
   python experiments/reproduce.py --seeds=0 --num_steps=20         # a quick look
   python experiments/reproduce.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/repro
+  python experiments/reproduce.py --method=score                   # SCoRe toy: every arm x 3 seeds
+  python experiments/reproduce.py --method=score --arms=score,naive_multi_turn --seeds=0
+
+`--method=score` runs the arms of configs/score/tiny_arithmetic.py (see experiments/score_toy.py)
+and writes <workdir>/score_table.md, score_results.json and score_curves.png.
 
 For every seed: SFT warm start (cached under <workdir>/warm_start), GRPO for `train.num_steps`
 iterations, greedy held-out accuracy before and after. Prints a before/after table (mean ± std
@@ -17,11 +22,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Persistent compilation cache: seeds and arms with identical programs compile once per machine.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/selfrl_jax/jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from experiments import score_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.metrics import read_jsonl  # noqa: E402
 
@@ -30,6 +39,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmeti
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Output directory (resumable).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps.")
+_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score"], "grpo: --config x seeds; score: the SCoRe toy arms.")
+_ARMS = flags.DEFINE_list("arms", list(score_toy.LABELS)[1:], "--method=score: arms to run.")
 
 
 def plot_curves(runs: dict[int, dict], workdir: str, path: str) -> None:
@@ -57,11 +68,32 @@ def plot_curves(runs: dict[int, dict], workdir: str, path: str) -> None:
   plt.close(fig)
 
 
+def reproduce_score(workdir: str) -> None:
+  """Every SCoRe toy arm x seed; prints and saves the summary table and the Acc@t1/t2 curves."""
+  seeds = [int(s) for s in _SEEDS.value]
+  t0 = time.perf_counter()
+  out = score_toy.run_arms(_ARMS.value, seeds, workdir, num_steps=_NUM_STEPS.value)
+  total = time.perf_counter() - t0
+  table = score_toy.format_table(score_toy.summarize(out["runs"]), len(seeds))
+  timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
+  print(f"\nSCoRe toy (bugged 3-digit addition)\n{table}\n\nwall time {total:.0f} s ({timing})")
+  with open(os.path.join(workdir, "score_table.md"), "w") as f:
+    f.write(f"{table}\n\nwall time {total:.0f} s ({timing})\n")
+  score_toy.plot_curves(out["runs"], os.path.join(workdir, "score_curves.png"))
+  with open(os.path.join(workdir, "score_results.json"), "w") as f:
+    json.dump({"seconds": total, "arm_seconds": out["seconds"],
+               "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
+  print(f"wrote {workdir}/score_table.md, score_results.json and score_curves.png")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
+  if _METHOD.value == "score":
+    reproduce_score(workdir)
+    return
   runs, t_start = {}, time.perf_counter()
   for seed in map(int, _SEEDS.value):
     cfg = _CONFIG.value.copy_and_resolve_references()

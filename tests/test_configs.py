@@ -32,6 +32,7 @@ def shrink(cfg):
     cfg.sft.steps = min(cfg.sft.steps, 2)
     cfg.train.num_steps, cfg.train.eval_size, cfg.train.eval_batch_size, cfg.train.eval_every = 1, 8, 8, 0
     cfg.train.progress = False
+    cfg.score.stage1_steps = min(cfg.score.stage1_steps, 1)
   return cfg
 
 

@@ -132,6 +132,21 @@ def test_top_k_and_top_p_restrict_support():
   np.testing.assert_allclose(f, sharpened, atol=0.015)
 
 
+def test_sampled_frequencies_match_probabilities_across_cdf_blocks():
+  # 700 ids = 3 inverse-CDF blocks (the last one padded): every id's frequency must match softmax.
+  rng = np.random.default_rng(0)
+  logits_V = rng.normal(size=700).astype(np.float32) * 3
+  probs_V = np.exp(logits_V - logits_V.max()) / np.exp(logits_V - logits_V.max()).sum()
+  n = 40000
+  tok, logp = jax.jit(lambda l, k: sample_token(l, k, SamplingParams(max_new_tokens=1, temperature=1.0)))(
+      jnp.tile(jnp.asarray(logits_V)[None], (n, 1)), jax.random.key(7))
+  freq_V = np.bincount(np.asarray(tok), minlength=700) / n
+  assert 0.5 * np.abs(freq_V - probs_V).sum() < 0.03  # total variation distance
+  sigma_V = np.sqrt(probs_V * (1 - probs_V) / n)
+  assert np.all(np.abs(freq_V - probs_V) < 5 * sigma_V + 2e-4)
+  np.testing.assert_allclose(np.asarray(logp), np.log(probs_V)[np.asarray(tok)], atol=1e-4)
+
+
 def test_no_recompilation_across_calls(model, prompts):
   graphdef, state = nnx.split(model)
   sampler = Sampler(graphdef, SamplingParams(max_new_tokens=N, temperature=1.0))

@@ -7,9 +7,9 @@ What is measured: `jax.value_and_grad` (w.r.t. hidden states and the output matr
 sum(token_logprobs(hidden_BxTxD, w_out_DxV, targets, chunk_size=c, return_entropy=True)) — the
 log-prob head exactly as the train step runs it (entropy is a stop-gradient metric there too).
 For each chunk size (0 = unchunked) the table shows XLA's compiled `memory_analysis()` temp
-bytes (scratch the program needs beyond its inputs/outputs), and, unless --norss, the measured
-growth of the process's peak RSS while running the compiled step (in a fresh subprocess per
-setting, after compilation and input allocation), plus the step time.
+bytes (scratch the program needs beyond its inputs/outputs), and, unless --norss, the process's
+peak RSS and its growth while running the compiled step (in a fresh subprocess per setting,
+measured after compilation and input allocation), plus the best step time.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def _child(chunk: int) -> None:
     jax.block_until_ready(step(*args))
     best = min(best, time.perf_counter() - t0)
   peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  print(json.dumps({"rss_growth_bytes": (peak_kib - base_kib) * 1024, "seconds": best}))
+  print(json.dumps({"rss_growth_bytes": (peak_kib - base_kib) * 1024, "rss_peak_bytes": peak_kib * 1024,
+                    "seconds": best}))
 
 
 def _run_child(chunk: int) -> dict:
@@ -96,17 +97,18 @@ def main(argv):
     measured = _run_child(chunk) if _RSS.value else {}
     rows.append((chunk, temp, measured))
     print(f"  done chunk={chunk}", flush=True)
-  base_temp, base_rss = next(((temp, m.get("rss_growth_bytes")) for chunk, temp, m in rows if chunk == 0),
-                             (rows[0][1], rows[0][2].get("rss_growth_bytes")))
-  print(f"{'chunk':>6} | {'XLA temp MiB':>12} | {'temp ratio':>10} | {'peak RSS growth MiB':>19} | "
-        f"{'RSS ratio':>9} | {'step s':>6}")
-  for chunk, temp, measured in rows:
-    rss, secs = measured.get("rss_growth_bytes"), measured.get("seconds")
-    rss_ratio = f"{base_rss / max(rss, 1):.1f}x" if rss is not None and base_rss is not None else "-"
+  base_temp = next((temp for chunk, temp, _ in rows if chunk == 0), rows[0][1])
+  print(f"{'chunk':>6} | {'XLA temp MiB':>12} | {'temp ratio':>10} | {'process peak RSS MiB':>20} | "
+        f"{'RSS growth in run MiB':>21} | {'step s':>6}")
+  mib = lambda m, k: "-" if k not in m else f"{m[k] / 2**20:.0f}"  # noqa: E731
+  secs = lambda m: "-" if "seconds" not in m else f"{m['seconds']:.2f}"  # noqa: E731
+  for chunk, temp, m in rows:
     print(f"{chunk or 'none':>6} | {temp / 2**20:>12.1f} | {base_temp / max(temp, 1):>9.1f}x | "
-          f"{'-' if rss is None else f'{rss / 2**20:.0f}':>19} | {rss_ratio:>9} | "
-          f"{'-' if secs is None else f'{secs:.2f}':>6}")
-  print("ratios: unchunked / chunked (higher = less memory)")
+          f"{mib(m, 'rss_peak_bytes'):>20} | {mib(m, 'rss_growth_bytes'):>21} | "
+          f"{secs(m):>6}")
+  print("temp ratio = unchunked / chunked XLA temp bytes. RSS growth is measured from the peak reached "
+        "before the run (compilation, inputs), so it under-counts scratch that fits under that peak.")
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -3,7 +3,6 @@ r"""Train-step throughput and MFU of the policy update, plus one fused RL iterat
   JAX_PLATFORMS=cpu python -m experiments.benchmarks.bench_train_step                  # defaults
   JAX_PLATFORMS=cpu python -m experiments.benchmarks.bench_train_step --batch_sizes=8 \
       --logprob_chunks=0,512 --micro_batches=0,4 --bare --nofused          # knobs
-  JAX_PLATFORMS=cpu python -m experiments.benchmarks.bench_train_step --flat_linear   # proposed fix
 
 What is timed (per row of the table): `TrainStep.update` from `selfrl_jax.train.step` — the real
 compiled update path (advantages, one teacher-forced forward + backward of the clipped GRPO loss
@@ -62,31 +61,12 @@ _CHUNKS = flags.DEFINE_list("logprob_chunks", ["0"], "logprob_chunk values (0 = 
 _MICRO = flags.DEFINE_list("micro_batches", ["0"], "micro_batch_size values (0 = the whole batch).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions after one warm-up (best is reported).")
 _BARE = flags.DEFINE_bool("bare", False, "Also time a plain value_and_grad + optimizer step.")
-_FLAT = flags.DEFINE_bool(
-    "flat_linear", False, "Preview of a proposed library change: every nnx.Linear flattens its input to "
-    "2-D [B*T, D] before the matmul (patched for this process only; see `_flat_linear`).")
 _FUSED = flags.DEFINE_bool("fused", True, "Also time one full fused RL iteration (sampling + update).")
 _FUSED_P = flags.DEFINE_integer("fused_prompts", 4, "Fused reference: prompts P.")
 _FUSED_G = flags.DEFINE_integer("fused_group", 4, "Fused reference: completions per prompt G.")
 _FUSED_T = flags.DEFINE_integer("fused_prompt_len", 32, "Fused reference: prompt tokens.")
 _FUSED_N = flags.DEFINE_integer("fused_new_tokens", 64, "Fused reference: generated tokens (no stop token).")
 
-
-def _flat_linear() -> None:
-  """Makes nnx.Linear run its matmul on a 2-D [B*T, D] view of its input (this process only).
-
-  XLA:CPU lowers the weight gradient of a [B, T, D] x [D, F] dot (contraction over B and T) with an
-  explicit transposed copy fused into the surrounding elementwise ops, which runs far below
-  memory speed; on a 2-D input the same gradient is a plain [D, B*T] x [B*T, F] GEMM. The numbers
-  are identical; only the layout XLA sees changes. The library fix would be the same reshape in
-  `selfrl_jax.models.decoder` (or Decoder running its blocks on [B*T, D] activations).
-  """
-  call = nnx.Linear.__call__
-
-  def flat_call(self, x):
-    y = call(self, x.reshape(-1, x.shape[-1]))
-    return y.reshape(*x.shape[:-1], y.shape[-1])
-  nnx.Linear.__call__ = flat_call
 
 
 def _best_time(fn, repeats: int) -> tuple[float, float]:
@@ -209,11 +189,9 @@ def main(argv):
                           n_layers=_LAYERS.value, n_heads=_HEADS.value, n_kv_heads=_KV_HEADS.value,
                           head_dim=head_dim, d_ff=_D_FF.value, tie_embeddings=True)
   s_len = _SEQ_LEN.value
-  if _FLAT.value:
-    _flat_linear()
   peaks = [measured_matmul_peak()]
   print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}); "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; flat_linear={_FLAT.value}")
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"model: llama d_model {_D_MODEL.value}, {_LAYERS.value} layers, {_HEADS.value}/{_KV_HEADS.value} heads "
         f"(head_dim {head_dim}), d_ff {_D_FF.value}, vocab {_VOCAB.value} tied: "
         f"{model_cfg.num_params() / 1e6:.2f}M params; seq_len {s_len} ({_PROMPT_LEN.value} prompt + "

@@ -12,7 +12,9 @@ clip 0.2 / 0.28, token-mean loss, beta = 0 (no reference model), one epoch of on
 over all P*G rollouts (TRL: per_device_train_batch_size = P*G, no accumulation, so neither side
 recomputes old log-probs), Adam(W) lr 1e-4 with global-norm clip 1.0, float32.
 Seconds per iteration are best and median of `iterations` iterations after `warmup` (ours: the
-first call compiles; TRL: per-step wall time between `on_step_end` callbacks).
+first call compiles; TRL: per-step wall time between `on_step_end` callbacks). Both sides also do
+what they always do: TRL decodes completions to text and logs entropy; ours computes the rollout
+metrics and the entropy of every position inside the compiled step.
 Needs the optional `trl==1.16.0` (+ `datasets`); torch 2.13.0 CPU.
 """
 
@@ -53,6 +55,7 @@ _D_FF = flags.DEFINE_integer("d_ff", 768, "SwiGLU width.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed iterations per side.")
 _ITERS = flags.DEFINE_integer("iterations", 3, "Timed iterations per side.")
 _SKIP_TRL = flags.DEFINE_bool("skip_trl", False, "Only time our side.")
+_CHUNK = flags.DEFINE_integer("logprob_chunk", 512, "Our rl.logprob_chunk (0 = unchunked log-probs).")
 _LR = 1e-4
 
 
@@ -85,6 +88,7 @@ def _ours(model, tok: HFTokenizer, prompt_ids: np.ndarray, digit_V: np.ndarray) 
   rl.prompts_per_step, rl.group_size, rl.max_new_tokens, rl.temperature = p, g, n, 1.0
   rl.max_prompt_len, rl.kl_coef, rl.num_epochs, rl.num_minibatches = _PROMPT_LEN.value, 0.0, 1, 1
   rl.micro_batch_size, rl.advantage, rl.loss_agg = p * g, "grpo", "token_mean"
+  rl.logprob_chunk = _CHUNK.value
   cfg.optim.learning_rate, cfg.optim.grad_clip, cfg.optim.weight_decay = _LR, 1.0, 0.0
   table_V = jnp.asarray(digit_V)
 
@@ -114,10 +118,11 @@ def _ours(model, tok: HFTokenizer, prompt_ids: np.ndarray, digit_V: np.ndarray) 
 
 def _trl(model_dir: str, prompts: list[str], digit_V: np.ndarray, out_dir: str) -> list[float]:
   """Seconds per GRPOTrainer optimizer step (one generation + one update), after warm-up."""
-  import datasets  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # pylint: disable=import-outside-toplevel
-  from trl import GRPOConfig, GRPOTrainer  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import datasets
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+  from trl import GRPOConfig, GRPOTrainer
 
   p, g = _PROMPTS.value, _GROUP.value
   steps = _WARMUP.value + _ITERS.value
@@ -186,8 +191,10 @@ def main(argv):
   prompt_ids = np.asarray([tok.hf(text=x)["input_ids"] for x in prompts], np.int32)
   digit_V = _digit_table(tok)
   print(f"machine: {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), trl {trl.__version__}")
-  print(f"model: llama d_model {d}, {_LAYERS.value} layers, {_HEADS.value}/{_KV_HEADS.value} heads, d_ff {_D_FF.value}, "
+        f"({torch.get_num_threads()} threads), trl {trl.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"our logprob_chunk={_CHUNK.value}")
+  print(f"model: llama d_model {d}, {_LAYERS.value} layers, {_HEADS.value}/{_KV_HEADS.value} heads, "
+        f"d_ff {_D_FF.value}, "
         f"vocab {tok.vocab_size} tied ({model_cfg.num_params() / 1e6:.1f}M params); P={p}, G={g} ({p * g} rollouts), "
         f"prompt {t} tokens, up to {n} new tokens; {int(digit_V.sum())} digit tokens in the reward table")
   with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from selfrl_jax.algos.advantages import compute_advantages
 from selfrl_jax.models.decoder import Decoder
@@ -37,6 +38,10 @@ class GRPO:
     return single_turn_rollout(model, batch["prompt_tokens_PxT"], batch["prompt_valid_PxT"], key,
                                self.sampling, self.group_size)
 
+  @property
+  def needs_reference(self) -> bool:
+    return self.kl_coef > 0
+
   def rewards(self, rollout: Rollout, batch: dict) -> dict:
     return {"reward": self.reward_fn(rollout, batch)}
 
@@ -46,3 +51,12 @@ class GRPO:
     adv_BxS = adv_PxG.reshape(-1, 1) * rollout.loss_mask_BxS
     kl_weight_BxS = jnp.full(rollout.loss_mask_BxS.shape, self.kl_coef, jnp.float32)
     return adv_BxS, kl_weight_BxS, {"adv_abs_mean": jnp.abs(adv_PxG).mean()}
+
+  def eval_outputs(self, model: Decoder, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+    """Per-prompt reward and response length of this algorithm's rollout (jittable)."""
+    rollout = self.rollout(model, batch, key)
+    return {"reward_B": self.rewards(rollout, batch)["reward"], "len_B": rollout.response_valid_BxN.sum(axis=1)}
+
+  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"eval/accuracy": float(np.mean(outputs["reward_B"])),
+            "eval/completion_len_mean": float(np.mean(outputs["len_B"]))}

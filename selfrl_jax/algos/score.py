@@ -20,14 +20,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from selfrl_jax.algos.advantages import reinforce, rloo
 from selfrl_jax.algos.losses import KL_ESTIMATORS
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
 from selfrl_jax.rewards.registry import RewardFn, exact_match
+from selfrl_jax.eval.self_correction import multi_attempt_accuracy, self_correction_metrics
 from selfrl_jax.rollouts.two_turn import (TwoTurnRollout, attach_extras, correction_instruction_ids,
-                                          turn1_view, two_turn_rollout)
+                                          multi_attempt_rollout, response_view, turn1_view, two_turn_rollout)
 from selfrl_jax.sampling.sampler import SamplingParams
 
 TURN_CREDITS = ("per_turn", "episode")
@@ -187,6 +189,10 @@ class SCoRe:
     baseline: rloo | batch_mean | none (per turn, over the group or batch).
     adv_norm: none | std.
     kl_estimator: k1 | k2 | k3; must equal the shared update's `rl.kl_estimator`.
+    stage2_algo: reinforce | star. `star` replaces the Stage II policy gradient by SFT on this
+      batch's successful corrections (Table 4), i.e. the mean NLL of their y2 tokens; no KL.
+    star_include_c2c: star also keeps right -> right traces (D+_STaR).
+    n_attempts_eval: sequential attempts at evaluation (K >= 2; metrics compare t1 with t2).
   """
 
   sampling: SamplingParams
@@ -205,12 +211,18 @@ class SCoRe:
   baseline: str = "rloo"
   adv_norm: str = "none"
   kl_estimator: str = "k3"
+  stage2_algo: str = "reinforce"
+  star_include_c2c: bool = False
+  n_attempts_eval: int = 2
 
   def __post_init__(self):
     _check_choice("turn_credit", self.turn_credit, TURN_CREDITS)
     _check_choice("baseline", self.baseline, BASELINES)
     _check_choice("adv_norm", self.adv_norm, ADV_NORMS)
     _check_choice("kl_estimator", self.kl_estimator, tuple(sorted(KL_ESTIMATORS)))
+    _check_choice("stage2_algo", self.stage2_algo, STAGE2_ALGOS)
+    if self.n_attempts_eval < 2:
+      raise ValueError(f"SCoRe.n_attempts_eval must be >= 2, got {self.n_attempts_eval}.")
     object.__setattr__(self, "instr_ids", tuple(int(i) for i in self.instr_ids))
     if not self.instr_ids:
       raise ValueError("SCoRe.instr_ids is empty; the correction instruction needs at least one token.")
@@ -222,20 +234,17 @@ class SCoRe:
         raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
 
   @classmethod
-  def from_config(cls, score_cfg: Any, sampling: SamplingParams, tokenizer: Tokenizer, *, group_size: int,
-                  reward_fn: RewardFn | None = None) -> SCoRe:
-    """Builds from `config.score` (see configs/score/README.md); reward defaults to token exact match."""
-    c = score_cfg
-    get = lambda name, default: c.get(name, default) if hasattr(c, "get") else getattr(c, name, default)  # noqa: E731
+  def from_config(cls, cfg: Any, sampling: SamplingParams, tokenizer: Tokenizer, reward_fn: RewardFn) -> SCoRe:
+    """Builds from a full experiment config: `cfg.score` plus `rl.group_size` / `rl.kl_estimator`."""
+    c = cfg.score
     return cls(
-        sampling=sampling, group_size=group_size,
-        instr_ids=correction_instruction_ids(tokenizer, get("instruction", "<fix>"), get("chat_instruction", False)),
-        reward_fn=reward_fn or exact_match(stop_ids=tuple(tokenizer.eos_ids)),
-        max_new_tokens2=get("max_new_tokens2", 0), multi_turn=get("multi_turn", True),
-        use_stage1=get("use_stage1", True), stage1_steps=get("stage1_steps", 0), alpha=get("alpha", 10.0),
-        beta1=get("beta1", 0.01), beta2=get("beta2", 0.1), first_turn_kl_only=get("first_turn_kl_only", False),
-        turn_credit=get("turn_credit", "per_turn"), baseline=get("baseline", "rloo"),
-        adv_norm=get("adv_norm", "none"), kl_estimator=get("kl_estimator", "k3"))
+        sampling=sampling, group_size=cfg.rl.group_size,
+        instr_ids=correction_instruction_ids(tokenizer, c.instruction, c.chat_instruction), reward_fn=reward_fn,
+        max_new_tokens2=c.max_new_tokens2, multi_turn=c.multi_turn, use_stage1=c.use_stage1,
+        stage1_steps=c.stage1_steps, alpha=c.alpha, beta1=c.beta1, beta2=c.beta2,
+        first_turn_kl_only=c.first_turn_kl_only, turn_credit=c.turn_credit, baseline=c.baseline,
+        adv_norm=c.adv_norm, kl_estimator=cfg.rl.kl_estimator, stage2_algo=c.stage2_algo,
+        star_include_c2c=c.star_include_c2c, n_attempts_eval=c.n_attempts_eval)
 
   @property
   def sampling2(self) -> SamplingParams:
@@ -243,7 +252,7 @@ class SCoRe:
 
   @property
   def needs_reference(self) -> bool:
-    """Whether the update needs reference log-probs (the shared step computes them iff rl.kl_coef > 0)."""
+    """Whether any KL weight can be non-zero, i.e. the update needs reference log-probs."""
     return self.beta1 > 0 or (self.multi_turn and self.use_stage1 and self.stage1_steps > 0 and self.beta2 > 0)
 
   def stage(self, step: jax.Array) -> jax.Array:
@@ -287,11 +296,62 @@ class SCoRe:
     adv_BxS = per_token(a1_B, a2_B, turn_BxS)
     b = r1_B.shape[0]
     kl_weight_BxS = per_token(jnp.broadcast_to(w1, (b,)), jnp.broadcast_to(w2, (b,)), turn_BxS)
+    extra = {}
+    if self.multi_turn and self.stage2_algo == "star":
+      star_adv_BxS, keep_B = self.star_advantages(rollout, r1_B, r2_B)
+      in_stage2 = stage == 2
+      adv_BxS = jnp.where(in_stage2, star_adv_BxS, adv_BxS)
+      kl_weight_BxS = jnp.where(in_stage2, 0.0, kl_weight_BxS)
+      extra["star_kept_frac"] = keep_B.astype(jnp.float32).mean()
     e = rollout.extras
     metrics = train_correction_metrics(r1_B, r2_B, e.y1_tokens_BxN, e.y1_valid_BxN,
                                        rollout.response_tokens_BxN, rollout.response_valid_BxN)
     metrics.update({"stage": stage, "adv1_abs_mean": jnp.abs(a1_B).mean(), "adv2_abs_mean": jnp.abs(a2_B).mean(),
                     "kl_w1": w1, "kl_w2": w2,
                     "turn1_len_mean": e.y1_valid_BxN.sum(axis=1).mean(),
-                    "turn1_clipped_frac": 1.0 - e.y1_stopped_B.astype(jnp.float32).mean()})
+                    "turn1_clipped_frac": 1.0 - e.y1_stopped_B.astype(jnp.float32).mean(), **extra})
     return adv_BxS, kl_weight_BxS, metrics
+
+  def star_advantages(self, rollout: TwoTurnRollout, r1_B: jax.Array, r2_B: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+    """STaR as per-token advantages: the shared loss then equals SFT on the kept y2 tokens.
+
+    With one epoch the PPO ratio is 1, so the `token_mean` loss is -sum(A * logp) / n_loss.
+    A = n_loss / n_kept on kept y2 tokens (0 elsewhere) turns it into the mean NLL of the kept
+    tokens, the loss of `star_demonstrations` under `train.sft.make_sft_step` (validate_config
+    requires token_mean and one minibatch for this reason).
+    """
+    demo, keep_B = star_demonstrations(rollout, r1_B, r2_B, include_c2c=self.star_include_c2c)
+    kept_BxS = demo["loss_mask_BxS"] & rollout.loss_mask_BxS
+    scale = rollout.loss_mask_BxS.sum() / jnp.maximum(kept_BxS.sum(), 1)
+    return jnp.where(kept_BxS, scale, 0.0).astype(jnp.float32), keep_B
+
+  # -- Evaluation (score.md §2.4; greedy by default) --------------------------------------------
+
+  def eval_outputs(self, model: Decoder, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+    """K = n_attempts_eval sequential attempts in one cache, each scored by the reward (jittable).
+
+    Every attempt uses the larger of the two turn buffers; holes are invisible to the model, so
+    this matches the training layout except for where a long answer is truncated.
+    """
+    n = max(self.sampling.max_new_tokens, self.sampling2.max_new_tokens)
+    out = multi_attempt_rollout(model, batch["prompt_tokens_PxT"], batch["prompt_valid_PxT"], self.instr_ids,
+                                key, dataclasses.replace(self.sampling, max_new_tokens=n), self.group_size,
+                                self.n_attempts_eval)
+    reward_KxB = jnp.stack([self.reward_fn(response_view(out.tokens_KxBxN[k], out.valid_KxBxN[k],
+                                                         out.stopped_KxB[k]), batch)
+                            for k in range(self.n_attempts_eval)])
+    return {"reward_KxB": reward_KxB, "tokens_KxBxN": out.tokens_KxBxN, "len_KxB": out.valid_KxBxN.sum(axis=2)}
+
+  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Acc@t1..t_K, Delta(t1, t2), Delta(i->c), Delta(c->i), frac_changed and the edit-ratio histogram."""
+    correct_KxN = np.asarray(outputs["reward_KxB"]) > 0.5
+    tokens, lengths = outputs["tokens_KxBxN"], outputs["len_KxB"]
+    m = self_correction_metrics(correct_KxN[0], correct_KxN[1], tokens[0], lengths[0], tokens[1], lengths[1])
+    result = {f"eval/{k}": float(m[k]) for k in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i",
+                                                 "frac_changed", "edit_ratio_mean")}
+    result.update({f"eval/edit_ratio_hist/{i}": float(c) for i, c in enumerate(m["edit_ratio_hist"])})
+    result.update({f"eval/acc_t{k + 1}": float(a) for k, a in enumerate(multi_attempt_accuracy(correct_KxN))})
+    result["eval/accuracy"] = result["eval/acc_t2"]
+    result["eval/completion_len_mean"] = float(np.asarray(lengths[1]).mean())
+    return result

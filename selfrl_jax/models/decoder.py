@@ -80,8 +80,22 @@ class RMSNorm(nnx.Module):
     return (normed.astype(self.dtype) * self.weight[...].astype(self.dtype))
 
 
-def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=_INIT, dtype=jnp.dtype(cfg.compute_dtype),
+class Linear(nnx.Linear):
+  """`nnx.Linear` that multiplies a 2-D [B*T, D] view of its input.
+
+  Same parameters and numbers; only the layout XLA sees changes. On XLA:CPU the weight gradient of
+  a [B, T, D] x [D, F] dot (contracting over B and T) is lowered with a transposed copy fused into
+  elementwise ops, far below GEMM speed; on 2-D inputs it is a plain GEMM. Measured by
+  experiments/benchmarks/bench_train_step.py: 16M-param update 39% -> 57% MFU.
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, bias: bool = False) -> Linear:
+  return Linear(d_in, d_out, use_bias=bias, kernel_init=_INIT, dtype=jnp.dtype(cfg.compute_dtype),
                     param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 
 

@@ -39,3 +39,14 @@ def load_model(spec: str, **config_overrides) -> tuple[Decoder, HFTokenizer]:
   raise CheckpointError(
       f"Cannot load {spec!r}: expected one of {sorted(PACKAGED_MODELS)}, a .gguf file, or a Hugging Face "
       "directory (config.json + model.safetensors). Nothing is downloaded: pass a local path.")
+
+
+def load_tokenizer(spec: str) -> HFTokenizer:
+  """Only the tokenizer of `spec` (as `load_model`), e.g. for a tiny random model with a real vocabulary."""
+  path = resolve_checkpoint(spec)
+  if os.path.isdir(path):
+    return HFTokenizer.from_directory(path)
+  if path.endswith(".gguf"):
+    return HFTokenizer.from_gguf(path)
+  raise CheckpointError(f"Cannot load a tokenizer from {spec!r}: expected one of {sorted(PACKAGED_MODELS)}, "
+                        "a .gguf file, or a Hugging Face directory.")

@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from selfrl_jax.models.tokenizers import Tokenizer
+from selfrl_jax.data.records import record_meta
+from selfrl_jax.rewards.code_tests import CodeVerifier
 from selfrl_jax.rewards.math_answers import MathVerifier
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,29 @@ class MathAnswerReward:
 
   def close(self):
     self.verifier.close()
+
+
+def code_tests_of(record: Mapping[str, Any]) -> dict[str, Any]:
+  """The unit tests of an MBPP or HumanEval record, in the form `code_tests.check_program` takes."""
+  meta = record_meta(record)
+  if "test_list" in meta:
+    return {"test_list": meta["test_list"], "test_setup_code": meta.get("test_setup", "")}
+  return {k: meta[k] for k in ("prompt", "test", "entry_point")}
+
+
+class CodeTestReward:
+  """1 iff the completion passes the record's unit tests, run in the sandbox (failures scored 0, counted)."""
+
+  def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], timeout_s: float = 5.0,
+               memory_mb: int = 512):
+    self.tokenizer, self.records = tokenizer, records
+    self.verifier = CodeVerifier(timeout_s=timeout_s, memory_mb=memory_mb)
+
+  @property
+  def counters(self):
+    return self.verifier.counters
+
+  def __call__(self, response_tokens_BxN, response_valid_BxN, example_id_B) -> np.ndarray:
+    texts = decode_responses(self.tokenizer, response_tokens_BxN, response_valid_BxN)
+    tests = [code_tests_of(self.records[int(e)]) for e in np.asarray(example_id_B).reshape(-1)]
+    return self.verifier.score(texts, tests)

@@ -58,6 +58,14 @@ def turn1_view(rollout: TwoTurnRollout) -> TwoTurnRollout:
                          stopped_B=e.y1_stopped_B)
 
 
+def response_view(tokens_BxN: jax.Array, valid_BxN: jax.Array, stopped_B: jax.Array) -> Rollout:
+  """A Rollout holding only a response, so any single-turn `RewardFn` can score one attempt."""
+  zeros = jnp.zeros(tokens_BxN.shape, jnp.int32)
+  return Rollout(tokens_BxS=tokens_BxN, valid_BxS=valid_BxN, loss_mask_BxS=valid_BxN,
+                 sampler_logp_BxS=zeros.astype(jnp.float32), turn_id_BxS=zeros, response_tokens_BxN=tokens_BxN,
+                 response_valid_BxN=valid_BxN, stopped_B=stopped_B)
+
+
 def _instruction_BxI(instr_ids: Sequence[int], batch_size: int) -> tuple[jax.Array, jax.Array]:
   if len(instr_ids) == 0:
     raise ValueError("instr_ids is empty; the self-correction instruction needs at least one token "

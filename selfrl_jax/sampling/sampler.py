@@ -95,6 +95,33 @@ def _truncate(logits_BxV: jax.Array, params: SamplingParams) -> jax.Array:
   return logits_BxV
 
 
+_CDF_BLOCK = 256
+
+
+def _categorical(logits_BxV: jax.Array, key: jax.Array) -> jax.Array:
+  """Exact categorical draw by two-level inverse-CDF sampling: 2 uniforms per row.
+
+  `jax.random.categorical` draws B*V Gumbel variates per token; at V = 49152 generating them costs
+  several times the LM-head matmul on CPU. Here a block of `_CDF_BLOCK` ids is picked by the
+  cumulative block masses, then an id inside it (two short cumsums keep float32 rounding small).
+  Zero-probability ids (top-k / top-p) are never picked: a zero-mass entry never raises the CDF.
+  """
+  b, v = logits_BxV.shape
+  probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  probs_BxCxK = jnp.pad(probs_BxV, ((0, 0), (0, -v % _CDF_BLOCK))).reshape(b, -1, _CDF_BLOCK)
+  key_block, key_id = jax.random.split(key)
+
+  def pick(mass_BxM, k):
+    cdf_BxM = jnp.cumsum(mass_BxM, axis=-1)
+    u_Bx1 = jax.random.uniform(k, (b, 1)) * cdf_BxM[:, -1:]
+    # First index whose CDF exceeds u (u < total, so never past the end).
+    return jnp.minimum((cdf_BxM <= u_Bx1).sum(axis=-1), mass_BxM.shape[1] - 1)
+
+  block_B = pick(probs_BxCxK.sum(axis=-1), key_block)
+  inner_BxK = jnp.take_along_axis(probs_BxCxK, block_B[:, None, None], axis=1)[:, 0]
+  return (block_B * _CDF_BLOCK + pick(inner_BxK, key_id)).astype(jnp.int32)
+
+
 def sample_token(logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
                  ) -> tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns (token_B, logp_B) with logp as documented in SampleOutput."""
@@ -104,7 +131,7 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
   else:
     scaled_BxV = logits_BxV / params.temperature
     logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
-    token_B = jax.random.categorical(key, _truncate(scaled_BxV, params), axis=-1).astype(jnp.int32)
+    token_B = _categorical(_truncate(scaled_BxV, params), key)
   logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
   return token_B, logp_B
 

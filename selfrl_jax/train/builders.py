@@ -13,20 +13,36 @@ import jax
 import ml_collections
 import numpy as np
 
+from selfrl_jax.algos import score as score_lib
 from selfrl_jax.algos.advantages import ADVANTAGES
 from selfrl_jax.algos.grpo import GRPO
 from selfrl_jax.algos.losses import AGGREGATIONS, KL_ESTIMATORS
+from selfrl_jax.algos.score import SCoRe
+from selfrl_jax.data import benchmarks
 from selfrl_jax.data.builders import load_task_split
-from selfrl_jax.data.tasks import make_task
+from selfrl_jax.data.pipeline import make_prompt_iterator
+from selfrl_jax.data.tasks import TASKS, make_task
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import Decoder, init_model
-from selfrl_jax.models.loading import load_model
+from selfrl_jax.models.loading import load_model, load_tokenizer
 from selfrl_jax.models.tokenizers import CharTokenizer, Tokenizer
-from selfrl_jax.rewards.registry import get_reward_fn
+from selfrl_jax.rewards.host import CodeTestReward, MathAnswerReward
+from selfrl_jax.rewards.registry import REWARDS, RewardFn, get_reward_fn, host_reward_callback
 from selfrl_jax.sampling.sampler import SamplingParams
 from selfrl_jax.train.step import UpdateSettings
 
-ALGORITHMS = ("grpo",)
+ALGORITHMS = ("grpo", "score")
+HOST_REWARDS = {"math": MathAnswerReward, "code": CodeTestReward}
+SFT_DEMOS = ("task", "score_toy")
+# Real-data tasks: name -> (train loader, test loader); the valid split is the test split (it only
+# serves SFT early stopping, which real models do not use).
+BENCHMARK_TASKS = {
+    "gsm8k": (lambda c: benchmarks.load_gsm8k("train"), lambda c: benchmarks.load_gsm8k("test")),
+    "math": (lambda c: benchmarks.load_math_dir(c.task.math_train_dir), lambda c: benchmarks.load_math500()),
+    "math500": (lambda c: benchmarks.load_math500(), lambda c: benchmarks.load_math500()),  # smoke runs only
+    "mbpp": (lambda c: benchmarks.load_mbpp("train"), lambda c: benchmarks.load_mbpp("test")),
+    "mbpp_humaneval": (lambda c: benchmarks.load_mbpp("train"), lambda c: benchmarks.load_humaneval()),
+}
 
 
 class ConfigError(ValueError):
@@ -72,19 +88,50 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.train.eval_size % cfg.train.eval_batch_size == 0, "train.eval_size",
          f"{cfg.train.eval_size} is not a multiple of eval_batch_size={cfg.train.eval_batch_size}")
+  _check(cfg.task.name in TASKS or cfg.task.name in BENCHMARK_TASKS, "task.name",
+         f"{cfg.task.name!r} is neither a synthetic task {sorted(TASKS)} nor a benchmark {sorted(BENCHMARK_TASKS)}")
+  _check(cfg.task.name != "math" or bool(cfg.task.math_train_dir), "task.math_train_dir",
+         "task 'math' trains on Hendrycks MATH train, which is not in ../shared/data: pass its local folder")
+  _check(rl.reward in REWARDS or rl.reward in HOST_REWARDS, "rl.reward",
+         f"{rl.reward!r} is not one of {sorted(REWARDS) + sorted(HOST_REWARDS)}")
+  _check(rl.reward not in HOST_REWARDS or cfg.task.name in BENCHMARK_TASKS, "rl.reward",
+         f"host reward {rl.reward!r} needs a benchmark task ({sorted(BENCHMARK_TASKS)})")
+  _check(cfg.sft.demos in SFT_DEMOS, "sft.demos", f"{cfg.sft.demos!r} is not one of {SFT_DEMOS}")
+  _check(cfg.sft.demos != "score_toy" or (cfg.task.name == "arithmetic_bugged" and rl.algorithm == "score"),
+         "sft.demos", "score_toy demonstrations need task.name='arithmetic_bugged' and rl.algorithm='score'")
+  if rl.algorithm == "score":
+    _validate_score(cfg)
+
+
+def _validate_score(cfg: ml_collections.ConfigDict) -> None:
+  """SCoRe knobs (score.md §9); each choice is checked against the registry it selects from."""
+  sc, rl = cfg.score, cfg.rl
+  for field, valid in (("turn_credit", score_lib.TURN_CREDITS), ("baseline", score_lib.BASELINES),
+                       ("adv_norm", score_lib.ADV_NORMS), ("stage2_algo", score_lib.STAGE2_ALGOS)):
+    _check(sc[field] in valid, f"score.{field}", f"{sc[field]!r} is not one of {valid}")
+  _check(sc.baseline != "rloo" or rl.group_size >= 2, "rl.group_size", "score.baseline='rloo' needs group_size >= 2")
+  _check(0 <= sc.stage1_steps <= cfg.train.num_steps, "score.stage1_steps",
+         f"must be in [0, train.num_steps={cfg.train.num_steps}], got {sc.stage1_steps}")
+  _check(sc.beta1 >= 0 and sc.beta2 >= 0, "score.beta1", "KL weights beta1 and beta2 must be >= 0")
+  _check(sc.n_attempts_eval >= 2, "score.n_attempts_eval", f"must be >= 2, got {sc.n_attempts_eval}")
+  _check(sc.max_new_tokens2 >= 0, "score.max_new_tokens2", f"must be >= 0, got {sc.max_new_tokens2}")
+  _check(bool(sc.instruction), "score.instruction", "the self-correction instruction is empty")
+  if sc.stage2_algo == "star":
+    _check(rl.loss_agg == "token_mean" and rl.num_epochs == 1 and rl.num_minibatches == 1, "score.stage2_algo",
+           "star is SFT through the shared loss: it needs rl.loss_agg='token_mean', num_epochs=1, num_minibatches=1")
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
-  """A fresh tiny model with the character tokenizer, or a checkpoint named by `model.source`."""
+  """A fresh tiny model (character tokenizer, or `model.tokenizer`'s vocabulary), or a checkpoint."""
   m = cfg.model
   if m.source != "tiny":
     return load_model(m.source, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype)
-  tok = CharTokenizer()
+  tok = CharTokenizer() if m.tokenizer == "char" else load_tokenizer(m.tokenizer)
   model_cfg = ModelConfig(family=m.family, vocab_size=tok.vocab_size, d_model=m.d_model, n_layers=m.n_layers,
                           n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, head_dim=m.d_model // m.n_heads,
                           d_ff=m.d_ff, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
                           tie_embeddings=m.tie_embeddings)
-  return init_model(model_cfg, seed=cfg.seed), tok
+  return init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed), tok
 
 
 def build_task(cfg: ml_collections.ConfigDict):
@@ -95,14 +142,26 @@ def build_task(cfg: ml_collections.ConfigDict):
 
 
 def build_sources(cfg: ml_collections.ConfigDict):
-  """(train, valid, test) records of the configured task, prepared as tfds array_record files.
+  """(train, valid, test) records of the configured task.
 
-  The three splits hold disjoint problems: train feeds SFT and RL, valid decides when the SFT warm
-  start is good enough, test is only ever evaluated.
+  Synthetic tasks are prepared as tfds array_record files with three disjoint splits: train feeds
+  SFT and RL, valid decides when the SFT warm start is good enough, test is only ever evaluated.
+  Benchmarks read ../shared/data (see BENCHMARK_TASKS).
   """
+  if cfg.task.name in BENCHMARK_TASKS:
+    train_fn, test_fn = BENCHMARK_TASKS[cfg.task.name]
+    test = test_fn(cfg)
+    return train_fn(cfg), test, test
   task = build_task(cfg)
   data_dir = cfg.task.data_dir or None
   return tuple(load_task_split(task, split, data_dir) for split in ("train", "valid", "test"))
+
+
+def prompt_batches(cfg, source, tok: Tokenizer, *, batch_size: int, **kwargs):
+  """`make_prompt_iterator` with the config's buffer sizes and chat settings."""
+  return make_prompt_iterator(source, tok, batch_size=batch_size, max_prompt_len=cfg.rl.max_prompt_len,
+                              max_answer_len=cfg.rl.max_answer_len, chat=cfg.task.chat,
+                              system_prompt=cfg.task.system_prompt or None, **kwargs)
 
 
 def train_sampling(cfg, tok: Tokenizer) -> SamplingParams:
@@ -116,19 +175,34 @@ def eval_sampling(cfg, tok: Tokenizer) -> SamplingParams:
   return dataclasses.replace(train_sampling(cfg, tok), temperature=0.0, top_k=0, top_p=1.0)
 
 
-def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer):
+def build_reward(cfg: ml_collections.ConfigDict, tok: Tokenizer, records) -> RewardFn:
+  """The configured reward; host verifiers look examples up in `records` (the split being scored)."""
+  if cfg.rl.reward in HOST_REWARDS:
+    return host_reward_callback(HOST_REWARDS[cfg.rl.reward](tok, records))
+  return get_reward_fn(cfg.rl.reward, stop_ids=tuple(tok.eos_ids))
+
+
+def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer, records=None):
+  """The `rl.algorithm` Algorithm with training sampling; `records` feed host rewards (train split)."""
   rl = cfg.rl
-  reward_fn = get_reward_fn(rl.reward, stop_ids=tuple(tok.eos_ids))
+  reward_fn = build_reward(cfg, tok, records)
+  if rl.algorithm == "score":
+    return SCoRe.from_config(cfg, train_sampling(cfg, tok), tok, reward_fn)
   return GRPO(sampling=train_sampling(cfg, tok), group_size=rl.group_size, advantage=rl.advantage,
               kl_coef=rl.kl_coef, reward_fn=reward_fn)
 
 
-def build_update_settings(cfg: ml_collections.ConfigDict) -> UpdateSettings:
+def build_update_settings(cfg: ml_collections.ConfigDict, algorithm=None) -> UpdateSettings:
+  """Shared update knobs; the reference forward runs iff the algorithm can weight a KL term."""
   rl = cfg.rl
+  use_reference = algorithm.needs_reference if algorithm is not None else rl.kl_coef > 0
+  norm_len = rl.max_new_tokens
+  if rl.algorithm == "score":  # both turns' tokens are in the loss
+    norm_len += cfg.score.max_new_tokens2 or rl.max_new_tokens
   return UpdateSettings(
       rollouts=rl.prompts_per_step * rl.group_size, group_size=rl.group_size, temperature=rl.temperature,
-      clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=rl.kl_coef > 0, kl_estimator=rl.kl_estimator,
-      loss_agg=rl.loss_agg, norm_len=rl.max_new_tokens, num_epochs=rl.num_epochs,
+      clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=use_reference, kl_estimator=rl.kl_estimator,
+      loss_agg=rl.loss_agg, norm_len=norm_len, num_epochs=rl.num_epochs,
       num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
       logprob_chunk=rl.logprob_chunk or None)
 

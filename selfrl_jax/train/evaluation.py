@@ -12,10 +12,12 @@ from selfrl_jax.data.pipeline import make_prompt_iterator
 
 
 def fixed_eval_batches(source, tokenizer, *, eval_size: int, batch_size: int, max_prompt_len: int,
-                       max_answer_len: int, chat: bool = False) -> list[dict[str, np.ndarray]]:
+                       max_answer_len: int, chat: bool = False, system_prompt: str | None = None
+                       ) -> list[dict[str, np.ndarray]]:
   """The first `eval_size` usable records of `source`, in order, as `eval_size / batch_size` batches."""
   it = make_prompt_iterator(source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len,
-                            max_answer_len=max_answer_len, shuffle=False, num_epochs=1, chat=chat)
+                            max_answer_len=max_answer_len, shuffle=False, num_epochs=1, chat=chat,
+                            system_prompt=system_prompt)
   batches = []
   for batch in it:
     batches.append(batch)
@@ -26,29 +28,36 @@ def fixed_eval_batches(source, tokenizer, *, eval_size: int, batch_size: int, ma
 
 
 class Evaluator:
-  """Compiled greedy evaluation of an algorithm's rollout + reward on fixed batches.
+  """Compiled held-out evaluation: the algorithm's `eval_outputs` on fixed batches, then `eval_metrics`.
+
+  GRPO reports greedy accuracy; SCoRe the self-correction metrics (Acc@t1, Acc@t2, Delta, ...).
+  Every algorithm reports "eval/accuracy" (its final answer's accuracy).
 
   Attributes:
     batches: the evaluation batches (host numpy).
   """
 
   def __init__(self, graphdef: nnx.GraphDef, algorithm, sampling, batches: list[dict[str, np.ndarray]]):
-    # One greedy completion per prompt: same rollout code as training, different decoding.
+    # One completion per prompt with the evaluation decoding (greedy by default).
     algorithm = dataclasses.replace(algorithm, sampling=sampling, group_size=1)
-    self.batches = batches
+    self.algorithm, self.batches = algorithm, batches
 
     @jax.jit
-    def score(params, batch):
-      rollout = algorithm.rollout(nnx.merge(graphdef, params), batch, jax.random.key(0))
-      return algorithm.rewards(rollout, batch)["reward"], rollout.response_valid_BxN.sum(axis=1)
+    def outputs(params, batch):
+      return algorithm.eval_outputs(nnx.merge(graphdef, params), batch, jax.random.key(0))
 
-    self._score = score
+    self._outputs = outputs
 
-  def per_example(self, params) -> tuple[np.ndarray, np.ndarray]:
-    """(reward_N, response_length_N) over all evaluation prompts."""
-    out = [jax.device_get(self._score(params, b)) for b in self.batches]
-    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+  def per_example(self, params) -> dict[str, np.ndarray]:
+    """The algorithm's per-example outputs over all evaluation prompts (batch axis last)."""
+    out = [jax.device_get(self._outputs(params, b)) for b in self.batches]
+    return {k: np.concatenate([o[k] for o in out], axis=_batch_axis(k)) for k in out[0]}
 
   def __call__(self, params) -> dict[str, float]:
-    rewards_N, lengths_N = self.per_example(params)
-    return {"eval/accuracy": float(rewards_N.mean()), "eval/completion_len_mean": float(lengths_N.mean())}
+    return self.algorithm.eval_metrics(self.per_example(params))
+
+
+def _batch_axis(name: str) -> int:
+  """Index of the example axis from the shape suffix (`reward_KxB` -> 1, `tokens_KxBxN` -> 1)."""
+  dims = name.rsplit("_", 1)[-1].split("x")
+  return dims.index("B")

@@ -17,7 +17,7 @@ import ml_collections
 import tqdm
 from flax import nnx
 
-from selfrl_jax.data.pipeline import make_prompt_iterator
+from selfrl_jax.data.score_toy import toy_demonstration_stream
 from selfrl_jax.parallel import sharding
 from selfrl_jax.parallel.distributed import maybe_initialize_distributed, process_info
 from selfrl_jax.parallel.mesh import make_mesh
@@ -26,7 +26,7 @@ from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
 from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.metrics import MetricWriter
 from selfrl_jax.train.preemption import PreemptionHandler
-from selfrl_jax.train.sft import cached_warm_start, train_sft
+from selfrl_jax.train.sft import cached_warm_start, noisy_demonstrations, train_sft
 from selfrl_jax.train.state import create_train_state, make_optimizer
 from selfrl_jax.train.step import make_train_step
 
@@ -37,34 +37,62 @@ class NonFiniteAbort(RuntimeError):
   """Too many consecutive non-finite updates; the last good checkpoint is intact."""
 
 
+def make_evaluator(cfg, graphdef, tok, source, size: int) -> Evaluator:
+  """Greedy evaluation of the configured algorithm on the first `size` prompts of `source`."""
+  batches = fixed_eval_batches(source, tok, eval_size=size, batch_size=cfg.train.eval_batch_size,
+                               max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
+                               chat=cfg.task.chat, system_prompt=cfg.task.system_prompt or None)
+  return Evaluator(graphdef, builders.build_algorithm(cfg, tok, source), builders.eval_sampling(cfg, tok), batches)
+
+
+def _sft_demos(cfg, tok, train_source):
+  """The warm-start data stream: noisy task demonstrations, or the SCoRe toy's two-turn traces."""
+  seed = _sft_seed(cfg)
+  batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.sft.batch_size, seed=seed + 1)
+  if cfg.sft.demos == "score_toy":
+    algo = builders.build_algorithm(cfg, tok, train_source)
+    return toy_demonstration_stream(batches, tok, seed=seed, instr_ids=algo.instr_ids,
+                                    max_new_tokens1=algo.sampling.max_new_tokens,
+                                    max_new_tokens2=algo.sampling2.max_new_tokens, copy_prob=cfg.score.copy_prob)
+  return noisy_demonstrations(batches, error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok),
+                              seed=seed)
+
+
+def _sft_seed(cfg) -> int:
+  return cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed
+
+
 def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_source, cache_dir: str):
   """Returns the SFT warm-started model (cached by settings) or `model` when `sft.steps == 0`.
 
-  With `sft.target_accuracy > 0`, SFT stops as soon as greedy accuracy on the validation split
-  reaches it (checked every `sft.check_every` steps), so every seed starts RL from a base of the
-  same, deliberately imperfect quality.
+  With `sft.target_accuracy > 0`, SFT stops as soon as `sft.target_metric` of greedy evaluation on
+  the validation split reaches it (checked every `sft.check_every` steps), so every seed starts RL
+  from a base of the same, deliberately imperfect quality.
   """
   if cfg.sft.steps == 0:
     return model
   settings = {"model": model.cfg.__dict__, "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
-              "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": cfg.seed}
+              "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg)}
+  if cfg.sft.demos == "score_toy":
+    settings["score"] = {k: cfg.score[k] for k in ("instruction", "copy_prob", "max_new_tokens2")}
+    settings["max_new_tokens"] = cfg.rl.max_new_tokens
 
   def build(m):
-    batches = make_prompt_iterator(train_source, tok, batch_size=cfg.sft.batch_size,
-                                   max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
-                                   seed=cfg.seed + 1)
     stop_when = None
     if cfg.sft.target_accuracy > 0:
-      graphdef = nnx.graphdef(m)
-      check = Evaluator(graphdef, builders.build_algorithm(cfg, tok), builders.eval_sampling(cfg, tok),
-                        fixed_eval_batches(valid_source, tok, eval_size=cfg.task.valid_size,
-                                           batch_size=cfg.train.eval_batch_size, max_prompt_len=cfg.rl.max_prompt_len,
-                                           max_answer_len=cfg.rl.max_answer_len))
-      stop_when = lambda params: check(params)["eval/accuracy"] >= cfg.sft.target_accuracy  # noqa: E731
-    return train_sft(m, batches, steps=cfg.sft.steps, learning_rate=cfg.sft.learning_rate,
-                     error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok), seed=cfg.seed,
-                     progress=cfg.train.progress, stop_when=stop_when, check_every=cfg.sft.check_every)
+      check = make_evaluator(cfg, nnx.graphdef(m), tok, valid_source, cfg.task.valid_size)
+      stop_when = lambda params: check(params)[cfg.sft.target_metric] >= cfg.sft.target_accuracy  # noqa: E731
+    return train_sft(m, _sft_demos(cfg, tok, train_source), steps=cfg.sft.steps,
+                     learning_rate=cfg.sft.learning_rate, progress=cfg.train.progress, stop_when=stop_when,
+                     check_every=cfg.sft.check_every)
   return cached_warm_start(model, cache_dir, settings, build)
+
+
+def _record(history: dict, step: int, result: dict) -> None:
+  """Appends one evaluation to the curve kept in checkpoints (every scalar metric, by name)."""
+  history["step"].append(step)
+  for name, value in result.items():
+    history.setdefault(name, []).append(value)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | None = None) -> dict:
@@ -84,22 +112,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
                      sft_cache_dir or os.path.join(workdir, "warm_start"))
 
   tx = make_optimizer(cfg.optim)
-  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=cfg.rl.kl_coef > 0)
+  algorithm = builders.build_algorithm(cfg, tok, train_source)
+  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=algorithm.needs_reference)
   mesh = make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp)
   state_sharding = sharding.param_shardings(state, mesh)
   state = sharding.shard_params(state, mesh)
-  algorithm = builders.build_algorithm(cfg, tok)
-  step_fns = make_train_step(builders.build_update_settings(cfg), algorithm, graphdef, tx,
+  step_fns = make_train_step(builders.build_update_settings(cfg, algorithm), algorithm, graphdef, tx,
                              state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh),
                              replicated_sharding=sharding.replicated(mesh))
-  evaluator = Evaluator(graphdef, algorithm, builders.eval_sampling(cfg, tok), fixed_eval_batches(
-      test_source, tok, eval_size=cfg.train.eval_size, batch_size=cfg.train.eval_batch_size,
-      max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len))
+  evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
   # Each host reads its own slice of the data; shard_batch assembles the global batch.
   process_index, process_count, _ = process_info()
-  batches = make_prompt_iterator(train_source, tok, batch_size=cfg.rl.prompts_per_step // process_count,
-                                 max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
-                                 seed=cfg.seed, shard_index=process_index, shard_count=process_count)
+  batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.rl.prompts_per_step // process_count,
+                                    seed=cfg.seed, shard_index=process_index, shard_count=process_count)
 
   ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
                            save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
@@ -109,12 +134,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
                           state.replace(ref_params=None), state_sharding.replace(ref_params=None))
   restored = ckpt.restore_or_none(abstract)
   if restored is None:
-    start, history = 0, {"step": [], "eval/accuracy": []}
+    start, history = 0, {"step": []}
     writer = MetricWriter(workdir, console=cfg.train.progress)
     initial = evaluator(state.params)
     writer.write(0, initial)
-    history["step"].append(0)
-    history["eval/accuracy"].append(initial["eval/accuracy"])
+    _record(history, 0, initial)
   else:
     start = restored.step
     state = restored.state.replace(ref_params=ref_params)
@@ -155,8 +179,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
         result = evaluator(state.params)
         writer.write(step, result)
-        history["step"].append(step)
-        history["eval/accuracy"].append(result["eval/accuracy"])
+        _record(history, step, result)
       if preemption.should_stop(step):
         log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
         save(step, force=True)
@@ -168,8 +191,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   if not preempted:
     final = evaluator(state.params)
     writer.write(cfg.train.num_steps, final)
-    history["step"].append(cfg.train.num_steps)
-    history["eval/accuracy"].append(final["eval/accuracy"])
+    _record(history, cfg.train.num_steps, final)
     save(cfg.train.num_steps, force=True)
   ckpt.wait_until_finished()
   writer.close()

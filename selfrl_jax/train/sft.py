@@ -66,12 +66,22 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, chun
   return step
 
 
-def train_sft(model: Decoder, batches: Iterator[dict[str, np.ndarray]], *, steps: int, learning_rate: float,
-              error_rate: float, corrupt_ids: np.ndarray, seed: int, progress: bool = True,
-              stop_when: Callable[[nnx.State], bool] | None = None, check_every: int = 50) -> Decoder:
+def noisy_demonstrations(batches: Iterator[dict[str, np.ndarray]], *, error_rate: float, corrupt_ids: np.ndarray,
+                         seed: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless `demonstrations` of successive prompt batches (the default warm-start data)."""
+  rng = np.random.default_rng(seed)
+  for batch in batches:
+    yield demonstrations(batch, rng, error_rate, corrupt_ids)
+
+
+def train_sft(model: Decoder, demos: Iterator[dict[str, np.ndarray]], *, steps: int, learning_rate: float,
+              progress: bool = True, stop_when: Callable[[nnx.State], bool] | None = None,
+              check_every: int = 50) -> Decoder:
   """Runs up to `steps` SFT updates with Adam and returns the trained model.
 
   Args:
+    demos: batches of {tokens_BxS, valid_BxS, loss_mask_BxS} (`noisy_demonstrations`, or the
+      SCoRe toy's `data.score_toy.toy_demonstration_stream`).
     stop_when: optional early stop, called with the parameters every `check_every` steps (e.g.
       "held-out accuracy reached the target"), so the warm start has a chosen quality whatever
       the seed.
@@ -80,11 +90,9 @@ def train_sft(model: Decoder, batches: Iterator[dict[str, np.ndarray]], *, steps
   tx = optax.adam(learning_rate)
   opt_state = tx.init(params)
   step = make_sft_step(graphdef, tx)
-  rng = np.random.default_rng(seed)
   bar = tqdm.trange(steps, desc="SFT warm start", disable=not progress, leave=False)
   for i in bar:
-    demo = demonstrations(next(batches), rng, error_rate, corrupt_ids)
-    params, opt_state, loss = step(params, opt_state, demo)
+    params, opt_state, loss = step(params, opt_state, next(demos))
     bar.set_postfix(nll=f"{float(loss):.3f}", refresh=False)
     if stop_when is not None and (i + 1) % check_every == 0 and stop_when(params):
       log.info("SFT warm start reached its target after %d steps", i + 1)

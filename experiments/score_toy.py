@@ -1,0 +1,111 @@
+"""SCoRe's tiny reproduction (score.md §11): every arm x seeds, the Table-4-style summary and plots.
+
+Called by `experiments/reproduce.py --method=score`; each arm is `configs/score/tiny_arithmetic.py:<arm>`
+run through the same `train()` as any experiment. All arms and seeds share one warm-started base
+model (`sft.seed = 0`), so the "base" row is the step-0 evaluation every run starts from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from selfrl_jax.train.loop import train
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "score",
+                      "tiny_arithmetic.py")
+METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "frac_changed")
+LABELS = {"base": "base model (no RL)", "single_turn": "single-turn RL", "naive_multi_turn": "naive multi-turn RL",
+          "score": "SCoRe", "no_stage1": "SCoRe w/o Stage I", "no_shaping": "SCoRe w/o shaping (alpha=0)",
+          "star": "STaR (on-policy, filtered SFT)"}
+
+
+def load_config_module():
+  spec = importlib.util.spec_from_file_location("score_tiny_arithmetic", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def run_arms(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None,
+             edit: Callable | None = None) -> dict:
+  """Trains every (arm, seed); returns {"runs": {arm: {seed: summary}}, "seconds": {...}}.
+
+  Args:
+    edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
+  """
+  module = load_config_module()
+  runs, seconds = {}, {}
+  for arm in arms:
+    runs[arm] = {}
+    t_arm = time.perf_counter()
+    for seed in seeds:
+      cfg = module.get_config(arm)
+      with cfg.unlocked():
+        cfg.seed = seed
+        if num_steps:
+          cfg.train.num_steps = num_steps
+          cfg.score.stage1_steps = min(cfg.score.stage1_steps, num_steps // 3) if cfg.score.use_stage1 else 0
+        if edit is not None:
+          edit(cfg)
+      runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
+                              sft_cache_dir=os.path.join(workdir, "warm_start"))
+      if runs[arm][seed]["preempted"]:
+        raise SystemExit("Preempted: rerun the same command to resume.")
+    seconds[arm] = time.perf_counter() - t_arm
+  return {"runs": runs, "seconds": seconds}
+
+
+def summarize(runs: dict) -> dict[str, dict[str, tuple[float, float]]]:
+  """{row: {metric: (mean, std over seeds)}}, with the base row from the step-0 evaluations."""
+  rows = {}
+  first_arm = next(iter(runs.values()))
+  rows["base"] = _mean_std([r["initial"] for r in first_arm.values()])
+  for arm, by_seed in runs.items():
+    rows[arm] = _mean_std([r["final"] for r in by_seed.values()])
+  return rows
+
+
+def _mean_std(results: list[dict]) -> dict[str, tuple[float, float]]:
+  out = {}
+  for m in METRICS:
+    values = np.array([r[f"eval/{m}"] for r in results])
+    out[m] = (float(values.mean()), float(values.std()))
+  return out
+
+
+def format_table(rows: dict, num_seeds: int) -> str:
+  """Markdown table: mean ± std over seeds of each self-correction metric (held-out, greedy)."""
+  head = "| arm | " + " | ".join(METRICS) + " |"
+  lines = [f"Mean ± std over {num_seeds} seed(s); held-out problems, greedy decoding.", "", head,
+           "|---|" + "---:|" * len(METRICS)]
+  for arm, stats in rows.items():
+    cells = " | ".join(f"{stats[m][0]:.3f} ± {stats[m][1]:.3f}" for m in METRICS)
+    lines.append(f"| {LABELS.get(arm, arm)} | {cells} |")
+  return "\n".join(lines)
+
+
+def plot_curves(runs: dict, path: str, arms: tuple[str, ...] = ("score", "naive_multi_turn")) -> None:
+  """Acc@t1 and Acc@t2 over training (mean over seeds), one panel per arm."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  arms = tuple(a for a in arms if a in runs) or tuple(runs)
+  fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 4), squeeze=False)
+  for ax, arm in zip(axes[0], arms):
+    hists = [r["history"] for r in runs[arm].values()]
+    steps = hists[0]["step"]
+    for metric, style in (("eval/acc_t1", "-o"), ("eval/acc_t2", "-s")):
+      values = np.array([h[metric] for h in hists])
+      ax.plot(steps, values.mean(0), style, label=metric.split("/")[1])
+      ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+    ax.set(title=LABELS.get(arm, arm), xlabel="RL step", ylabel="held-out accuracy (greedy)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
