@@ -22,8 +22,18 @@ def load_config(path: pathlib.Path, arg: str | None = None):
 
 
 def shrink(cfg):
-  """Same experiment, tiny sizes: a fresh tiny model and a few prompts, so one step compiles fast."""
+  """Same experiment, tiny sizes: a fresh tiny model and a few prompts, so one step compiles fast.
+
+  A real-model config keeps its tokenizer (and so its prompts, chat template and host reward) under
+  a tiny random decoder. MATH train is not shipped, so the MATH config trains on MATH-500 here.
+  """
   with cfg.unlocked():
+    if cfg.model.source != "tiny":
+      cfg.model.tokenizer = cfg.model.source
+      cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
+      cfg.rl.max_new_tokens = min(cfg.rl.max_new_tokens, 16)
+    if cfg.task.name == "math" and not cfg.task.math_train_dir:
+      cfg.task.name = "math500"
     cfg.model.source = "tiny"
     cfg.model.d_model, cfg.model.n_layers, cfg.model.d_ff = 32, 1, 64
     cfg.rl.prompts_per_step, cfg.rl.group_size = 2, 2

@@ -14,9 +14,10 @@ no extra old-policy or reference forward pass, so the work is exactly forward + 
 + the same optimizer, to separate the RL loss's overhead from the model's.
 
 FLOPs use `roofline.train_flops` (3x forward matmul FLOPs incl. full S x S attention and the LM
-head); MFU = achieved FLOP/s / measured float32 matmul peak (a jitted 2048^3 matmul), measured
-before, between and after the rows; the highest value is used. Step times are best-of-`repeats`,
-so on a shared machine both numbers are the least-disturbed ones seen.
+head on the positions that use it: the update skips the prompt's); MFU = achieved FLOP/s /
+measured float32 matmul peak (a jitted 2048^3 matmul), measured before, between and after the
+rows; the highest value is used. Step times are best-of-`repeats`, so on a shared machine both
+numbers are the least-disturbed ones seen.
 
 The fused reference row times `TrainStep.fused` (sample -> trivial jittable reward -> advantage ->
 update) at P=4, G=4, a 32-token prompt and 64 new tokens without a stop token, same model.
@@ -127,10 +128,11 @@ def _time_update(model_cfg: ModelConfig, batch: int, micro: int, chunk: int, rep
   step = make_train_step(build_update_settings(cfg), _algorithm(cfg), graphdef, tx)
   rollout = _synthetic_rollout(batch, s_len, p_len, model_cfg.vocab_size, seed=batch)
   rewards = {"reward": jnp.asarray(np.random.RandomState(1).randn(batch), jnp.float32)}
+  prompts = {"prompt_tokens_PxT": rollout.tokens_BxS[::_GROUP.value, :p_len]}  # tells update the prompt width
   holder = [state]
 
   def run():
-    holder[0], metrics = step.update(holder[0], {}, rollout, rewards)
+    holder[0], metrics = step.update(holder[0], prompts, rollout, rewards)
     jax.block_until_ready(metrics["loss"])
   return _best_time(run, repeats)
 
@@ -217,7 +219,8 @@ def main(argv):
   print(f"{'path':>6} | {'B':>3} | {'chunk':>5} | {'micro':>5} | {'compile+1st s':>13} | {'step s':>7} | "
         f"{'tokens/s':>8} | {'GFLOP/s':>7} | {'MFU':>6}")
   for path, batch, chunk, micro, first, best in rows:
-    flops = train_flops(model_cfg, batch, s_len)
+    # The update skips the LM head on prompt positions; the bare path computes every position.
+    flops = train_flops(model_cfg, batch, s_len, s_len - _PROMPT_LEN.value if path == "update" else None)
     print(f"{path:>6} | {batch:>3} | {chunk:>5} | {micro:>5} | {first:>13.1f} | {best:>7.3f} | "
           f"{batch * s_len / best:>8.0f} | {flops / best / 1e9:>7.1f} | {100 * flops / best / peak:>5.1f}%")
   if _FUSED.value:

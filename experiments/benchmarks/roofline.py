@@ -39,11 +39,14 @@ def generate_flops(cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: in
   return prefill + decode
 
 
-def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+def train_flops(cfg: ModelConfig, batch: int, seq_len: int, head_positions: int | None = None) -> float:
   """FLOPs of one teacher-forced forward + backward pass over [batch, seq_len] tokens.
 
   Backward costs twice the forward, so this is 3x the forward count: per token
   6 * (matmul params) + 12 * layers * heads * head_dim * seq_len (the PaLM MFU convention, which
   counts the full S x S attention our implementation computes, not the causal half).
+  `head_positions`: positions that go through the LM head (the RL update skips the prompt's).
   """
-  return 3 * batch * seq_len * matmul_flops_per_token(cfg, seq_len)
+  full = 3 * batch * seq_len * matmul_flops_per_token(cfg, seq_len)
+  skipped = seq_len - (seq_len if head_positions is None else head_positions)
+  return full - 3 * batch * skipped * 2 * cfg.d_model * cfg.vocab_size

@@ -90,8 +90,6 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"{cfg.train.eval_size} is not a multiple of eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.task.name in TASKS or cfg.task.name in BENCHMARK_TASKS, "task.name",
          f"{cfg.task.name!r} is neither a synthetic task {sorted(TASKS)} nor a benchmark {sorted(BENCHMARK_TASKS)}")
-  _check(cfg.task.name != "math" or bool(cfg.task.math_train_dir), "task.math_train_dir",
-         "task 'math' trains on Hendrycks MATH train, which is not in ../shared/data: pass its local folder")
   _check(rl.reward in REWARDS or rl.reward in HOST_REWARDS, "rl.reward",
          f"{rl.reward!r} is not one of {sorted(REWARDS) + sorted(HOST_REWARDS)}")
   _check(rl.reward not in HOST_REWARDS or cfg.task.name in BENCHMARK_TASKS, "rl.reward",

@@ -54,6 +54,7 @@ class UpdateSettings:
   num_minibatches: int
   micro_batch_size: int
   logprob_chunk: int | None
+  first_loss_slot: int = 1  # set per call from the prompt width: slots before it never carry a loss
 
   @property
   def accum_steps(self) -> int:
@@ -90,12 +91,17 @@ class UpdateBatch:
 
 
 def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature: float,
-                      chunk_size: int | None, return_entropy: bool = False):
-  """Log-prob of every slot's token given the slots before it (slot 0 gets 0), trainer side."""
+                      chunk_size: int | None, return_entropy: bool = False, start: int = 1):
+  """Log-prob of every slot's token given the slots before it, trainer side.
+
+  Slots before `start` get 0 (slot 0 has no context). The update passes the prompt width as
+  `start`: prompt tokens are never in the loss, and skipping them skips their share of the
+  vocabulary projection, the largest matmul at large vocab.
+  """
   hidden_BxSxD = forward_full(model, tokens_BxS, valid_BxS)
-  out = token_logprobs(hidden_BxSxD[:, :-1], model.output_embedding(), tokens_BxS[:, 1:],
+  out = token_logprobs(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), tokens_BxS[:, start:],
                        chunk_size=chunk_size, temperature=temperature, return_entropy=return_entropy)
-  pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
+  pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
   return (pad(out[0]), pad(out[1])) if return_entropy else pad(out)
 
 
@@ -109,7 +115,7 @@ def _microbatched_logprobs(graphdef, params, tokens_BxS, valid_BxS, s: UpdateSet
   m = s.micro_batch_size
   split = lambda x: x.reshape(-1, m, *x.shape[1:])  # noqa: E731
   logp = jax.lax.map(lambda xs: sequence_logprobs(model, *xs, temperature=s.temperature,
-                                                  chunk_size=s.logprob_chunk),
+                                                  chunk_size=s.logprob_chunk, start=s.first_loss_slot),
                      (split(tokens_BxS), split(valid_BxS)))
   return jax.lax.stop_gradient(logp.reshape(tokens_BxS.shape))
 
@@ -117,7 +123,8 @@ def _microbatched_logprobs(graphdef, params, tokens_BxS, valid_BxS, s: UpdateSet
 def _loss_fn(params, graphdef, mb: UpdateBatch, s: UpdateSettings):
   model = nnx.merge(graphdef, params)
   logp_BxS, entropy_BxS = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=s.temperature,
-                                            chunk_size=s.logprob_chunk, return_entropy=True)
+                                            chunk_size=s.logprob_chunk, return_entropy=True,
+                                            start=s.first_loss_slot)
   old_BxS = mb.old_logp_BxS if mb.old_logp_BxS is not None else jax.lax.stop_gradient(logp_BxS)
   loss, metrics = policy_loss(
       logp_BxS, old_BxS, mb.ref_logp_BxS, mb.adv_BxS, mb.loss_mask_BxS, clip_low=s.clip_low,
@@ -218,7 +225,8 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
     return algorithm.rollout(nnx.merge(graphdef, state.params), batch, sample_key)
 
   def update(state: TrainState, batch: Batch, rollout: Rollout, rewards: Rewards):
-    del batch  # the rollout carries everything the update needs
+    # Rollouts start with the prompt buffer, which never carries a loss (static width).
+    s = dataclasses.replace(settings, first_loss_slot=batch["prompt_tokens_PxT"].shape[1])
     next_rng, _, shuffle_key = jax.random.split(state.rng, 3)
     adv_BxS, kl_weight_BxS, metrics = algorithm.advantages(rollout, rewards, state.step)
     old = ref = None

@@ -1,0 +1,122 @@
+"""SCoRe inside the shared trainer: STaR stage 2 as a loss identity, the evaluator, config validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sampling_fixtures import left_padded_prompts, peaked_model
+from test_configs import CONFIG_DIR, load_config
+from test_score_objective import R1, R2, _algo, _fake_rollout
+
+from configs.score.tiny_arithmetic import ARMS
+from selfrl_jax.algos.losses import policy_loss
+from selfrl_jax.eval.self_correction import self_correction_metrics
+from selfrl_jax.rewards.registry import exact_match
+from selfrl_jax.rollouts.two_turn import two_turn_rollout
+from selfrl_jax.sampling.sampler import SamplingParams
+from selfrl_jax.train import builders
+from selfrl_jax.train.evaluation import Evaluator
+
+# Rows: wrong->fixed, right->kept, right->broken, wrong->wrong; 2 turn-1 and 2 turn-2 slots each.
+TURNS = np.array([[0, 1, 1, 0, 2, 2]] * 4)
+
+
+def test_star_advantages_turn_the_shared_loss_into_sft_on_kept_corrections():
+  algo = _algo(stage2_algo="star", group_size=4)
+  rollout = _fake_rollout(TURNS)
+  adv_BxS, keep_B = algo.star_advantages(rollout, jnp.asarray(R1), jnp.asarray(R2))
+  np.testing.assert_array_equal(np.asarray(keep_B), [True, False, False, False])  # only wrong -> fixed
+  logp_BxS = jnp.asarray(np.random.default_rng(0).normal(size=TURNS.shape), jnp.float32)
+  mask_BxS = rollout.loss_mask_BxS
+
+  def shared(logp):  # one epoch: old = logp, so the clipped PG loss is -sum(A logp) / n_loss in gradient
+    return policy_loss(logp, jax.lax.stop_gradient(logp), None, adv_BxS, mask_BxS, clip_low=0.2, clip_high=0.28,
+                       kl_coef=0.0, kl_estimator="k3", agg_mode="token_mean")[0]
+
+  kept = (TURNS == 2) & np.array([True, False, False, False])[:, None]
+  sft = lambda logp: -jnp.where(kept, logp, 0.0).sum() / kept.sum()  # noqa: E731  mean NLL of kept y2 tokens
+  np.testing.assert_allclose(np.asarray(jax.grad(shared)(logp_BxS)), np.asarray(jax.grad(sft)(logp_BxS)),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_star_replaces_only_stage_two():
+  algo = _algo(stage2_algo="star", group_size=4, stage1_steps=3, beta1=0.01, beta2=0.1)
+  rollout = _fake_rollout(TURNS)
+  rewards = {"r1": jnp.asarray(R1), "r2": jnp.asarray(R2), "reward": jnp.asarray(R2)}
+  _, kl1, m1 = algo.advantages(rollout, rewards, jnp.int32(0))   # Stage I: REINFORCE on r2 + KL
+  adv2, kl2, m2 = algo.advantages(rollout, rewards, jnp.int32(5))  # Stage II: STaR, no KL
+  assert int(m1["stage"]) == 1 and int(m2["stage"]) == 2
+  np.testing.assert_allclose(np.asarray(kl1)[TURNS == 1], 0.1)
+  assert float(jnp.abs(kl2).max()) == 0.0
+  np.testing.assert_allclose(np.asarray(adv2)[0, 4:], 16 / 2)  # n_loss / n_kept = 16 / 2 on the kept y2
+  assert float(jnp.abs(adv2[1:]).max()) == 0.0 and float(m2["star_kept_frac"]) == 0.25
+
+
+def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
+  vocab, n = 24, 3
+  model = peaked_model("llama", vocab)
+  graphdef, params = nnx.split(model)
+  prompts_PxT, valid_PxT = left_padded_prompts([4, 2, 3, 4, 1, 3], 5, vocab, seed=3)
+  greedy = SamplingParams(max_new_tokens=n, temperature=0.0, stop_ids=(2,))
+  rollout, extras = jax.jit(lambda p, x, v: two_turn_rollout(nnx.merge(graphdef, p), x, v, (5,), jax.random.key(0),
+                                                             greedy, greedy, 1))(params, prompts_PxT, valid_PxT)
+  y1, y1_valid = np.asarray(extras.y1_tokens_BxN), np.asarray(extras.y1_valid_BxN)
+  y2, y2_valid = np.asarray(rollout.response_tokens_BxN), np.asarray(rollout.response_valid_BxN)
+
+  def answer(tokens, valid):  # valid tokens before the first stop token (what exact match compares)
+    out = [t for t, ok in zip(tokens, valid) if ok]
+    return out[:out.index(2)] if 2 in out else out
+
+  # Targets: y1's answer for rows 0-2, y2's for rows 3-5, so right/wrong transitions depend on the model.
+  answers = [answer(y1[i], y1_valid[i]) if i < 3 else answer(y2[i], y2_valid[i]) for i in range(6)]
+  target = np.zeros((6, n + 1), np.int32)
+  for i, a in enumerate(answers):
+    target[i, :len(a)] = a
+  batch = {"prompt_tokens_PxT": np.asarray(prompts_PxT), "prompt_valid_PxT": np.asarray(valid_PxT),
+           "target_tokens_PxA": target, "target_len_P": np.array([len(a) + 1 for a in answers], np.int32),
+           "example_id_P": np.arange(6, dtype=np.int32)}
+  algo = _algo(sampling=dataclasses.replace(greedy, temperature=1.0), instr_ids=(5,), group_size=2,
+               reward_fn=exact_match(stop_ids=(2,)))
+  metrics = Evaluator(graphdef, algo, greedy, [batch])(params)
+
+  r1 = np.array([answer(y1[i], y1_valid[i]) == answers[i] for i in range(6)])
+  r2 = np.array([answer(y2[i], y2_valid[i]) == answers[i] for i in range(6)])
+  ref = self_correction_metrics(r1, r2, y1, y1_valid.sum(1), y2, y2_valid.sum(1))
+  for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "frac_changed", "edit_ratio_mean"):
+    assert metrics[f"eval/{key}"] == pytest.approx(ref[key]), key
+  assert metrics["eval/accuracy"] == metrics["eval/acc_t2"]
+  assert sum(metrics[f"eval/edit_ratio_hist/{i}"] for i in range(10)) == 6
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: setattr(c.score, "turn_credit", "both"), "score.turn_credit"),
+    (lambda c: setattr(c.score, "stage1_steps", 10**6), "score.stage1_steps"),
+    (lambda c: setattr(c.score, "n_attempts_eval", 1), "score.n_attempts_eval"),
+    (lambda c: (setattr(c.score, "stage2_algo", "star"), setattr(c.rl, "num_epochs", 2)), "score.stage2_algo"),
+    (lambda c: setattr(c.rl, "group_size", 1), "rl.group_size"),
+    (lambda c: setattr(c.task, "name", "arithmetic"), "sft.demos"),
+    (lambda c: setattr(c.rl, "reward", "math"), "rl.reward"),
+])
+def test_bad_score_configs_name_the_field(edit, field):
+  cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
+  with cfg.unlocked():
+    edit(cfg)
+  with pytest.raises(builders.ConfigError, match=f"config.{field}"):
+    builders.validate_config(cfg, num_devices=1)
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_toy_arm_is_a_valid_config(arm):
+  cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py", arm)
+  builders.validate_config(cfg, num_devices=1)
+  algo = builders.build_algorithm(cfg, builders.build_model(cfg)[1])
+  assert algo.multi_turn == (arm != "single_turn")
+  assert algo.use_stage1 == (arm in ("score", "no_shaping", "single_turn"))
+  assert algo.alpha == (0.0 if arm in ("naive_multi_turn", "no_shaping") else 10.0)
+  assert algo.stage2_algo == ("star" if arm == "star" else "reinforce")
