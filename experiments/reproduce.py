@@ -75,6 +75,10 @@ def reproduce_score(workdir: str) -> None:
   out = score_toy.run_arms(_ARMS.value, seeds, workdir, num_steps=_NUM_STEPS.value)
   total = time.perf_counter() - t0
   table = score_toy.format_table(score_toy.summarize(out["runs"]), len(seeds))
+  mid = score_toy.mid_training_step(out["runs"])
+  if mid is not None:
+    table += (f"\n\nAt step {mid} (SCoRe in Stage I until step {score_toy.stage1_steps()}):\n\n"
+              + score_toy.format_table(score_toy.summarize(out["runs"], step=mid), len(seeds)))
   timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
   print(f"\nSCoRe toy (bugged 3-digit addition)\n{table}\n\nwall time {total:.0f} s ({timing})")
   with open(os.path.join(workdir, "score_table.md"), "w") as f:

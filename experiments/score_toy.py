@@ -60,14 +60,25 @@ def run_arms(arms: list[str], seeds: list[int], workdir: str, num_steps: int | N
   return {"runs": runs, "seconds": seconds}
 
 
-def summarize(runs: dict) -> dict[str, dict[str, tuple[float, float]]]:
-  """{row: {metric: (mean, std over seeds)}}, with the base row from the step-0 evaluations."""
+def summarize(runs: dict, step: int | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+  """{row: {metric: (mean, std over seeds)}} at the end of training, or at evaluation `step`.
+
+  The base row is the step-0 evaluation (every arm starts from the same warm-started model).
+  """
   rows = {}
   first_arm = next(iter(runs.values()))
   rows["base"] = _mean_std([r["initial"] for r in first_arm.values()])
   for arm, by_seed in runs.items():
-    rows[arm] = _mean_std([r["final"] for r in by_seed.values()])
+    results = [r["final"] if step is None else _at_step(r["history"], step) for r in by_seed.values()]
+    rows[arm] = _mean_std(results)
   return rows
+
+
+def _at_step(history: dict, step: int) -> dict:
+  if step not in history["step"]:
+    raise ValueError(f"no evaluation at step {step}; evaluated at {history['step']}")
+  i = history["step"].index(step)
+  return {name: values[i] for name, values in history.items() if name != "step"}
 
 
 def _mean_std(results: list[dict]) -> dict[str, tuple[float, float]]:
@@ -76,6 +87,16 @@ def _mean_std(results: list[dict]) -> dict[str, tuple[float, float]]:
     values = np.array([r[f"eval/{m}"] for r in results])
     out[m] = (float(values.mean()), float(values.std()))
   return out
+
+
+def stage1_steps() -> int:
+  return load_config_module().get_config("score").score.stage1_steps
+
+
+def mid_training_step(runs: dict) -> int | None:
+  """The last evaluation step inside SCoRe's Stage I (where the arms differ most), if any."""
+  steps = [s for s in next(iter(next(iter(runs.values())).values()))["history"]["step"] if 0 < s <= stage1_steps()]
+  return steps[-1] if steps else None
 
 
 def format_table(rows: dict, num_seeds: int) -> str:
