@@ -32,7 +32,7 @@ def get_config(arm: str | None = None):
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 12, 6, 6
   c.rl.micro_batch_size = 128
   c.rl.advantage = "rloo"                           # unused by SCoRe (score.baseline), kept consistent
-  c.rl.loss_agg = "token_mean"
+  c.rl.loss_agg = "seq_mean_token_sum_norm"         # §7.11: REINFORCE sums over tokens, averages over sequences
   c.optim.learning_rate = 3e-4
   c.train.num_steps = 200
   c.train.eval_every = 50
@@ -62,5 +62,6 @@ def get_config(arm: str | None = None):
     s.alpha = 0.0
   elif arm == "star":
     s.use_stage1, s.stage1_steps, s.stage2_algo = False, 0, "star"
+    c.rl.loss_agg = "token_mean"  # STaR's SFT loss is a token mean (see SCoRe.star_advantages)
   c.lock()
   return c

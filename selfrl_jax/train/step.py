@@ -67,7 +67,13 @@ class UpdateSettings:
 
 
 class Algorithm(Protocol):
-  """The method-specific parts of an RL iteration."""
+  """The method-specific parts of an RL iteration (GRPO: algos/grpo.py; SCoRe: algos/score.py).
+
+  Besides the three traced methods below, an Algorithm is a frozen dataclass with `sampling` and
+  `group_size` fields (the evaluator swaps in greedy decoding and one sample), `needs_reference`
+  (whether any KL weight can be non-zero) and `eval_outputs` / `eval_metrics` for
+  `train.evaluation.Evaluator`.
+  """
 
   def rollout(self, model: Decoder, batch: Batch, key: jax.Array) -> Rollout: ...
 
