@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -22,6 +23,8 @@ from selfrl_jax.rollouts.two_turn import two_turn_rollout
 from selfrl_jax.sampling.sampler import SamplingParams
 from selfrl_jax.train import builders
 from selfrl_jax.train.evaluation import Evaluator
+from selfrl_jax.train.state import create_train_state
+from selfrl_jax.train.step import make_train_step
 
 # Rows: wrong->fixed, right->kept, right->broken, wrong->wrong; 2 turn-1 and 2 turn-2 slots each.
 TURNS = np.array([[0, 1, 1, 0, 2, 2]] * 4)
@@ -120,3 +123,31 @@ def test_every_toy_arm_is_a_valid_config(arm):
   assert algo.use_stage1 == (arm in ("score", "no_shaping", "single_turn"))
   assert algo.alpha == (0.0 if arm in ("naive_multi_turn", "no_shaping") else 10.0)
   assert algo.stage2_algo == ("star" if arm == "star" else "reinforce")
+
+
+def test_score_fused_and_split_steps_are_identical():
+  """Two SCoRe iterations (Stage I then Stage II) in one program vs sample -> host rewards -> update."""
+  cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
+  with cfg.unlocked():
+    cfg.model.d_model, cfg.model.n_layers, cfg.model.d_ff = 32, 1, 64
+    cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 4, 2, 4
+    cfg.score.stage1_steps = 1
+  model, tok = builders.build_model(cfg)
+  algo = builders.build_algorithm(cfg, tok)
+  tx = optax.adam(1e-2)
+  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=algo.needs_reference)
+  fns = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx)
+  rs = np.random.RandomState(0)
+  prompts, valid = left_padded_prompts([8, 8, 7, 8], cfg.rl.max_prompt_len, 14, low=3, seed=1)
+  batch = {"prompt_tokens_PxT": prompts, "prompt_valid_PxT": valid,
+           "target_tokens_PxA": jnp.asarray(rs.randint(3, 14, (4, cfg.rl.max_answer_len)), jnp.int32),
+           "target_len_P": jnp.asarray([3, 4, 2, 5], jnp.int32), "example_id_P": jnp.arange(4, dtype=jnp.int32)}
+  fused, split = state, jax.tree.map(jnp.copy, state)
+  for stage in (1, 2):
+    fused, fused_metrics = fns.fused(fused, batch)
+    rollout = fns.sample(split, batch)
+    split, split_metrics = fns.update(split, batch, rollout, algo.rewards(rollout, batch))
+    assert int(fused_metrics["stage"]) == int(split_metrics["stage"]) == stage
+    for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(split.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert fns.fused._cache_size() == 1 and fns.update._cache_size() == 1
