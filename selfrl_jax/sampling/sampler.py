@@ -194,7 +194,12 @@ def generate(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax
 
 def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, valid_BxI: jax.Array,
                         key: jax.Array, params: SamplingParams) -> SampleOutput:
-  """Appends tokens (e.g. a self-correction instruction) to an existing cache and samples the next turn."""
+  """Appends tokens (e.g. a self-correction instruction) to an existing cache and samples the next turn.
+
+  The room left depends on the traced `cache.end_index`, so only "fits an empty cache" can be
+  checked here; callers reserve the exact room with `generate(..., extra_capacity=...)`, as
+  `two_turn_rollout` and `multi_attempt_rollout` do.
+  """
   needed = tokens_BxI.shape[1] + params.max_new_tokens
   if needed > cache.capacity:
     raise ValueError(f"Cache capacity {cache.capacity} cannot hold {tokens_BxI.shape[1]} appended "
