@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
 
   c.rl.algorithm = "score"
   c.rl.reward = "code"
+  c.rl.mode = "split"               # sandboxed tests take seconds: score on the host between jitted sample / update
   c.rl.prompts_per_step, c.rl.group_size = 32, 4
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 768, 512, 512
   c.rl.loss_agg = "seq_mean_token_sum_norm"
