@@ -125,7 +125,8 @@ def _time_update(model_cfg: ModelConfig, batch: int, micro: int, chunk: int, rep
   cfg = _config(batch, _GROUP.value, micro, chunk, s_len - p_len)
   tx = make_optimizer(cfg.optim)
   graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False)
-  step = make_train_step(build_update_settings(cfg), _algorithm(cfg), graphdef, tx)
+  algorithm = _algorithm(cfg)
+  step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
   rollout = _synthetic_rollout(batch, s_len, p_len, model_cfg.vocab_size, seed=batch)
   rewards = {"reward": jnp.asarray(np.random.RandomState(1).randn(batch), jnp.float32)}
   prompts = {"prompt_tokens_PxT": rollout.tokens_BxS[::_GROUP.value, :p_len]}  # tells update the prompt width
@@ -169,7 +170,8 @@ def _time_fused(model_cfg: ModelConfig, repeats: int) -> tuple[float, float, flo
   cfg = _config(p * g, g, 0, 0, n)
   tx = make_optimizer(cfg.optim)
   graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False)
-  step = make_train_step(build_update_settings(cfg), _algorithm(cfg), graphdef, tx)
+  algorithm = _algorithm(cfg)
+  step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
   rs = np.random.RandomState(0)
   batch = {"prompt_tokens_PxT": jnp.asarray(rs.randint(0, model_cfg.vocab_size, (p, t)), jnp.int32),
            "prompt_valid_PxT": jnp.ones((p, t), bool)}

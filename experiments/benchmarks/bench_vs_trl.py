@@ -102,7 +102,7 @@ def _ours(model, tok: HFTokenizer, prompt_ids: np.ndarray, digit_V: np.ndarray) 
       sampling=SamplingParams(max_new_tokens=n, temperature=1.0, stop_ids=tuple(tok.eos_ids), pad_id=tok.pad_id))
   tx = make_optimizer(cfg.optim)
   graphdef, state = create_train_state(model, tx, seed=0, keep_reference=False)
-  step = make_train_step(build_update_settings(cfg), algorithm, graphdef, tx)
+  step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
   holder, times = [state], []
   for i in range(_WARMUP.value + _ITERS.value):
     rows = prompt_ids[(i * p) % len(prompt_ids):][:p]

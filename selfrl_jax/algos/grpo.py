@@ -39,6 +39,11 @@ class GRPO:
                                self.sampling, self.group_size)
 
   @property
+  def response_slots(self) -> int:
+    """Generated-token slots per rollout (the `seq_mean_token_sum_norm` constant)."""
+    return self.sampling.max_new_tokens
+
+  @property
   def needs_reference(self) -> bool:
     return self.kl_coef > 0
 

@@ -1,6 +1,6 @@
 """SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn REINFORCE for self-correction.
 
-    algo = SCoRe.from_config(cfg.score, train_sampling, tok, group_size=cfg.rl.group_size)
+    algo = SCoRe.from_config(cfg, train_sampling, tok, reward_fn)   # or builders.build_algorithm(cfg, tok)
     rollout = algo.rollout(model, batch, key)            # [prompt | y1 | instr | y2], TwoTurnRollout
     rewards = algo.rewards(rollout, batch)               # {"reward", "r1", "r2"}
     adv_BxS, kl_weight_BxS, metrics = algo.advantages(rollout, rewards, step)
@@ -26,7 +26,7 @@ from selfrl_jax.algos.advantages import reinforce, rloo
 from selfrl_jax.algos.losses import KL_ESTIMATORS
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
-from selfrl_jax.rewards.registry import RewardFn, exact_match
+from selfrl_jax.rewards.registry import RewardFn
 from selfrl_jax.eval.self_correction import multi_attempt_accuracy, self_correction_metrics
 from selfrl_jax.rollouts.two_turn import (TwoTurnRollout, attach_extras, correction_instruction_ids,
                                           multi_attempt_rollout, response_view, turn1_view, two_turn_rollout)
@@ -249,6 +249,11 @@ class SCoRe:
   @property
   def sampling2(self) -> SamplingParams:
     return dataclasses.replace(self.sampling, max_new_tokens=self.max_new_tokens2 or self.sampling.max_new_tokens)
+
+  @property
+  def response_slots(self) -> int:
+    """Generated-token slots per rollout, N1 + N2 (the `seq_mean_token_sum_norm` constant)."""
+    return self.sampling.max_new_tokens + self.sampling2.max_new_tokens
 
   @property
   def needs_reference(self) -> bool:

@@ -65,22 +65,37 @@ class GuardedReward:
                       np.float32)
 
 
-class MathAnswerReward:
-  """Binary math-answer correctness with math-verify in a process pool (timeouts scored 0, counted)."""
+class VerifierReward:
+  """Decodes the responses, looks each example's reference up in `records`, and scores the batch
+  with a verifier's `score(completions, references) -> rewards_B` (failures scored 0 and counted
+  by the verifier). Subclasses say what the reference of a record is.
+  """
 
-  def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], timeout_s: float = 5.0,
-               num_workers: int | None = None):
-    self.tokenizer, self.records = tokenizer, records
-    self.verifier = MathVerifier(timeout_s=timeout_s, num_workers=num_workers)
+  def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], verifier):
+    self.tokenizer, self.records, self.verifier = tokenizer, records, verifier
 
   @property
   def counters(self):
     return self.verifier.counters
 
+  def reference(self, record: Mapping[str, Any]) -> Any:
+    raise NotImplementedError
+
   def __call__(self, response_tokens_BxN, response_valid_BxN, example_id_B) -> np.ndarray:
     texts = decode_responses(self.tokenizer, response_tokens_BxN, response_valid_BxN)
-    golds = [str(self.records[int(e)]["answer"]) for e in np.asarray(example_id_B).reshape(-1)]
-    return self.verifier.score(texts, golds)
+    refs = [self.reference(self.records[int(e)]) for e in np.asarray(example_id_B).reshape(-1)]
+    return self.verifier.score(texts, refs)
+
+
+class MathAnswerReward(VerifierReward):
+  """Binary math-answer correctness with math-verify in a process pool (timeouts scored 0, counted)."""
+
+  def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], timeout_s: float = 5.0,
+               num_workers: int | None = None):
+    super().__init__(tokenizer, records, MathVerifier(timeout_s=timeout_s, num_workers=num_workers))
+
+  def reference(self, record: Mapping[str, Any]) -> str:
+    return str(record["answer"])
 
   def close(self):
     self.verifier.close()
@@ -94,19 +109,12 @@ def code_tests_of(record: Mapping[str, Any]) -> dict[str, Any]:
   return {k: meta[k] for k in ("prompt", "test", "entry_point")}
 
 
-class CodeTestReward:
+class CodeTestReward(VerifierReward):
   """1 iff the completion passes the record's unit tests, run in the sandbox (failures scored 0, counted)."""
 
   def __init__(self, tokenizer: Tokenizer, records: Sequence[Mapping[str, Any]], timeout_s: float = 5.0,
                memory_mb: int = 512):
-    self.tokenizer, self.records = tokenizer, records
-    self.verifier = CodeVerifier(timeout_s=timeout_s, memory_mb=memory_mb)
+    super().__init__(tokenizer, records, CodeVerifier(timeout_s=timeout_s, memory_mb=memory_mb))
 
-  @property
-  def counters(self):
-    return self.verifier.counters
-
-  def __call__(self, response_tokens_BxN, response_valid_BxN, example_id_B) -> np.ndarray:
-    texts = decode_responses(self.tokenizer, response_tokens_BxN, response_valid_BxN)
-    tests = [code_tests_of(self.records[int(e)]) for e in np.asarray(example_id_B).reshape(-1)]
-    return self.verifier.score(texts, tests)
+  def reference(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    return code_tests_of(record)

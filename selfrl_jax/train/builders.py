@@ -190,18 +190,15 @@ def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer, records=None
               kl_coef=rl.kl_coef, reward_fn=reward_fn)
 
 
-def build_update_settings(cfg: ml_collections.ConfigDict, algorithm=None) -> UpdateSettings:
-  """Shared update knobs; the reference forward runs iff the algorithm can weight a KL term."""
+def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSettings:
+  """Shared update knobs; the algorithm decides whether a reference forward is needed (any KL
+  weight can be non-zero) and how many generated slots a rollout has (the token-sum normaliser)."""
   rl = cfg.rl
-  use_reference = algorithm.needs_reference if algorithm is not None else rl.kl_coef > 0
-  norm_len = rl.max_new_tokens
-  if rl.algorithm == "score":  # both turns' tokens are in the loss
-    norm_len += cfg.score.max_new_tokens2 or rl.max_new_tokens
   return UpdateSettings(
       rollouts=rl.prompts_per_step * rl.group_size, group_size=rl.group_size, temperature=rl.temperature,
-      clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=use_reference, kl_estimator=rl.kl_estimator,
-      loss_agg=rl.loss_agg, norm_len=norm_len, num_epochs=rl.num_epochs,
-      num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
+      clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=algorithm.needs_reference,
+      kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, norm_len=algorithm.response_slots,
+      num_epochs=rl.num_epochs, num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
       logprob_chunk=rl.logprob_chunk or None)
 
 

@@ -46,7 +46,7 @@ def main(out_prefix: str, data: int, fsdp: int, process_id: int = 0, num_process
   digits = np.asarray(tok.encode("0123456789"))
   algo = algo.__class__(**{**algo.__dict__, "reward_fn": lambda r, b: (
       jax.numpy.isin(r.response_tokens_BxN, digits) & r.response_valid_BxN).mean(axis=1)})
-  step = make_train_step(builders.build_update_settings(cfg), algo, graphdef, tx, state_sharding=state_sharding,
+  step = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx, state_sharding=state_sharding,
                          batch_sharding=sharding.batch_sharding(mesh), replicated_sharding=sharding.replicated(mesh))
   rs = np.random.RandomState(0)
   p, t, a = cfg.rl.prompts_per_step, cfg.rl.max_prompt_len, cfg.rl.max_answer_len
