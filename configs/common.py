@@ -6,8 +6,11 @@ Every field is commented with its meaning and unit. Configs are locked: assignin
 
 import ml_collections
 
+from selfrl_jax.algos.registry import get_algorithm_spec
 
-def get_base_config() -> ml_collections.ConfigDict:
+
+def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
+  """Shared sections plus the section `algorithm` owns (`config.<algorithm>`, from its registry entry)."""
   c = ml_collections.ConfigDict()
   c.seed = 0                       # model init, data order and sampling keys all derive from it
 
@@ -36,8 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.task.system_prompt = ""        # system turn when task.chat ("" = none)
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.algorithm = "grpo"          # grpo (the GRPO family; the estimator is rl.advantage) | score (config.score)
-  c.rl.mode = "fused"              # fused: one compiled step; split: jitted sample, host reward, jitted update
+  c.rl.algorithm = algorithm       # a module of selfrl_jax.algos with an ALGORITHM spec; its knobs live in config.<algorithm>
+  c.rl.mode = "fused"              # fused: one compiled step; split: compiled device phases, host phases (rewards, environments) between them
   c.rl.prompts_per_step = 16       # P
   c.rl.group_size = 8              # G, completions per prompt; rollouts = P * G
   c.rl.max_prompt_len = 16         # T, prompt buffer (tokens); longer prompts are skipped and counted
@@ -47,7 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rl.top_k = 0                   # 0 = off
   c.rl.top_p = 1.0                 # 1.0 = off
   c.rl.reward = "exact_match"      # exact_match (synthetic tasks, jittable) | math (math-verify, host) | code (sandboxed tests, host)
-  c.rl.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce
+  c.rl.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce (algorithms with their own credit assignment reject it)
   c.rl.clip_low = 0.2              # ratio clip 1 - clip_low
   c.rl.clip_high = 0.28            # ratio clip 1 + clip_high (DAPO clip-higher)
   c.rl.kl_coef = 0.0               # beta; 0 skips the reference forward pass
@@ -76,27 +79,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sft.check_every = 50           # SFT steps between validation checks
   c.sft.target_metric = "eval/accuracy"  # validation metric compared with sft.target_accuracy
   c.sft.seed = -1                  # seed of the base model: tiny init + warm start (-1 = config seed; fix it to share one base across seeds)
-  c.sft.demos = "task"             # task: [prompt | answer] with error_rate noise; score_toy: two-turn toy traces (score.md §11)
-
-  # SCoRe (rl.algorithm = "score"; spec papers/score.md, choices in configs/score/README.md).
-  c.score = ml_collections.ConfigDict()
-  c.score.multi_turn = True        # False: single-turn RL on turn 1 (Table 4 "w/o multi-turn")
-  c.score.use_stage1 = True        # False: Stage II from step 0 (Table 4 "w/o Stage I")
-  c.score.stage1_steps = 0         # RL iterations in Stage I (Eq. 3); the rest are Stage II (Eq. 4)
-  c.score.alpha = 10.0             # shaping weight of Eq. 5 (0: "w/o reward shaping")
-  c.score.beta1 = 0.01             # KL weight on both turns in Stage II and on turn 2 in Stage I
-  c.score.beta2 = 0.1              # KL weight on turn 1 in Stage I
-  c.score.first_turn_kl_only = False  # Stage I: no KL on turn-2 tokens
-  c.score.turn_credit = "per_turn"  # per_turn (gamma = 0) | episode (sandbagging risk with alpha > 1)
-  c.score.baseline = "rloo"        # rloo (leave-one-out over rl.group_size) | batch_mean | none
-  c.score.adv_norm = "none"        # none | std (divide each turn's advantages by their batch std)
-  c.score.stage2_algo = "reinforce"  # reinforce | star (Stage II = SFT on successful corrections)
-  c.score.star_include_c2c = False  # star: also keep right -> right traces (D+_STaR)
-  c.score.instruction = "<fix>"    # self-correction instruction appended after y1 (as ids)
-  c.score.chat_instruction = False  # render the instruction as a user turn of the chat template
-  c.score.max_new_tokens2 = 0      # turn-2 buffer N2 (0 = rl.max_new_tokens)
-  c.score.n_attempts_eval = 2      # attempts at evaluation (>= 2; Acc@t1..t_K)
-  c.score.copy_prob = 0.7          # sft.demos = score_toy: probability y2 copies y1
+  c.sft.demos = "task"             # task: [prompt | answer] with error_rate noise; an algorithm may offer its own (AlgorithmSpec.sft_demos)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100          # RL iterations
@@ -112,4 +95,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                 # data-parallel axis size (-1 = all remaining devices)
   c.mesh.fsdp = 1                  # parameter-sharding axis size
+
+  section = get_algorithm_spec(algorithm).default_config
+  if section is not None:
+    c[algorithm] = section()
   return c

@@ -48,8 +48,7 @@ CASES = {
 
 def make_config(name: str):
   algorithm, overrides = CASES[name]
-  c = get_base_config()
-  c.rl.algorithm = algorithm
+  c = get_base_config(algorithm)
   for k, v in MODEL.items():
     c.model[k] = v
   c.rl.prompts_per_step, c.rl.group_size = P, G
@@ -74,13 +73,15 @@ def digit_fraction_reward(tok):
   return fn
 
 
-def make_batch() -> dict:
+def make_batch():
+  from selfrl_jax.data.batch import PromptBatch
+
   rs = np.random.RandomState(0)
-  return {"prompt_tokens_PxT": jnp.asarray(rs.randint(3, 40, (P, T)), jnp.int32),
-          "prompt_valid_PxT": jnp.asarray(np.arange(T)[None] >= rs.randint(0, 3, (P, 1))),
-          "prompt_len_P": jnp.full((P,), T, jnp.int32),
-          "target_tokens_PxA": jnp.asarray(rs.randint(3, 40, (P, A)), jnp.int32),
-          "target_len_P": jnp.full((P,), 2, jnp.int32), "example_id_P": jnp.arange(P)}
+  return PromptBatch(prompt_tokens_PxT=jnp.asarray(rs.randint(3, 40, (P, T)), jnp.int32),
+                     prompt_valid_PxT=jnp.asarray(np.arange(T)[None] >= rs.randint(0, 3, (P, 1))),
+                     prompt_len_P=jnp.full((P,), T, jnp.int32),
+                     target_tokens_PxA=jnp.asarray(rs.randint(3, 40, (P, A)), jnp.int32),
+                     target_len_P=jnp.full((P,), 2, jnp.int32), example_id_P=jnp.arange(P))
 
 
 def digest(state, metrics) -> dict:
@@ -101,19 +102,18 @@ def run_case(name: str, mode: str) -> dict:
   from selfrl_jax.train.step import make_train_step
 
   cfg = make_config(name)
+  cfg.rl.mode = mode
   builders.validate_config(cfg, num_devices=1)
   model, tok = builders.build_model(cfg)
   algo = dataclasses.replace(builders.build_algorithm(cfg, tok), reward_fn=digit_fraction_reward(tok))
   tx = make_optimizer(cfg.optim)
-  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=algo.needs_reference)
-  fns = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx)
+  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=algo.needs_reference,
+                                       algorithm=algo)
+  train_step = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx)
   batch = make_batch()
   for _ in range(STEPS):
-    if mode == "fused":
-      state, metrics = fns.fused(state, batch)
-    else:
-      rollout = fns.sample(state, batch)
-      state, metrics = fns.update(state, batch, rollout, algo.rewards(rollout, batch))
+    state, metrics = train_step(state, batch)
+  assert train_step.compilations() == (1 if mode == "fused" else 2), train_step.compilations()
   return digest(state, jax.device_get(metrics))
 
 

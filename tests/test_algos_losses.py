@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selfrl_jax.algos.losses import (AGGREGATIONS, KL_ESTIMATORS, aggregate, kl_estimate, pg_loss,
-                                     policy_loss)
+from selfrl_jax.algos.losses import (AGGREGATIONS, KL_ESTIMATORS, SURROGATES, SurrogateParams,
+                                     aggregate, kl_estimate, pg_loss, policy_loss)
 
 # ----------------------------------------------------------------------------------------------
 # KL estimators
@@ -240,3 +240,272 @@ def test_policy_loss_per_token_kl_coef():
                      kl_coef=coef, kl_estimator="k1", agg_mode="token_mean")
   assert float(m["kl_loss"]) == pytest.approx(2 * np.log(2) / 6, rel=1e-6)
   assert float(m["kl"]) == pytest.approx(np.log(2), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Surrogate registry: ppo_clip, dual_clip, is_weight. clip_low=0.2, clip_high=0.28, c=3, gamma=1.
+
+#                     A>0 r>hi | A>0 r<lo | A<0 r>c | A<0 hi<r<c | A<0 r<lo | r=1
+SUR_RATIO_6 = np.array([1.5, 0.5, 4.0, 2.0, 0.5, 1.0])
+SUR_ADV_6 = np.array([1.0, 1.0, -1.0, -1.0, -2.0, 0.5])
+PARAMS = SurrogateParams(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0, is_gamma=1.0)
+# Per-token loss and d loss / d logp, by hand.
+HAND = {
+    "ppo_clip": ([-1.28, -0.5, 4.0, 2.0, 1.6, -0.5], [0.0, -0.5, 4.0, 2.0, 0.0, -0.5]),
+    "dual_clip": ([-1.28, -0.5, 3.0, 2.0, 1.6, -0.5], [0.0, -0.5, 0.0, 2.0, 0.0, -0.5]),
+    # -A r/(r+1) and -A r/(r+1)^2.
+    "is_weight": ([-0.6, -1 / 3, 0.8, 2 / 3, 2 / 3, -0.25], [-0.24, -2 / 9, 0.16, 2 / 9, 4 / 9, -0.125]),
+}
+HAND_CLIPPED = {"ppo_clip": [1, 0, 0, 0, 1, 0], "dual_clip": [1, 0, 1, 0, 1, 0], "is_weight": [0] * 6}
+
+
+def _sur_inputs(ratio=SUR_RATIO_6, adv=SUR_ADV_6):
+  old = np.full((1, len(ratio)), -1.3, np.float32)
+  return (jnp.asarray(old + np.log(ratio).astype(np.float32)), jnp.asarray(old),
+          jnp.asarray(np.asarray(adv, np.float32)[None]))
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_surrogate_hand_values_and_grads(name):
+  assert sorted(SURROGATES) == sorted(HAND)
+  logp, old, adv = _sur_inputs()
+  loss, grad = jax.vmap(jax.value_and_grad(
+      lambda lp, o, a: SURROGATES[name](lp, o, a, PARAMS)))(logp.ravel(), old.ravel(), adv.ravel())
+  want_loss, want_grad = HAND[name]
+  np.testing.assert_allclose(np.asarray(loss), want_loss, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-6)
+  # Through pg_loss (one objective, token_mean over 6 tokens): same values, clip fractions.
+  fn = lambda lp: pg_loss(lp, old, adv, jnp.ones((1, 6), bool), clip_low=0.2, clip_high=0.28,
+                          agg_mode="token_mean", objectives=(name,))
+  (total, metrics), g = jax.value_and_grad(fn, has_aux=True)(logp)
+  assert float(total) == pytest.approx(np.mean(want_loss), rel=1e-5)
+  np.testing.assert_allclose(np.asarray(g)[0], np.asarray(want_grad) / 6, rtol=1e-5, atol=1e-7)
+  clipped = np.array(HAND_CLIPPED[name], bool)
+  assert float(metrics["pg_clip_frac"]) == pytest.approx(clipped.mean())
+  assert float(metrics["pg_clip_frac_low"]) == pytest.approx((clipped & (SUR_RATIO_6 < 1)).mean())
+  assert float(metrics["pg_clip_frac_high"]) == pytest.approx((clipped & (SUR_RATIO_6 > 1)).mean())
+  assert ("pg_clip_frac_dual" in metrics) == (name == "dual_clip")
+  if name == "dual_clip":
+    assert float(metrics["pg_clip_frac_dual"]) == pytest.approx(1 / 6)
+  assert not any(k.startswith("objective_frac") for k in metrics)
+
+
+@pytest.mark.parametrize("gamma, want_grad_at_1", [(1.0, 0.25), (0.1, 0.1 / 1.21), (0.0, 1.0),
+                                                   (-1.0, 1.0)])
+def test_is_weight_gamma(gamma, want_grad_at_1):
+  """HeRL: w = rho/(rho+gamma) for gamma > 0 (dw/dlogp = gamma/(1+gamma)^2 at rho=1), w = rho else."""
+  p = SurrogateParams(0.2, 0.2, is_gamma=gamma)
+  logp, old, adv = _sur_inputs(np.array([1.0, 1.5, 4.0]), np.array([2.0, 1.0, -1.0]))
+  loss, grad = jax.vmap(jax.value_and_grad(lambda lp, o, a: SURROGATES["is_weight"](lp, o, a, p)))(
+      logp.ravel(), old.ravel(), adv.ravel())
+  r, a = np.array([1.0, 1.5, 4.0]), np.array([2.0, 1.0, -1.0])
+  w, dw = (r / (r + gamma), gamma * r / (r + gamma) ** 2) if gamma > 0 else (r, r)
+  np.testing.assert_allclose(np.asarray(loss), -a * w, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), -a * dw, rtol=1e-5)
+  assert float(grad[0]) == pytest.approx(-2.0 * want_grad_at_1, rel=1e-5)  # no clipping anywhere
+
+
+def test_surrogates_clamp_log_ratio_like_verl():
+  # |logp - old| > 20: dual_clip and is_weight clamp the log-ratio, so loss and gradient stay finite.
+  lp, old, a = jnp.array([30.0, 30.0, -30.0]), jnp.zeros(3), jnp.array([-1.0, 1.0, 1.0])
+  for name, want in (("dual_clip", [3.0, -1.28, -np.exp(-20.0)]),
+                     ("is_weight", [1.0, -1.0, -np.exp(-20.0) / (1 + np.exp(-20.0))])):
+    loss, g = jax.value_and_grad(lambda x: SURROGATES[name](x, old, a, PARAMS).sum())(lp)
+    loss_t = np.asarray(SURROGATES[name](lp, old, a, PARAMS))
+    np.testing.assert_allclose(loss_t, want, rtol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(g), 0.0)  # clamped: zero gradient, not NaN
+
+
+def _direct_surrogate(name, r, a):
+  """Same surrogates written independently, as functions of the probability ratio r."""
+  lo, hi, c, g = PARAMS.clip_low, PARAMS.clip_high, PARAMS.dual_clip_c, PARAMS.is_gamma
+  cr = jnp.clip(r, 1 - lo, 1 + hi)
+  if name == "ppo_clip":
+    return jnp.where(a >= 0, -a * jnp.minimum(r, cr), -a * jnp.maximum(r, cr))
+  if name == "dual_clip":
+    return jnp.where(a >= 0, -a * jnp.minimum(r, cr), -a * jnp.minimum(jnp.maximum(r, cr), c))
+  return -a * r / (r + g)
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_surrogate_exact_enumeration_on_categorical(name):
+  # J(z) = sum_y pi_old(y) loss(log softmax(z)_y, log pi_old(y), A_y), over all 4 tokens y.
+  z_old = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+  z = np.array([0.8, -0.6, 0.1, 1.6], np.float32)
+  a = np.array([1.0, -1.0, 1.0, -1.0], np.float32)
+  pi_old = np.exp(z_old - np.log(np.exp(z_old.astype(np.float64)).sum()))
+  lp_old = jax.nn.log_softmax(z_old)
+
+  def j_registry(zz):
+    return (pi_old * SURROGATES[name](jax.nn.log_softmax(zz), lp_old, a, PARAMS)).sum()
+
+  def j_direct(zz):
+    return (pi_old * _direct_surrogate(name, jax.nn.softmax(zz) / pi_old, a)).sum()
+
+  def j_pg_loss(zz):  # token_mean over the 4 tokens; A_y scaled by 4 pi_old(y) > 0 (homogeneous)
+    return pg_loss(jax.nn.log_softmax(zz)[None], lp_old[None], (4 * pi_old * a)[None],
+                   jnp.ones((1, 4), bool), clip_low=0.2, clip_high=0.28, agg_mode="token_mean",
+                   objectives=(name,))[0]
+
+  pi = np.exp(z - np.log(np.exp(z.astype(np.float64)).sum()))
+  r = pi / pi_old
+  assert r[3] > 3 and r[1] < 0.8 and r[2] < 0.8  # beyond dual clip, clipped low, unclipped low
+  g_direct = np.asarray(jax.grad(j_direct)(z))
+  for fn in (j_registry, j_pg_loss):
+    assert float(fn(z)) == pytest.approx(float(j_direct(z)), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.grad(fn)(z)), g_direct, rtol=1e-4, atol=1e-6)
+  # Hand chain rule: dJ/dz_k = sum_y pi_old(y) dloss_y/dlogp_y (1[y = k] - pi_k).
+  lo, hi = 0.8, 1.28
+  ppo_active = np.where(a >= 0, r <= hi, r >= lo)  # unclipped branch active
+  dlogp = {"ppo_clip": np.where(ppo_active, -a * r, 0.0),
+           "dual_clip": np.where(ppo_active & ~((a < 0) & (r > 3)), -a * r, 0.0),
+           "is_weight": -a * r / (r + 1) ** 2}[name]
+  want = (pi_old * dlogp) @ (np.eye(4) - pi[None, :])
+  np.testing.assert_allclose(g_direct, want, rtol=1e-4, atol=1e-6)
+  assert np.abs(want).max() > 1e-2
+
+
+def _mix_case():
+  """Two rows of the six hand tokens plus a masked slot with garbage in every input."""
+  logp, old, adv = _sur_inputs()
+  pad = lambda x, v: jnp.concatenate([x, jnp.full((1, 1), v, x.dtype)], axis=1)  # noqa: E731
+  logp2 = jnp.concatenate([pad(logp, 1e4), pad(logp, np.inf)])
+  old2 = jnp.concatenate([pad(old, np.nan), pad(old, -np.inf)])
+  adv2 = jnp.concatenate([pad(adv, np.nan), pad(adv, np.inf)])
+  obj = jnp.array([[0, 1, 2, 0, 1, 2, 9], [2, 0, 1, 2, 0, 1, -1]], jnp.int32)
+  mask = jnp.arange(7)[None].repeat(2, 0) < 6
+  return logp2, old2, adv2, obj, mask
+
+
+def test_mixed_surrogates_per_token():
+  logp, old, adv, obj, mask = _mix_case()
+  names = ("ppo_clip", "dual_clip", "is_weight")
+  kw = dict(clip_low=0.2, clip_high=0.28, agg_mode="token_mean", objectives=names)
+  fn = jax.jit(jax.value_and_grad(lambda lp, o: pg_loss(lp, old, adv, mask, objective_BxT=o, **kw),
+                                  has_aux=True))
+  (loss, metrics), grad = fn(logp, obj)
+  o = np.asarray(obj)[:, :6]
+  hand_loss = np.array([[HAND[names[k]][0][t] for t, k in enumerate(row)] for row in o])
+  hand_grad = np.array([[HAND[names[k]][1][t] for t, k in enumerate(row)] for row in o])
+  assert float(loss) == pytest.approx(hand_loss.mean(), rel=1e-5)
+  np.testing.assert_allclose(np.asarray(grad)[:, :6], hand_grad / 12, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(grad)[:, 6], 0.0)  # masked garbage: 0 gradient
+  clipped = np.array([[HAND_CLIPPED[names[k]][t] for t, k in enumerate(row)] for row in o])
+  assert float(metrics["pg_clip_frac"]) == pytest.approx(clipped.mean())
+  assert float(metrics["pg_clip_frac_dual"]) == pytest.approx(1 / 12)  # row 1 token 2
+  for name in names:
+    assert float(metrics[f"objective_frac/{name}"]) == pytest.approx(1 / 3)
+  # Sum of masked single-objective parts: loss * N = sum_k loss_k * N_k, same for gradients.
+  parts_loss, parts_grad = 0.0, 0.0
+  for k, name in enumerate(names):
+    m_k = mask & (obj == k)
+    (l_k, _), g_k = jax.value_and_grad(lambda lp: pg_loss(
+        lp, old, adv, m_k, clip_low=0.2, clip_high=0.28, agg_mode="token_mean", objectives=(name,)),
+        has_aux=True)(logp)
+    parts_loss, parts_grad = parts_loss + 4 * float(l_k), parts_grad + 4 * np.asarray(g_k)
+  assert 12 * float(loss) == pytest.approx(parts_loss, rel=1e-5)
+  np.testing.assert_allclose(12 * np.asarray(grad), parts_grad, rtol=1e-5, atol=1e-7)
+  # Traced mask with a concrete objective_BxT (no eager range check possible) gives the same.
+  loss_j = jax.jit(lambda m: pg_loss(logp, old, adv, m, objective_BxT=np.asarray(obj), **kw)[0])(mask)
+  assert float(loss_j) == pytest.approx(float(loss), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_surrogates_masked_garbage_is_harmless(name):
+  logp, old, adv, obj, mask = _mix_case()
+  clean = [jnp.where(mask, x, 0.0) for x in (logp, old, adv)]
+  other = "is_weight" if name == "ppo_clip" else "ppo_clip"
+  for objective_BxT, objectives in ((None, (name,)), (jnp.zeros_like(obj), (name, other))):
+    f = lambda lp, o, a: pg_loss(lp, o, a, mask, clip_low=0.2, clip_high=0.28,  # noqa: E731
+                                 agg_mode="seq_mean_token_mean", objective_BxT=objective_BxT,
+                                 objectives=objectives)[0]
+    loss, grad = jax.value_and_grad(f)(logp, old, adv)
+    loss_c, grad_c = jax.value_and_grad(f)(*clean)
+    assert float(loss) == float(loss_c) and np.isfinite(float(loss))
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_c))
+    np.testing.assert_array_equal(np.asarray(grad)[~np.asarray(mask)], 0.0)
+
+
+def _old_pg_formula(logp, old, adv_b, mask, lo, hi, mode, norm_len):
+  """The PPO-clip pg_loss as it was before the surrogate registry (same ops, same order)."""
+  m = jnp.asarray(mask).astype(bool)
+  a = jax.lax.stop_gradient(jnp.where(m, jnp.broadcast_to(jnp.asarray(adv_b)[:, None], m.shape), 0.0))
+  lp = jnp.where(m, jnp.asarray(logp, jnp.float32), 0.0)
+  o = jax.lax.stop_gradient(jnp.where(m, jnp.asarray(old, jnp.float32), 0.0))
+  ratio = jnp.exp(lp - o)
+  un, cl = ratio * a, jnp.clip(ratio, 1.0 - lo, 1.0 + hi) * a
+  return aggregate(-jnp.minimum(un, cl), m, mode, norm_len), m & (cl < un)
+
+
+@pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
+def test_default_objective_is_bit_identical_to_old_ppo(mode):
+  rng = np.random.default_rng(7)
+  b, t = 4, 9
+  old = rng.normal(-1.5, 0.5, size=(b, t)).astype(np.float32)
+  logp = (old + rng.normal(0, 0.4, size=(b, t))).astype(np.float32)
+  adv_b = rng.normal(size=b).astype(np.float32)
+  mask = np.arange(t)[None] < np.array([9, 4, 0, 2])[:, None]
+  new = jax.jit(jax.value_and_grad(lambda lp: pg_loss(
+      lp, old, adv_b, mask, clip_low=0.2, clip_high=0.28, agg_mode=mode, norm_len=12), has_aux=True))
+  ref = jax.jit(jax.value_and_grad(lambda lp: _old_pg_formula(lp, old, adv_b, mask, 0.2, 0.28, mode,
+                                                              12), has_aux=True))
+  (loss, metrics), grad = new(logp)
+  (loss_old, clipped_old), grad_old = ref(logp)
+  np.testing.assert_array_equal(np.asarray(loss), np.asarray(loss_old))
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_old))
+  assert float(metrics["pg_clip_frac"]) == pytest.approx(np.asarray(clipped_old).sum() / mask.sum())
+  assert sorted(metrics) == ["pg_clip_frac", "pg_clip_frac_high", "pg_clip_frac_low", "ratio_mean"]
+  # An explicit all-zero objective_BxT goes through the generic path and agrees to rounding.
+  loss_g, grad_g = jax.value_and_grad(lambda lp: pg_loss(
+      lp, old, adv_b, mask, clip_low=0.2, clip_high=0.28, agg_mode=mode, norm_len=12,
+      objective_BxT=np.zeros((b, t), np.int32))[0])(logp)
+  assert float(loss_g) == pytest.approx(float(loss), rel=1e-6)
+  np.testing.assert_allclose(np.asarray(grad_g), np.asarray(grad), rtol=1e-6, atol=1e-9)
+
+
+def test_policy_loss_passes_objectives_through():
+  logp, old, adv, obj, mask = _mix_case()
+  ref = jnp.where(mask, old + 0.1, np.nan)
+  kw = dict(clip_low=0.2, clip_high=0.28, agg_mode="token_mean", dual_clip_c=2.5, is_gamma=0.5)
+  is_he = obj == 1  # a bool [B, T] selector: True -> objectives[1]
+  loss, m = policy_loss(logp, old, ref, adv, mask, kl_coef=0.1, objective_BxT=is_he,
+                        objectives=("dual_clip", "is_weight"), **kw)
+  pg, m_pg = pg_loss(logp, old, adv, mask, objective_BxT=is_he.astype(jnp.int32),
+                     objectives=("dual_clip", "is_weight"), **kw)
+  assert float(m["pg_loss"]) == float(pg)
+  assert float(loss) == pytest.approx(float(pg) + float(m["kl_loss"]), rel=1e-6)
+  assert float(m["objective_frac/is_weight"]) == pytest.approx(4 / 12)
+  assert float(m["pg_clip_frac_dual"]) == float(m_pg["pg_clip_frac_dual"])
+  # objective_BxT=None with several objectives: every token uses objectives[0].
+  _, m0 = pg_loss(logp, old, adv, mask, objectives=("is_weight", "ppo_clip"), **kw)
+  assert (float(m0["objective_frac/is_weight"]), float(m0["pg_clip_frac"])) == (1.0, 0.0)
+
+
+def test_objective_errors():
+  logp, old, adv, obj, mask = _mix_case()
+  kw = dict(clip_low=0.2, clip_high=0.28, agg_mode="token_mean")
+  with pytest.raises(ValueError, match="dual_clip.*is_weight.*ppo_clip"):
+    pg_loss(logp, old, adv, mask, objectives=("ppo",), **kw)
+  with pytest.raises(ValueError, match="distinct"):
+    pg_loss(logp, old, adv, mask, objectives=("ppo_clip", "ppo_clip"), **kw)
+  with pytest.raises(ValueError, match="objective_BxT shape"):
+    pg_loss(logp, old, adv, mask, objective_BxT=obj[:, :3], **kw)
+  with pytest.raises(ValueError, match="integer"):
+    pg_loss(logp, old, adv, mask, objective_BxT=obj.astype(jnp.float32), **kw)
+  with pytest.raises(ValueError, match="outside"):  # index 2 with two objectives, at valid tokens
+    pg_loss(logp, old, adv, mask, objective_BxT=obj, objectives=("ppo_clip", "is_weight"), **kw)
+  with pytest.raises(ValueError, match="dual_clip_c"):
+    pg_loss(logp, old, adv, mask, objectives=("dual_clip",), dual_clip_c=1.0, **kw)
+
+
+def test_mixed_batch_extreme_ratio_on_clamped_surrogate():
+  # A valid is_weight token with log-ratio 100: exp overflows for ppo_clip, which must not see it.
+  logp, old = jnp.array([[100.0, 0.1, -0.2]]), jnp.zeros((1, 3))
+  adv, mask = jnp.array([[1.0, 1.0, -1.0]]), jnp.ones((1, 3), bool)
+  obj = jnp.array([[1, 0, 0]])
+  loss, grad = jax.value_and_grad(lambda lp: pg_loss(
+      lp, old, adv, mask, clip_low=0.2, clip_high=0.28, agg_mode="token_mean", objective_BxT=obj,
+      objectives=("ppo_clip", "is_weight"))[0])(logp)
+  r1, r2 = np.exp(0.1), np.exp(-0.2)
+  assert float(loss) == pytest.approx((-1.0 - r1 + r2) / 3, rel=1e-5)
+  np.testing.assert_allclose(np.asarray(grad)[0], [0.0, -r1 / 3, r2 / 3], rtol=1e-5)

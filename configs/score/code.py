@@ -20,7 +20,7 @@ CORRECTION_INSTRUCTION = (
 
 def get_config(arg: str | None = None):
   del arg
-  c = get_base_config()
+  c = get_base_config("score")
   c.model.source = "smollm2"        # replace with a local Qwen2.5-Coder-1.5B-Instruct (see the docstring)
   c.model.param_dtype = "bfloat16"
   c.model.compute_dtype = "bfloat16"
@@ -28,7 +28,6 @@ def get_config(arg: str | None = None):
   c.task.chat = True
   c.task.system_prompt = SYSTEM_PROMPT
 
-  c.rl.algorithm = "score"
   c.rl.reward = "code"
   c.rl.mode = "split"               # sandboxed tests take seconds: score on the host between jitted sample / update
   c.rl.prompts_per_step, c.rl.group_size = 32, 4

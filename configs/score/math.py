@@ -24,7 +24,7 @@ CORRECTION_INSTRUCTION = (
 
 def get_config(arg: str | None = None):
   del arg
-  c = get_base_config()
+  c = get_base_config("score")
   c.model.source = "smollm2"        # replace with a local Qwen2.5-1.5B-Instruct (see the docstring)
   c.model.param_dtype = "bfloat16"  # TPU; use float32 on CPU
   c.model.compute_dtype = "bfloat16"
@@ -32,7 +32,6 @@ def get_config(arg: str | None = None):
   c.task.chat = True
   c.task.system_prompt = SYSTEM_PROMPT
 
-  c.rl.algorithm = "score"
   c.rl.reward = "math"              # answer extraction + math-verify, host side
   c.rl.prompts_per_step, c.rl.group_size = 128, 4
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 512, 64, 1024

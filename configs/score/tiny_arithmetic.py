@@ -21,17 +21,15 @@ def get_config(arm: str | None = None):
   arm = arm or "score"
   if arm not in ARMS:
     raise ValueError(f"Unknown SCoRe arm {arm!r}; valid: {ARMS}.")
-  c = get_base_config()
+  c = get_base_config("score")
   c.task.name = "arithmetic_bugged"
   c.task.params = {"num_digits": 3, "reverse_answer": True}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 256, 1024
   c.model.n_layers = 4  # the 2-layer toy of §11 needed ~6000 SFT steps; 4 layers fit in far fewer
 
-  c.rl.algorithm = "score"
   c.rl.prompts_per_step, c.rl.group_size = 32, 4   # §11: k = 4 samples per prompt (64 prompts scaled to 32)
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 12, 6, 6
   c.rl.micro_batch_size = 128
-  c.rl.advantage = "rloo"                           # unused by SCoRe (score.baseline), kept consistent
   c.rl.loss_agg = "seq_mean_token_sum_norm"         # §7.11: REINFORCE sums over tokens, averages over sequences
   c.optim.learning_rate = 3e-4
   c.train.num_steps = 200

@@ -5,15 +5,18 @@
                               chunk_size=1024, temperature=T)
 
 The returned log-probs are those of softmax(logits / temperature): pass the sampler's temperature
-so the ratio old/new compares the same distribution the tokens were drawn from. With a chunk size,
-the B*T positions are processed `chunk_size` at a time under `jax.checkpoint`, so forward and
-backward each hold a single [chunk, V] logits block (the backward recomputes it).
+so the ratio old/new compares the same distribution the tokens were drawn from. `temperature` may
+also be a [B, T] array, one sampling temperature per position (a token drawn at 0.3 is rescored at
+0.3). With a chunk size, the B*T positions are processed `chunk_size` at a time under
+`jax.checkpoint`, so forward and backward each hold a single [chunk, V] logits block (the backward
+recomputes it).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def entropy_from_logits(logits_NxV: jax.Array) -> jax.Array:
@@ -26,6 +29,8 @@ def entropy_from_logits(logits_NxV: jax.Array) -> jax.Array:
 
 def _block(hidden_NxD, w_out_DxV, targets_N, inv_temp, return_entropy):
   """Log-prob of each target (and entropy) for one block of positions, all in float32."""
+  if inv_temp.ndim == 1:  # per-position inverse temperature [N]
+    inv_temp = inv_temp[:, None]
   logits_NxV = jnp.dot(hidden_NxD, w_out_DxV, preferred_element_type=jnp.float32) * inv_temp
   lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
   picked_N = jnp.take_along_axis(logits_NxV, targets_N[:, None], axis=-1)[:, 0]
@@ -37,7 +42,7 @@ def _block(hidden_NxD, w_out_DxV, targets_N, inv_temp, return_entropy):
 
 
 def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: jax.Array, *,
-                   chunk_size: int | None = None, temperature: float = 1.0,
+                   chunk_size: int | None = None, temperature: float | jax.Array = 1.0,
                    return_entropy: bool = False):
   """log softmax(hidden @ w_out / temperature)[target] per position, optionally with entropy.
 
@@ -46,7 +51,10 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
     w_out_DxV: output projection (`model.output_embedding()`).
     targets_BxT: token ids in [0, V) whose log-prob is wanted (next tokens).
     chunk_size: positions per block; None computes all logits at once. Need not divide B*T.
-    temperature: > 0; log-probs and entropy are those of softmax(logits / temperature).
+    temperature: > 0, a scalar or a [B, T] array (per position: the logits row of (b, t) is
+      divided by temperature[b, t]); log-probs and entropy are those of softmax(logits / temperature).
+      Every entry, padding included, must be > 0 (checked for concrete arrays; under jit a
+      non-positive entry gives inf/NaN at that position, also in the gradient w.r.t. hidden/w_out).
     return_entropy: also return the per-position entropy (of the same tempered distribution).
 
   Returns:
@@ -62,6 +70,13 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
                      f"{(b, t)}.")
   if isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")
+  per_token = jnp.ndim(temperature) > 0
+  if per_token and jnp.shape(temperature) != (b, t):
+    raise ValueError(f"temperature must be a scalar or of shape [B, T]={(b, t)}, got "
+                     f"{tuple(jnp.shape(temperature))}.")
+  if per_token and not isinstance(temperature, jax.core.Tracer) and not (
+      np.asarray(temperature) > 0).all():
+    raise ValueError("temperature must be > 0 at every position.")
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
 
@@ -70,6 +85,8 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
   w_DxV = w_out_DxV.astype(jnp.float32)
   tgt_N = targets_BxT.reshape(b * t).astype(jnp.int32)
   inv_temp = 1.0 / jnp.asarray(temperature, jnp.float32)
+  if per_token:
+    inv_temp = inv_temp.reshape(b * t)  # [N], padded / reshaped below exactly like the targets
 
   if chunk_size is None:
     logp_N, ent_N = _block(h_NxD, w_DxV, tgt_N, inv_temp, return_entropy)
@@ -84,8 +101,13 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
     # no hidden residuals; its backward recomputes the [chunk, V] block from (h, w, target).
     block = jax.checkpoint(
         lambda h, w, tg, it: _block(h, w, tg, it, return_entropy))
-    logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], inv_temp),
-                                    (h_CxKxD, tgt_CxK))
+    if per_token:  # padded positions get inverse temperature 1 (their outputs are dropped)
+      it_CxK = jnp.pad(inv_temp, (0, pad), constant_values=1.0).reshape(n_chunks, chunk_size)
+      logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], xs[2]),
+                                      (h_CxKxD, tgt_CxK, it_CxK))
+    else:
+      logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], inv_temp),
+                                      (h_CxKxD, tgt_CxK))
     logp_N = logp_CxK.reshape(-1)[:n]
     ent_N = None if ent_CxK is None else ent_CxK.reshape(-1)[:n]
 

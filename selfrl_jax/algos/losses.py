@@ -1,8 +1,11 @@
-"""Token-level RL losses: clipped policy gradient, KL to a frozen reference, loss aggregation.
+"""Token-level RL losses: policy-gradient surrogates, KL to a frozen reference, loss aggregation.
 
     loss, metrics = policy_loss(logp_BxT, old_logp_BxT, ref_logp_BxT, adv_B, mask_BxT,
                                 clip_low=0.2, clip_high=0.28, kl_coef=0.0, kl_estimator="k3",
                                 agg_mode="token_mean")
+    # Per-token mix of surrogates (e.g. HeRL: dual clip on own tokens, is_weight on hindsight ones):
+    loss, metrics = policy_loss(..., objective_BxT=is_he_BxT.astype(int),
+                                objectives=("dual_clip", "is_weight"), dual_clip_c=3.0, is_gamma=1.0)
 
 All inputs are log-probs of the sampled tokens. `mask_BxT` marks the tokens that are trained on
 (response tokens); masked positions contribute exactly 0 to the loss and get exactly 0 gradient,
@@ -11,10 +14,12 @@ whatever values (even inf/NaN) they hold. Pure, jittable, float32 math.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ----------------------------------------------------------------------------------------------
 # KL estimators (Schulman 2020, "Approximating KL divergence"): unbiased or low-variance per-sample
@@ -110,7 +115,84 @@ def aggregate(values_BxT, mask_BxT, mode: str, norm_len: float | None = None) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# Clipped policy gradient.
+# Per-token policy-gradient surrogates. Each maps (logp, old_logp, A, params), all [B, T] and
+# already sanitised, to the per-token loss [B, T] before aggregation; `_CLIPPED` says per token
+# whether clipping zeroes that surrogate's gradient (for the pg_clip_frac metrics).
+
+
+@dataclasses.dataclass(frozen=True)
+class SurrogateParams:
+  """Hyper-parameters of the surrogates; each reads the fields it needs (Python floats).
+
+  clip_low, clip_high: ratio band [1 - clip_low, 1 + clip_high] of ppo_clip and dual_clip.
+  dual_clip_c: dual_clip's bound for A < 0 (> 1): the token loss is at most -A c.
+  is_gamma: is_weight's shaping constant: w = rho / (rho + gamma) if gamma > 0, else w = rho.
+  """
+  clip_low: float
+  clip_high: float
+  dual_clip_c: float = 3.0
+  is_gamma: float = 1.0
+
+
+def ppo_clip(logp_BxT, old_logp_BxT, adv_BxT, p: SurrogateParams) -> jax.Array:
+  """PPO clip with decoupled bounds (DAPO, Yu et al. 2025, eq. 10), r = exp(logp - old_logp):
+  loss = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)."""
+  ratio = jnp.exp(logp_BxT - old_logp_BxT)
+  return -jnp.minimum(ratio * adv_BxT, jnp.clip(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high) * adv_BxT)
+
+
+def _dual_ratio(logp_BxT, old_logp_BxT):
+  # verl's compute_policy_loss clamps the log-ratio to [-20, 20] (finite ratio and gradient).
+  return jnp.exp(jnp.clip(logp_BxT - old_logp_BxT, -20.0, 20.0))
+
+
+def dual_clip(logp_BxT, old_logp_BxT, adv_BxT, p: SurrogateParams) -> jax.Array:
+  """Dual-clip PPO (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL";
+  verl's compute_policy_loss), r = exp(clip(logp - old_logp, -20, 20)):
+  l1 = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high));  loss = min(l1, -A c) if A < 0 else l1.
+  For A < 0 and r > c the loss is the constant -A c: a bounded loss and zero gradient."""
+  ratio = _dual_ratio(logp_BxT, old_logp_BxT)
+  l1 = jnp.maximum(-adv_BxT * ratio, -adv_BxT * jnp.clip(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high))
+  return jnp.where(adv_BxT < 0, jnp.minimum(l1, -adv_BxT * p.dual_clip_c), l1)
+
+
+def is_weight(logp_BxT, old_logp_BxT, adv_BxT, p: SurrogateParams) -> jax.Array:
+  """HeRL's loss on hindsight tokens (shared/papers/herl.md §(8), "mixpolicy_vanilla"): no clipping,
+  rho = exp(clip(logp - old_logp, -20, 20)), w = rho / (rho + gamma) (gamma <= 0: w = rho),
+  loss = -A w. d loss / d logp = -A gamma rho / (rho + gamma)^2: -A / 4 at rho = 1, gamma = 1."""
+  rho = jnp.exp(jnp.clip(logp_BxT - old_logp_BxT, -20.0, 20.0))
+  w = rho / (rho + p.is_gamma) if p.is_gamma > 0 else rho
+  return -adv_BxT * w
+
+
+SURROGATES: dict[str, Callable[..., jax.Array]] = {
+    "ppo_clip": ppo_clip, "dual_clip": dual_clip, "is_weight": is_weight}
+
+
+def _ppo_clipped(logp, old, adv, p):
+  ratio = jnp.exp(logp - old)
+  return jnp.clip(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high) * adv < ratio * adv
+
+
+def _dual_branch(logp, old, adv, p):
+  """dual_clip tokens on the constant -A c branch."""
+  ratio = _dual_ratio(logp, old)
+  l1 = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high))
+  return (adv < 0) & (l1 > -adv * p.dual_clip_c)
+
+
+def _dual_clipped(logp, old, adv, p):
+  ratio = _dual_ratio(logp, old)
+  ppo_clipped = -adv * jnp.clip(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high) > -adv * ratio
+  return ppo_clipped | _dual_branch(logp, old, adv, p)
+
+
+_CLIPPED = {"ppo_clip": _ppo_clipped, "dual_clip": _dual_clipped,
+            "is_weight": lambda logp, *_: jnp.zeros(jnp.shape(logp), bool)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Policy-gradient loss.
 
 
 def _broadcast_adv(adv, shape_BxT) -> jax.Array:
@@ -134,16 +216,47 @@ def _token_mean_metric(x_BxT, m_BxT) -> jax.Array:
   return jax.lax.stop_gradient(x_BxT.sum() / jnp.maximum(m_BxT.sum(), 1).astype(jnp.float32))
 
 
+def _check_objectives(objectives, objective_BxT, m_BxT, p: SurrogateParams):
+  if not objectives or len(set(objectives)) != len(objectives):
+    raise ValueError(f"objectives must be a non-empty tuple of distinct names, got {objectives!r}.")
+  for name in objectives:
+    if name not in SURROGATES:
+      raise ValueError(f"Unknown objective {name!r}; valid keys: {sorted(SURROGATES)}.")
+  if "dual_clip" in objectives and not p.dual_clip_c > 1.0:
+    raise ValueError(f"dual_clip_c must be > 1, got {p.dual_clip_c}.")
+  if objective_BxT is None:
+    return None
+  if jnp.shape(objective_BxT) != m_BxT.shape:
+    raise ValueError(f"objective_BxT shape {tuple(jnp.shape(objective_BxT))} must equal mask_BxT "
+                     f"shape {m_BxT.shape}.")
+  dtype = jnp.result_type(objective_BxT)
+  if not (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):
+    raise ValueError(f"objective_BxT must hold integer indices into objectives, got dtype {dtype}.")
+  obj_BxT = jnp.asarray(objective_BxT).astype(jnp.int32)
+  if not any(isinstance(x, jax.core.Tracer) for x in (obj_BxT, m_BxT)):  # eager: check the range
+    bad = np.asarray(m_BxT) & ((np.asarray(obj_BxT) < 0) | (np.asarray(obj_BxT) >= len(objectives)))
+    if bad.any():
+      raise ValueError(f"objective_BxT holds indices outside [0, {len(objectives)}) at valid tokens.")
+  return obj_BxT
+
+
 def pg_loss(logp_BxT, old_logp_BxT, adv, mask_BxT, *, clip_low: float, clip_high: float,
-            agg_mode: str, norm_len: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """PPO clipped surrogate with decoupled bounds (DAPO clip-higher, eq. 10).
+            agg_mode: str, norm_len: float | None = None, objective_BxT=None,
+            objectives: tuple[str, ...] = ("ppo_clip",), dual_clip_c: float = 3.0,
+            is_gamma: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Per-token policy-gradient surrogate (SURROGATES), aggregated with `agg_mode`.
 
-  Per token, r = exp(logp - old_logp):  loss_t = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A),
-  aggregated with `agg_mode`. `adv` is [B] (broadcast over tokens) or [B, T]; old log-probs and
-  advantages are constants (stop_gradient).
+  Token (b, t) uses `objectives[objective_BxT[b, t]]` (int or bool [B, T]; values at masked tokens
+  are ignored; under jit an out-of-range index at a valid token gives it 0 loss); with
+  `objective_BxT=None` every token uses `objectives[0]`. The default is PPO clip with decoupled
+  bounds (DAPO eq. 10): r = exp(logp - old_logp), loss_t = -min(r A, clip(r, 1 - clip_low,
+  1 + clip_high) A). `adv` is [B] (broadcast over tokens) or [B, T]; old log-probs and advantages
+  are constants (stop_gradient). `dual_clip_c` and `is_gamma` parametrise dual_clip / is_weight.
 
-  Metrics: pg_clip_frac (valid tokens where the clipped term is strictly smaller, so the gradient
-  is zero), pg_clip_frac_low / pg_clip_frac_high (split by bound), ratio_mean.
+  Metrics: pg_clip_frac (valid tokens whose own surrogate's gradient is zeroed by clipping;
+  is_weight tokens never are), pg_clip_frac_low / pg_clip_frac_high (split by r < 1 / r > 1),
+  ratio_mean; with dual_clip among the objectives pg_clip_frac_dual (tokens on the -A c branch);
+  with several objectives objective_frac/<name> (fraction of valid tokens using each).
   """
   m_BxT = jnp.asarray(mask_BxT).astype(bool)
   if m_BxT.ndim != 2:
@@ -153,39 +266,67 @@ def pg_loss(logp_BxT, old_logp_BxT, adv, mask_BxT, *, clip_low: float, clip_high
       raise ValueError(f"{name} shape {tuple(jnp.shape(x))} must equal mask_BxT shape {m_BxT.shape}.")
   if clip_low < 0 or clip_high < 0:
     raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}.")
+  objectives = tuple(objectives)
+  params = SurrogateParams(clip_low, clip_high, dual_clip_c, is_gamma)
+  obj_BxT = _check_objectives(objectives, objective_BxT, m_BxT, params)
   adv_BxT = jax.lax.stop_gradient(_masked(_broadcast_adv(adv, m_BxT.shape), m_BxT))
   logp_BxT = _masked(logp_BxT, m_BxT)
   old_logp_BxT = jax.lax.stop_gradient(_masked(old_logp_BxT, m_BxT))
 
   ratio_BxT = jnp.exp(logp_BxT - old_logp_BxT)
-  unclipped_BxT = ratio_BxT * adv_BxT
-  clipped_BxT = jnp.clip(ratio_BxT, 1.0 - clip_low, 1.0 + clip_high) * adv_BxT
-  loss = aggregate(-jnp.minimum(unclipped_BxT, clipped_BxT), m_BxT, agg_mode, norm_len)
+  if obj_BxT is None and objectives == ("ppo_clip",):  # the original code path, bit for bit
+    unclipped_BxT = ratio_BxT * adv_BxT
+    clipped_BxT = jnp.clip(ratio_BxT, 1.0 - clip_low, 1.0 + clip_high) * adv_BxT
+    loss = aggregate(-jnp.minimum(unclipped_BxT, clipped_BxT), m_BxT, agg_mode, norm_len)
+    is_clipped_BxT = m_BxT & (clipped_BxT < unclipped_BxT)
+  else:
+    loss_BxT = jnp.zeros(m_BxT.shape, jnp.float32)
+    is_clipped_BxT = dual_BxT = jnp.zeros(m_BxT.shape, bool)
+    for k, name in enumerate(objectives if obj_BxT is not None else objectives[:1]):
+      sel_BxT = m_BxT if obj_BxT is None else m_BxT & (obj_BxT == k)
+      # Tokens of other objectives enter this surrogate as r = 1, A = 0: finite, zero gradient.
+      args = (jnp.where(sel_BxT, logp_BxT, old_logp_BxT), old_logp_BxT,
+              jnp.where(sel_BxT, adv_BxT, 0.0), params)
+      loss_BxT = jnp.where(sel_BxT, SURROGATES[name](*args), loss_BxT)
+      is_clipped_BxT = is_clipped_BxT | (sel_BxT & _CLIPPED[name](*args))
+      if name == "dual_clip":
+        dual_BxT = sel_BxT & _dual_branch(*args)
+    loss = aggregate(loss_BxT, m_BxT, agg_mode, norm_len)
 
-  is_clipped_BxT = m_BxT & (clipped_BxT < unclipped_BxT)
   metrics = {
       "pg_clip_frac": _token_mean_metric(is_clipped_BxT, m_BxT),
       "pg_clip_frac_low": _token_mean_metric(is_clipped_BxT & (ratio_BxT < 1.0), m_BxT),
       "pg_clip_frac_high": _token_mean_metric(is_clipped_BxT & (ratio_BxT > 1.0), m_BxT),
       "ratio_mean": _token_mean_metric(ratio_BxT, m_BxT),
   }
+  if "dual_clip" in objectives:
+    metrics["pg_clip_frac_dual"] = _token_mean_metric(dual_BxT, m_BxT)
+  if len(objectives) > 1:
+    obj_BxT = jnp.zeros(m_BxT.shape, jnp.int32) if obj_BxT is None else obj_BxT
+    for k, name in enumerate(objectives):
+      metrics[f"objective_frac/{name}"] = _token_mean_metric(obj_BxT == k, m_BxT)
   return loss, metrics
 
 
 def policy_loss(logp_BxT, old_logp_BxT, ref_logp_BxT, adv, mask_BxT, *, clip_low: float,
                 clip_high: float, kl_coef, kl_estimator: str = "k3", agg_mode: str = "token_mean",
-                norm_len: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                norm_len: float | None = None, objective_BxT=None,
+                objectives: tuple[str, ...] = ("ppo_clip",), dual_clip_c: float = 3.0,
+                is_gamma: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """pg_loss + aggregate(kl_coef * KL estimate), the GRPO objective (eq. 3) with DAPO options.
 
-  `kl_coef` is a scalar or an array broadcastable to [B, T] (e.g. a per-turn KL weight); with a
-  scalar the KL term equals kl_coef * aggregate(kl). With `ref_logp_BxT=None` the KL term is skipped
-  (no reference forward pass needed); this requires a Python `kl_coef == 0`.
+  `objective_BxT`, `objectives`, `dual_clip_c`, `is_gamma` pass through to `pg_loss` (per-token
+  surrogate choice). `kl_coef` is a scalar or an array broadcastable to [B, T] (e.g. a per-turn KL
+  weight); with a scalar the KL term equals kl_coef * aggregate(kl). With `ref_logp_BxT=None` the KL
+  term is skipped (no reference forward pass needed); this requires a Python `kl_coef == 0`.
 
   Metrics: those of `pg_loss`, plus pg_loss, kl_loss (the weighted KL term, 0 without a reference)
   and, when a reference is given, kl (mean per-token estimate over valid tokens).
   """
   pg, metrics = pg_loss(logp_BxT, old_logp_BxT, adv, mask_BxT, clip_low=clip_low,
-                        clip_high=clip_high, agg_mode=agg_mode, norm_len=norm_len)
+                        clip_high=clip_high, agg_mode=agg_mode, norm_len=norm_len,
+                        objective_BxT=objective_BxT, objectives=objectives, dual_clip_c=dual_clip_c,
+                        is_gamma=is_gamma)
   m_BxT = jnp.asarray(mask_BxT).astype(bool)
   if ref_logp_BxT is None:
     if not (isinstance(kl_coef, (int, float)) and kl_coef == 0):

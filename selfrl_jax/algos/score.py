@@ -2,8 +2,8 @@
 
     algo = SCoRe.from_config(cfg, train_sampling, tok, reward_fn)   # or builders.build_algorithm(cfg, tok)
     rollout = algo.rollout(model, batch, key)            # [prompt | y1 | instr | y2], TwoTurnRollout
-    rewards = algo.rewards(rollout, batch)               # {"reward", "r1", "r2"}
-    adv_BxS, kl_weight_BxS, metrics = algo.advantages(rollout, rewards, step)
+    rewards = algo.rewards(rollout, batch)               # Rewards(reward_B, parts={"r1_B", "r2_B"})
+    terms = algo.advantages(rollout, rewards, step)      # TokenTerms: adv_BxS, kl_weight_BxS, metrics
 
 Stage I (Eq. 3): only y2 is rewarded (R1 = 0); turn-1 tokens carry the strong KL anchor beta2 and
 turn-2 tokens the small beta1 (§7 item 4). Stage II (Eq. 4 + 5): R1 = r1, R2 = r2 + alpha (r2 - r1),
@@ -22,8 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selfrl_jax.algos import score_config
 from selfrl_jax.algos.advantages import reinforce, rloo
+from selfrl_jax.algos.base import Algorithm, Rewards, TokenTerms
 from selfrl_jax.algos.losses import KL_ESTIMATORS
+from selfrl_jax.algos.registry import AlgorithmSpec
+from selfrl_jax.algos.score_config import ADV_NORMS, BASELINES, STAGE2_ALGOS, TURN_CREDITS
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
 from selfrl_jax.rewards.registry import RewardFn
@@ -32,10 +37,6 @@ from selfrl_jax.rollouts.two_turn import (TwoTurnRollout, attach_extras, correct
                                           multi_attempt_rollout, response_view, turn1_view, two_turn_rollout)
 from selfrl_jax.sampling.sampler import SamplingParams
 
-TURN_CREDITS = ("per_turn", "episode")
-BASELINES = ("rloo", "batch_mean", "none")
-ADV_NORMS = ("none", "std")
-STAGE2_ALGOS = ("reinforce", "star")
 
 
 def _check_choice(field: str, value: str, valid: tuple[str, ...]) -> None:
@@ -168,7 +169,7 @@ def star_demonstrations(rollout: TwoTurnRollout, r1_B: jax.Array, r2_B: jax.Arra
 
 
 @dataclasses.dataclass(frozen=True)
-class SCoRe:
+class SCoRe(Algorithm):
   """SCoRe as an `Algorithm` for the shared train step (train/step.py).
 
   Attributes:
@@ -234,7 +235,7 @@ class SCoRe:
         raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
 
   @classmethod
-  def from_config(cls, cfg: Any, sampling: SamplingParams, tokenizer: Tokenizer, reward_fn: RewardFn) -> SCoRe:
+  def from_config(cls, cfg: Any, tokenizer: Tokenizer, reward_fn: RewardFn, sampling: SamplingParams) -> SCoRe:
     """Builds from a full experiment config: `cfg.score` plus `rl.group_size` / `rl.kl_estimator`."""
     c = cfg.score
     return cls(
@@ -266,18 +267,21 @@ class SCoRe:
       return jnp.zeros(jnp.shape(step), jnp.int32)
     return stage_of(step, self.use_stage1, self.stage1_steps)
 
-  def rollout(self, model: Decoder, batch: dict, key: jax.Array) -> TwoTurnRollout:
-    rollout, extras = two_turn_rollout(model, batch["prompt_tokens_PxT"], batch["prompt_valid_PxT"],
+  def rollout(self, model: Decoder, batch: PromptBatch, key: jax.Array) -> TwoTurnRollout:
+    rollout, extras = two_turn_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT,
                                        self.instr_ids, key, self.sampling, self.sampling2, self.group_size)
     if not self.multi_turn:
       rollout = rollout.replace(loss_mask_BxS=rollout.loss_mask_BxS & (rollout.turn_id_BxS == 1))
     return attach_extras(rollout, extras)
 
-  def rewards(self, rollout: TwoTurnRollout, batch: dict) -> dict[str, jax.Array]:
-    """r1 = r(y1, y*), r2 = r(y2, y*); "reward" is the last trained turn's (r2, or r1 when single-turn)."""
+  def rewards(self, rollout: TwoTurnRollout, batch: PromptBatch) -> Rewards:
+    """r1 = r(y1, y*), r2 = r(y2, y*); `reward_B` is the last trained turn's (r2, or r1 when single-turn)."""
     r1_B = self.reward_fn(turn1_view(rollout), batch)
     r2_B = self.reward_fn(rollout, batch)
-    return {"reward": r2_B if self.multi_turn else r1_B, "r1": r1_B, "r2": r2_B}
+    return Rewards(reward_B=r2_B if self.multi_turn else r1_B, parts={"r1_B": r1_B, "r2_B": r2_B})
+
+  def host_counters(self) -> dict[str, int]:
+    return dict(getattr(self.reward_fn, "counters", {}))
 
   def turn_terms(self, r1_B: jax.Array, r2_B: jax.Array, stage: jax.Array
                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -292,10 +296,12 @@ class SCoRe:
     w1, w2 = turn_kl_weights(stage, self.beta1, self.beta2, self.first_turn_kl_only)
     return a1_B, a2_B, w1, w2
 
-  def advantages(self, rollout: TwoTurnRollout, rewards: dict, step: jax.Array):
+  def advantages(self, rollout: TwoTurnRollout, rewards: Rewards, step: jax.Array, algo_state=None
+                 ) -> TokenTerms:
     """Per-token advantages and KL weights (§2.5 steps 5–7) plus self-correction metrics."""
+    del algo_state
     stage = self.stage(step)
-    r1_B, r2_B = rewards["r1"], rewards["r2"]
+    r1_B, r2_B = rewards.parts["r1_B"], rewards.parts["r2_B"]
     a1_B, a2_B, w1, w2 = self.turn_terms(r1_B, r2_B, stage)
     turn_BxS = jnp.where(rollout.loss_mask_BxS, rollout.turn_id_BxS, 0)
     adv_BxS = per_token(a1_B, a2_B, turn_BxS)
@@ -315,7 +321,7 @@ class SCoRe:
                     "kl_w1": w1, "kl_w2": w2,
                     "turn1_len_mean": e.y1_valid_BxN.sum(axis=1).mean(),
                     "turn1_clipped_frac": 1.0 - e.y1_stopped_B.astype(jnp.float32).mean(), **extra})
-    return adv_BxS, kl_weight_BxS, metrics
+    return TokenTerms(adv_BxS=adv_BxS, kl_weight_BxS=kl_weight_BxS, metrics=metrics)
 
   def star_advantages(self, rollout: TwoTurnRollout, r1_B: jax.Array, r2_B: jax.Array
                       ) -> tuple[jax.Array, jax.Array]:
@@ -333,14 +339,14 @@ class SCoRe:
 
   # -- Evaluation (score.md §2.4; greedy by default) --------------------------------------------
 
-  def eval_outputs(self, model: Decoder, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+  def eval_outputs(self, model: Decoder, batch: PromptBatch, key: jax.Array) -> dict[str, jax.Array]:
     """K = n_attempts_eval sequential attempts in one cache, each scored by the reward (jittable).
 
     Every attempt uses the larger of the two turn buffers; holes are invisible to the model, so
     this matches the training layout except for where a long answer is truncated.
     """
     n = max(self.sampling.max_new_tokens, self.sampling2.max_new_tokens)
-    out = multi_attempt_rollout(model, batch["prompt_tokens_PxT"], batch["prompt_valid_PxT"], self.instr_ids,
+    out = multi_attempt_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT, self.instr_ids,
                                 key, dataclasses.replace(self.sampling, max_new_tokens=n), self.group_size,
                                 self.n_attempts_eval)
     reward_KxB = jnp.stack([self.reward_fn(response_view(out.tokens_KxBxN[k], out.valid_KxBxN[k],
@@ -360,3 +366,8 @@ class SCoRe:
     result["eval/accuracy"] = result["eval/acc_t2"]
     result["eval/completion_len_mean"] = float(np.asarray(lengths[1]).mean())
     return result
+
+
+ALGORITHM = AlgorithmSpec(name="score", build=SCoRe.from_config, default_config=score_config.default_config,
+                          validate=score_config.validate, replaces=score_config.REPLACES,
+                          sft_demos={"score_toy": score_config.toy_demos})

@@ -1,12 +1,12 @@
 """grain pipeline from a record source to fixed-shape numpy prompt batches, with resumable state.
 
     it = make_prompt_iterator(source, tok, batch_size=64, max_prompt_len=16, max_answer_len=8, seed=0)
-    batch = next(it)       # dict of numpy arrays, every batch exactly P rows
+    batch = next(it)       # a PromptBatch of numpy arrays, every batch exactly P rows
     state = it.get_state() # JSON-able; save it with the checkpoint
     it2 = make_prompt_iterator(...same args...); it2.set_state(state)  # continues where `it` was
-    texts = it.records(batch["example_id_P"])  # the raw records, host side
+    texts = it.records(batch.example_id_P)  # the raw records, host side
 
-Batch (P = batch_size, T = max_prompt_len, A = max_answer_len):
+`PromptBatch` fields (P = batch_size, T = max_prompt_len, A = max_answer_len):
   prompt_tokens_PxT  int32  prompt ids LEFT-padded with `tokenizer.pad_id`
   prompt_valid_PxT   bool   True on real prompt tokens
   prompt_len_P       int32  number of real prompt tokens
@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.data.records import normalize_record
 from selfrl_jax.models.tokenizers import Tokenizer
 
@@ -133,8 +134,8 @@ class PromptIterator:
   def __iter__(self) -> PromptIterator:
     return self
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._it)
+  def __next__(self) -> PromptBatch:
+    return PromptBatch(**next(self._it))
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position of the iterator (grain state + skip counts)."""
@@ -146,7 +147,7 @@ class PromptIterator:
     self.skipped = collections.Counter(state.get("skipped", {}))
 
   def records(self, example_ids: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
-    """Raw (str) records of a batch, looked up by `example_id_P`."""
+    """Raw (str) records of a batch, looked up by `batch.example_id_P`."""
     return [normalize_record(self.source[int(i)]) for i in np.asarray(example_ids).reshape(-1)]
 
 

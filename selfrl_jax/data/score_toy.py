@@ -2,7 +2,7 @@
 
     it = make_prompt_iterator(train_records, tok, batch_size=64, max_prompt_len=16, max_answer_len=8)
     batch = next(it)
-    demo = toy_demonstrations(batch, it.records(batch["example_id_P"]), tok, rng, instr_ids=(fix_id,),
+    demo = toy_demonstrations(batch, it.records(batch.example_id_P), tok, rng, instr_ids=(fix_id,),
                               max_new_tokens1=8, max_new_tokens2=8, copy_prob=0.7)
     # demo: tokens_BxS, valid_BxS, loss_mask_BxS — feed to train.sft.make_sft_step
 
@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from selfrl_jax.data.records import normalize_record
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.tokenizers import Tokenizer
 
 
@@ -62,7 +63,7 @@ def _response_slots(texts: Sequence[str], tokenizer: Tokenizer, width: int, fiel
   return tokens, valid
 
 
-def toy_demonstrations(batch: Mapping[str, np.ndarray], records: Sequence[Mapping[str, Any]],
+def toy_demonstrations(batch: PromptBatch, records: Sequence[Mapping[str, Any]],
                        tokenizer: Tokenizer, rng: np.random.Generator, *, instr_ids: Sequence[int],
                        max_new_tokens1: int, max_new_tokens2: int, copy_prob: float = 0.7
                        ) -> dict[str, np.ndarray]:
@@ -70,7 +71,7 @@ def toy_demonstrations(batch: Mapping[str, np.ndarray], records: Sequence[Mappin
 
   Args:
     batch: a prompt batch (`prompt_tokens_PxT`, `prompt_valid_PxT`) of `arithmetic_bugged` records.
-    records: the batch's records in row order (`PromptIterator.records(batch["example_id_P"])`).
+    records: the batch's records in row order (`PromptIterator.records(batch.example_id_P)`).
     tokenizer: the model's tokenizer.
     rng: host RNG for the copy draws.
     instr_ids: the correction instruction ids (as `SCoRe.instr_ids`).
@@ -80,7 +81,7 @@ def toy_demonstrations(batch: Mapping[str, np.ndarray], records: Sequence[Mappin
   Returns:
     tokens_BxS, valid_BxS, loss_mask_BxS (S = T + N1 + I + N2), as `train.sft.demonstrations`.
   """
-  prompt_PxT = np.asarray(batch["prompt_tokens_PxT"])
+  prompt_PxT = np.asarray(batch.prompt_tokens_PxT)
   if len(records) != prompt_PxT.shape[0]:
     raise ValueError(f"toy_demonstrations: {len(records)} records for a batch of {prompt_PxT.shape[0]} prompts.")
   y1_text, y2_text, _, _ = toy_targets(records, rng, copy_prob)
@@ -90,7 +91,7 @@ def toy_demonstrations(batch: Mapping[str, np.ndarray], records: Sequence[Mappin
   instr = np.broadcast_to(np.asarray(tuple(instr_ids), np.int32)[None], (p, len(instr_ids)))
   no = lambda x: np.zeros(x.shape, bool)  # noqa: E731
   return {"tokens_BxS": np.concatenate([prompt_PxT, y1, instr, y2], axis=1).astype(np.int32),
-          "valid_BxS": np.concatenate([np.asarray(batch["prompt_valid_PxT"], bool), y1_valid,
+          "valid_BxS": np.concatenate([np.asarray(batch.prompt_valid_PxT, bool), y1_valid,
                                        np.ones(instr.shape, bool), y2_valid], axis=1),
           "loss_mask_BxS": np.concatenate([no(prompt_PxT), y1_valid, no(instr), y2_valid], axis=1)}
 
@@ -101,6 +102,6 @@ def toy_demonstration_stream(prompt_iterator, tokenizer: Tokenizer, *, seed: int
   """Endless demonstrations from a `PromptIterator` over `arithmetic_bugged` records."""
   rng = np.random.default_rng(seed)
   for batch in prompt_iterator:
-    yield toy_demonstrations(batch, prompt_iterator.records(batch["example_id_P"]), tokenizer, rng,
+    yield toy_demonstrations(batch, prompt_iterator.records(batch.example_id_P), tokenizer, rng,
                              instr_ids=instr_ids, max_new_tokens1=max_new_tokens1,
                              max_new_tokens2=max_new_tokens2, copy_prob=copy_prob)

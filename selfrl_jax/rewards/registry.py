@@ -20,16 +20,16 @@ RewardFn = Callable[[Rollout, dict], jax.Array]
 
 def _group_size(rollout: Rollout, batch: dict) -> int:
   """Rollouts per prompt, from static shapes (rows are prompt-major)."""
-  return rollout.batch_size // batch["prompt_tokens_PxT"].shape[0]
+  return rollout.batch_size // batch.prompt_tokens_PxT.shape[0]
 
 
 def exact_match(stop_ids: Sequence[int]) -> RewardFn:
   """1 iff the last turn's answer tokens equal the target tokens (synthetic tasks)."""
   def fn(rollout: Rollout, batch: dict) -> jax.Array:
     group_size = _group_size(rollout, batch)
-    target_BxA = jnp.repeat(batch["target_tokens_PxA"], group_size, axis=0)
+    target_BxA = jnp.repeat(batch.target_tokens_PxA, group_size, axis=0)
     # target_len counts the EOS the targets end with; the answer excludes the stop token.
-    target_len_B = jnp.repeat(batch["target_len_P"], group_size, axis=0) - 1
+    target_len_B = jnp.repeat(batch.target_len_P, group_size, axis=0) - 1
     return exact_match_reward(rollout.response_tokens_BxN, rollout.response_valid_BxN, target_BxA,
                               target_len_B, stop_ids=tuple(stop_ids))
   return fn
@@ -42,10 +42,11 @@ def host_reward_callback(host_fn: Callable[[np.ndarray, np.ndarray, np.ndarray],
   deterministic and must not raise: wrap it with a guard that scores failures 0 and counts them.
   """
   def fn(rollout: Rollout, batch: dict) -> jax.Array:
-    example_id_B = jnp.repeat(batch["example_id_P"], _group_size(rollout, batch), axis=0)
+    example_id_B = jnp.repeat(batch.example_id_P, _group_size(rollout, batch), axis=0)
     shape = jax.ShapeDtypeStruct((rollout.batch_size,), jnp.float32)
     return jax.pure_callback(lambda *a: np.asarray(host_fn(*a), np.float32), shape,
                              rollout.response_tokens_BxN, rollout.response_valid_BxN, example_id_B)
+  fn.counters = getattr(host_fn, "counters", {})  # live view: the loop logs them as host/<name>
   return fn
 
 

@@ -20,6 +20,7 @@ from flax import struct
 
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
+from selfrl_jax.rollouts.segments import context, generated, pack_segments
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams, continue_generation, generate
 
@@ -43,7 +44,7 @@ class TwoTurnExtras:
 class TwoTurnRollout(Rollout):
   """A Rollout that also carries the first attempt; what `SCoRe.rollout` returns."""
 
-  extras: TwoTurnExtras
+  extras: TwoTurnExtras = None  # a default only because Rollout ends with one; always set
 
 
 def attach_extras(rollout: Rollout, extras: TwoTurnExtras) -> TwoTurnRollout:
@@ -101,19 +102,8 @@ def two_turn_rollout(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_
 
   prompt_BxT = jnp.repeat(prompt_tokens_PxT, group_size, axis=0)
   prompt_valid_BxT = jnp.repeat(prompt_valid_PxT.astype(bool), group_size, axis=0)
-  zeros_i = lambda x: jnp.zeros(x.shape, jnp.int32)  # noqa: E731
-  zeros_f = lambda x: jnp.zeros(x.shape, jnp.float32)  # noqa: E731
-  false = lambda x: jnp.zeros(x.shape, bool)  # noqa: E731
-  rollout = Rollout(
-      tokens_BxS=jnp.concatenate([prompt_BxT, out1.tokens_BxN, instr_BxI, out2.tokens_BxN], axis=1),
-      valid_BxS=jnp.concatenate([prompt_valid_BxT, out1.valid_BxN, instr_valid_BxI, out2.valid_BxN], axis=1),
-      loss_mask_BxS=jnp.concatenate([false(prompt_BxT), out1.valid_BxN, false(instr_BxI), out2.valid_BxN],
-                                    axis=1),
-      sampler_logp_BxS=jnp.concatenate([zeros_f(prompt_BxT), out1.logp_BxN, zeros_f(instr_BxI),
-                                        out2.logp_BxN], axis=1),
-      turn_id_BxS=jnp.concatenate([zeros_i(prompt_BxT), out1.valid_BxN.astype(jnp.int32), zeros_i(instr_BxI),
-                                   2 * out2.valid_BxN.astype(jnp.int32)], axis=1),
-      response_tokens_BxN=out2.tokens_BxN, response_valid_BxN=out2.valid_BxN, stopped_B=out2.stopped_B)
+  rollout = pack_segments([context(prompt_BxT, prompt_valid_BxT), generated(out1, turn=1, params=params1),
+                           context(instr_BxI, instr_valid_BxI), generated(out2, turn=2, params=params2)])
   extras = TwoTurnExtras(y1_tokens_BxN=out1.tokens_BxN, y1_valid_BxN=out1.valid_BxN,
                          y1_stopped_B=out1.stopped_B)
   return rollout, extras

@@ -25,6 +25,8 @@ class Rollout:
     response_tokens_BxN: the last turn's response (what a single-turn reward scores).
     response_valid_BxN: valid tokens of that response.
     stopped_B: the last turn ended with a stop token (False: truncated).
+    temperature_BxS: sampling temperature of each generated token (1 for greedy turns and context
+      slots); the trainer rescores every token at the temperature it was sampled with.
   """
 
   tokens_BxS: jax.Array
@@ -35,6 +37,7 @@ class Rollout:
   response_tokens_BxN: jax.Array
   response_valid_BxN: jax.Array
   stopped_B: jax.Array
+  temperature_BxS: jax.Array | None = None
 
   @property
   def batch_size(self) -> int:

@@ -5,6 +5,8 @@
     out.tokens_BxN, out.logp_BxN, out.valid_BxN      # B = P * G, rows grouped by prompt
     # Second turn (token in, token out): append instruction ids to the same cache and sample again.
     out2 = continue_generation(model, out.cache, instr_BxI, instr_valid_BxI, key2, params)
+    # Hidden states on request (no second forward pass): SamplingParams(..., return_hidden=True)
+    out.hidden_BxNxD, out.context_hidden_BxD   # == forward_full(...) at [prompt | response] slots
 
 All functions take the NNX model and are meant to be traced inside one `jax.jit` (see `Sampler`).
 """
@@ -12,13 +14,14 @@ All functions take the NNX model and are meant to be traced inside one `jax.jit`
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from selfrl_jax.models.decoder import Decoder
+from selfrl_jax.sampling.hidden import gather_positions, last_valid_index  # noqa: F401 (re-export)
 from selfrl_jax.sampling.kv_cache import KVCache, append, init_cache, repeat_rows
 
 
@@ -33,6 +36,9 @@ class SamplingParams:
     top_p: nucleus threshold (1.0 = off).
     stop_ids: a row finishes after emitting any of these (the stop token is kept and valid).
     pad_id: written after a row has finished.
+    return_hidden: also return final-layer hidden states (`SampleOutput.hidden_BxNxD`,
+      `context_hidden_BxD`) read off the sampling forward passes. Does not change what is sampled;
+      False compiles exactly the program without hidden states.
   """
 
   max_new_tokens: int
@@ -41,6 +47,7 @@ class SamplingParams:
   top_p: float = 1.0
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  return_hidden: bool = False
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -68,6 +75,13 @@ class SampleOutput(NamedTuple):
     length_B: number of valid tokens.
     stopped_B: the row emitted a stop token (False: truncated at max_new_tokens).
     cache: cache holding prompt and response; its slot layout is [prompt | N response slots].
+    hidden_BxNxD: (only with `return_hidden`, else None) final-layer hidden state (after the final
+      norm) computed when slot n's token was fed, i.e. the state whose logits chose token n + 1;
+      equals `forward_full` at that token's slot of the rollout buffer. 0 where not `valid_BxN`.
+    context_hidden_BxD: (only with `return_hidden`, else None) hidden state of the last valid
+      token before this turn (the state whose logits chose token 0): the last prompt token for
+      `generate`, the last appended token for `continue_generation` (the previous turn's last
+      token for a row that appended nothing).
   """
 
   tokens_BxN: jax.Array
@@ -76,6 +90,30 @@ class SampleOutput(NamedTuple):
   length_B: jax.Array
   stopped_B: jax.Array
   cache: KVCache
+  hidden_BxNxD: Optional[jax.Array] = None
+  context_hidden_BxD: Optional[jax.Array] = None
+
+
+class DecodeState(NamedTuple):
+  """The `decode` while-loop carry.
+
+  Attributes:
+    step: next response slot to fill (scalar int32).
+    tokens_BxN: sampled ids so far; `pad_id` elsewhere.
+    logp_BxN: their log-probs; 0 elsewhere.
+    done_B: row has emitted a stop token.
+    cache: KV cache holding everything fed so far.
+    logits_BxV: next-token logits of each row.
+    hidden_BxNxD: hidden states so far (`SamplingParams.return_hidden`), else None (no carry).
+  """
+
+  step: jax.Array
+  tokens_BxN: jax.Array
+  logp_BxN: jax.Array
+  done_B: jax.Array
+  cache: KVCache
+  logits_BxV: jax.Array
+  hidden_BxNxD: Optional[jax.Array] = None
 
 
 def _truncate(logits_BxV: jax.Array, params: SamplingParams) -> jax.Array:
@@ -141,35 +179,55 @@ def decode(model: Decoder, cache: KVCache, logits_BxV: jax.Array, key: jax.Array
   """Samples up to `max_new_tokens` tokens after the cache's content, stopping early when all rows stop.
 
   The returned cache always ends exactly `max_new_tokens` slots after it started (unused slots are
-  invalid), so every turn occupies a static slice of the slot layout.
+  invalid), so every turn occupies a static slice of the slot layout. With `params.return_hidden`
+  the cache must track `last_hidden_BxD` (its last `append` ran with `return_hidden=True`); it is
+  the turn's `context_hidden_BxD`.
   """
   b, n = logits_BxV.shape[0], params.max_new_tokens
   start = cache.end_index
   stop_ids = jnp.asarray(params.stop_ids or (-1,), jnp.int32)
+  if params.return_hidden:
+    if cache.last_hidden_BxD is None:
+      raise ValueError("decode(return_hidden=True) needs a cache filled by append(..., return_hidden=True).")
+    context_hidden_BxD = cache.last_hidden_BxD
+    hidden_BxNxD = jnp.zeros((b, n, context_hidden_BxD.shape[-1]), context_hidden_BxD.dtype)
+  else:
+    cache = cache.replace(last_hidden_BxD=None)  # keeps the loop carry free of a stale hidden state
+    context_hidden_BxD = hidden_BxNxD = None
 
-  def cond(carry):
-    step, _, _, done_B, _, _ = carry
-    return (step < n) & ~jnp.all(done_B)
+  def cond(state: DecodeState):
+    return (state.step < n) & ~jnp.all(state.done_B)
 
-  def body(carry):
-    step, tokens_BxN, logp_BxN, done_B, cache, logits_BxV = carry
-    token_B, logp_B = sample_token(logits_BxV, jax.random.fold_in(key, step), params)
+  def body(state: DecodeState) -> DecodeState:
+    step, done_B = state.step, state.done_B
+    token_B, logp_B = sample_token(state.logits_BxV, jax.random.fold_in(key, step), params)
     token_B = jnp.where(done_B, params.pad_id, token_B)
     logp_B = jnp.where(done_B, 0.0, logp_B)
-    tokens_BxN = jax.lax.dynamic_update_slice(tokens_BxN, token_B[:, None], (0, step))
-    logp_BxN = jax.lax.dynamic_update_slice(logp_BxN, logp_B[:, None], (0, step))
+    tokens_BxN = jax.lax.dynamic_update_slice(state.tokens_BxN, token_B[:, None], (0, step))
+    logp_BxN = jax.lax.dynamic_update_slice(state.logp_BxN, logp_B[:, None], (0, step))
     # The stop token itself enters the cache: a following turn must see it.
-    logits_BxV, cache = append(model, cache, token_B[:, None], ~done_B[:, None])
+    if params.return_hidden:
+      logits_BxV, cache, hidden_BxD = append(model, state.cache, token_B[:, None], ~done_B[:, None],
+                                             return_hidden=True)
+      hidden_BxD = jnp.where(done_B[:, None], jnp.zeros_like(hidden_BxD), hidden_BxD)
+      hidden_BxNxD = jax.lax.dynamic_update_slice(state.hidden_BxNxD, hidden_BxD[:, None], (0, step, 0))
+    else:
+      logits_BxV, cache = append(model, state.cache, token_B[:, None], ~done_B[:, None])
+      hidden_BxNxD = None
     done_B = done_B | jnp.isin(token_B, stop_ids)
-    return step + 1, tokens_BxN, logp_BxN, done_B, cache, logits_BxV
+    return DecodeState(step=step + 1, tokens_BxN=tokens_BxN, logp_BxN=logp_BxN, done_B=done_B,
+                       cache=cache, logits_BxV=logits_BxV, hidden_BxNxD=hidden_BxNxD)
 
-  init = (jnp.zeros((), jnp.int32), jnp.full((b, n), params.pad_id, jnp.int32),
-          jnp.zeros((b, n), jnp.float32), jnp.zeros((b,), bool), cache, logits_BxV)
-  _, tokens_BxN, logp_BxN, done_B, cache, _ = jax.lax.while_loop(cond, body, init)
+  init = DecodeState(step=jnp.zeros((), jnp.int32), tokens_BxN=jnp.full((b, n), params.pad_id, jnp.int32),
+                     logp_BxN=jnp.zeros((b, n), jnp.float32), done_B=jnp.zeros((b,), bool), cache=cache,
+                     logits_BxV=logits_BxV, hidden_BxNxD=hidden_BxNxD)
+  final = jax.lax.while_loop(cond, body, init)
+  cache = final.cache
   valid_BxN = jax.lax.dynamic_slice_in_dim(cache.valid_BxS, start, n, axis=1)
   cache = cache.replace(end_index=start + n)
-  return SampleOutput(tokens_BxN=tokens_BxN, logp_BxN=logp_BxN, valid_BxN=valid_BxN,
-                      length_B=valid_BxN.sum(axis=1, dtype=jnp.int32), stopped_B=done_B, cache=cache)
+  return SampleOutput(tokens_BxN=final.tokens_BxN, logp_BxN=final.logp_BxN, valid_BxN=valid_BxN,
+                      length_B=valid_BxN.sum(axis=1, dtype=jnp.int32), stopped_B=final.done_B, cache=cache,
+                      hidden_BxNxD=final.hidden_BxNxD, context_hidden_BxD=context_hidden_BxD)
 
 
 def generate(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax.Array, key: jax.Array,
@@ -187,7 +245,9 @@ def generate(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax
   """
   p, t = prompt_tokens_PxT.shape
   cache = init_cache(model.cfg, p, t + params.max_new_tokens + extra_capacity)
-  logits_PxV, cache = append(model, cache, prompt_tokens_PxT, prompt_valid_PxT)
+  # With return_hidden the cache also carries each prompt's last hidden state, repeated with it.
+  logits_PxV, cache = append(model, cache, prompt_tokens_PxT, prompt_valid_PxT,
+                             return_hidden=params.return_hidden)[:2]
   logits_BxV, cache = repeat_rows((logits_PxV, cache), group_size)
   return decode(model, cache, logits_BxV, key, params)
 
@@ -199,12 +259,16 @@ def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, v
   The room left depends on the traced `cache.end_index`, so only "fits an empty cache" can be
   checked here; callers reserve the exact room with `generate(..., extra_capacity=...)`, as
   `two_turn_rollout` and `multi_attempt_rollout` do.
+
+  With `params.return_hidden`, a row that appends nothing gets the previous turn's last hidden
+  state as `context_hidden_BxD` only if that turn was also sampled with `return_hidden` (the cache
+  then tracks it); otherwise that row's context hidden state is meaningless.
   """
   needed = tokens_BxI.shape[1] + params.max_new_tokens
   if needed > cache.capacity:
     raise ValueError(f"Cache capacity {cache.capacity} cannot hold {tokens_BxI.shape[1]} appended "
                      f"tokens + max_new_tokens={params.max_new_tokens}; raise extra_capacity in generate().")
-  logits_BxV, cache = append(model, cache, tokens_BxI, valid_BxI)
+  logits_BxV, cache = append(model, cache, tokens_BxI, valid_BxI, return_hidden=params.return_hidden)[:2]
   return decode(model, cache, logits_BxV, key, params)
 
 

@@ -13,11 +13,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from selfrl_jax.algos import score as score_lib
-from selfrl_jax.algos.advantages import ADVANTAGES
-from selfrl_jax.algos.grpo import GRPO
 from selfrl_jax.algos.losses import AGGREGATIONS, KL_ESTIMATORS
-from selfrl_jax.algos.score import SCoRe
+from selfrl_jax.algos.registry import get_algorithm_spec
 from selfrl_jax.data import benchmarks
 from selfrl_jax.data.builders import load_task_split
 from selfrl_jax.data.pipeline import make_prompt_iterator
@@ -29,11 +26,10 @@ from selfrl_jax.models.tokenizers import CharTokenizer, Tokenizer
 from selfrl_jax.rewards.host import CodeTestReward, MathAnswerReward
 from selfrl_jax.rewards.registry import REWARDS, RewardFn, get_reward_fn, host_reward_callback
 from selfrl_jax.sampling.sampler import SamplingParams
-from selfrl_jax.train.step import UpdateSettings
+from selfrl_jax.train.step import MODES, UpdateSettings
 
-ALGORITHMS = ("grpo", "score")
 HOST_REWARDS = {"math": MathAnswerReward, "code": CodeTestReward}
-SFT_DEMOS = ("task", "score_toy")
+SHARED_SECTIONS = ("seed", "model", "task", "rl", "optim", "sft", "train", "mesh")
 # Real-data tasks: name -> (train loader, test loader); the valid split is the test split (it only
 # serves SFT early stopping, which real models do not use).
 BENCHMARK_TASKS = {
@@ -58,16 +54,15 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   """Checks values and cross-field consistency, naming the offending field."""
   rl = cfg.rl
   num_devices = num_devices or jax.device_count()
-  _check(rl.algorithm in ALGORITHMS, "rl.algorithm", f"{rl.algorithm!r} is not one of {ALGORITHMS}")
-  _check(rl.advantage in ADVANTAGES, "rl.advantage", f"{rl.advantage!r} is not one of {sorted(ADVANTAGES)}")
+  spec = _algorithm_spec(cfg)
+  _validate_algorithm_sections(cfg, spec)
   _check(rl.loss_agg in AGGREGATIONS, "rl.loss_agg", f"{rl.loss_agg!r} is not one of {sorted(AGGREGATIONS)}")
   _check(rl.kl_estimator in KL_ESTIMATORS, "rl.kl_estimator",
          f"{rl.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
-  _check(rl.mode in ("fused", "split"), "rl.mode", f"{rl.mode!r} must be 'fused' or 'split'")
+  _check(rl.mode in MODES, "rl.mode", f"{rl.mode!r} must be one of {MODES}")
   for field in ("prompts_per_step", "group_size", "max_prompt_len", "max_new_tokens", "num_epochs",
                 "num_minibatches", "micro_batch_size"):
     _check(rl[field] >= 1, f"rl.{field}", f"must be >= 1, got {rl[field]}")
-  _check(rl.advantage != "rloo" or rl.group_size >= 2, "rl.group_size", "rloo needs group_size >= 2")
   rollouts = rl.prompts_per_step * rl.group_size
   _check(rollouts % rl.num_minibatches == 0, "rl.num_minibatches",
          f"rollouts = prompts_per_step * group_size = {rollouts} is not divisible by num_minibatches={rl.num_minibatches}")
@@ -79,7 +74,6 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   _check(cfg.train.eval_batch_size % num_devices == 0, "train.eval_batch_size",
          f"{cfg.train.eval_batch_size} cannot be split evenly over {num_devices} devices")
   _check(0 <= rl.clip_low < 1 and rl.clip_high >= 0, "rl.clip_low", "need 0 <= clip_low < 1 and clip_high >= 0")
-  _check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
   _check(rl.temperature > 0, "rl.temperature", "training rollouts need temperature > 0 (log-probs use logits/T)")
   _check(rl.max_answer_len >= 2, "rl.max_answer_len", "needs room for at least one answer token and EOS")
   _check(cfg.train.num_steps >= 1, "train.num_steps", f"must be >= 1, got {cfg.train.num_steps}")
@@ -94,29 +88,32 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"{rl.reward!r} is not one of {sorted(REWARDS) + sorted(HOST_REWARDS)}")
   _check(rl.reward not in HOST_REWARDS or cfg.task.name in BENCHMARK_TASKS, "rl.reward",
          f"host reward {rl.reward!r} needs a benchmark task ({sorted(BENCHMARK_TASKS)})")
-  _check(cfg.sft.demos in SFT_DEMOS, "sft.demos", f"{cfg.sft.demos!r} is not one of {SFT_DEMOS}")
-  _check(cfg.sft.demos != "score_toy" or (cfg.task.name == "arithmetic_bugged" and rl.algorithm == "score"),
-         "sft.demos", "score_toy demonstrations need task.name='arithmetic_bugged' and rl.algorithm='score'")
-  if rl.algorithm == "score":
-    _validate_score(cfg)
+  demos = ("task", *spec.sft_demos)
+  _check(cfg.sft.demos in demos, "sft.demos", f"{cfg.sft.demos!r} is not one of {demos} (rl.algorithm={rl.algorithm!r})")
+  if spec.validate is not None:
+    spec.validate(cfg, _check)
 
 
-def _validate_score(cfg: ml_collections.ConfigDict) -> None:
-  """SCoRe knobs (score.md §9); each choice is checked against the registry it selects from."""
-  sc, rl = cfg.score, cfg.rl
-  for field, valid in (("turn_credit", score_lib.TURN_CREDITS), ("baseline", score_lib.BASELINES),
-                       ("adv_norm", score_lib.ADV_NORMS), ("stage2_algo", score_lib.STAGE2_ALGOS)):
-    _check(sc[field] in valid, f"score.{field}", f"{sc[field]!r} is not one of {valid}")
-  _check(sc.baseline != "rloo" or rl.group_size >= 2, "rl.group_size", "score.baseline='rloo' needs group_size >= 2")
-  _check(0 <= sc.stage1_steps <= cfg.train.num_steps, "score.stage1_steps",
-         f"must be in [0, train.num_steps={cfg.train.num_steps}], got {sc.stage1_steps}")
-  _check(sc.beta1 >= 0 and sc.beta2 >= 0, "score.beta1", "KL weights beta1 and beta2 must be >= 0")
-  _check(sc.n_attempts_eval >= 2, "score.n_attempts_eval", f"must be >= 2, got {sc.n_attempts_eval}")
-  _check(sc.max_new_tokens2 >= 0, "score.max_new_tokens2", f"must be >= 0, got {sc.max_new_tokens2}")
-  _check(bool(sc.instruction), "score.instruction", "the self-correction instruction is empty")
-  if sc.stage2_algo == "star":
-    _check(rl.loss_agg == "token_mean" and rl.num_epochs == 1 and rl.num_minibatches == 1, "score.stage2_algo",
-           "star is SFT through the shared loss: it needs rl.loss_agg='token_mean', num_epochs=1, num_minibatches=1")
+def _algorithm_spec(cfg: ml_collections.ConfigDict):
+  try:
+    return get_algorithm_spec(cfg.rl.algorithm)
+  except KeyError as e:
+    raise ConfigError(f"config.rl.algorithm: {e.args[0]}") from None
+
+
+def _validate_algorithm_sections(cfg: ml_collections.ConfigDict, spec) -> None:
+  """The algorithm's own section is there, no other algorithm's is, and no knob it ignores is set."""
+  name = spec.name
+  if spec.default_config is not None:
+    _check(name in cfg, name, f"rl.algorithm={name!r} reads its knobs from config.{name}, which is missing: start "
+           f"the config from configs.common.get_base_config({name!r})")
+  for section in cfg.keys():
+    _check(section in SHARED_SECTIONS or (section == name and spec.default_config is not None), section,
+           f"is not a shared section {SHARED_SECTIONS} nor the section of rl.algorithm={name!r}; it would be ignored")
+  for knob, (neutral, instead) in spec.replaces.items():
+    section, field = knob.split(".")
+    _check(cfg[section][field] == neutral, knob,
+           f"is ignored by rl.algorithm={name!r}: set {instead} instead, and leave {knob} at {neutral!r}")
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
@@ -182,12 +179,7 @@ def build_reward(cfg: ml_collections.ConfigDict, tok: Tokenizer, records) -> Rew
 
 def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer, records=None):
   """The `rl.algorithm` Algorithm with training sampling; `records` feed host rewards (train split)."""
-  rl = cfg.rl
-  reward_fn = build_reward(cfg, tok, records)
-  if rl.algorithm == "score":
-    return SCoRe.from_config(cfg, train_sampling(cfg, tok), tok, reward_fn)
-  return GRPO(sampling=train_sampling(cfg, tok), group_size=rl.group_size, advantage=rl.advantage,
-              kl_coef=rl.kl_coef, reward_fn=reward_fn)
+  return _algorithm_spec(cfg).build(cfg, tok, build_reward(cfg, tok, records), train_sampling(cfg, tok))
 
 
 def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSettings:
@@ -199,7 +191,8 @@ def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSe
       clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=algorithm.needs_reference,
       kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, norm_len=algorithm.response_slots,
       num_epochs=rl.num_epochs, num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
-      logprob_chunk=rl.logprob_chunk or None)
+      logprob_chunk=rl.logprob_chunk or None, mode=rl.mode, objectives=tuple(algorithm.objectives),
+      surrogate_kwargs=tuple(algorithm.surrogate_kwargs))
 
 
 def corrupt_ids(tok: Tokenizer) -> np.ndarray:

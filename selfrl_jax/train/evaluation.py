@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 from flax import nnx
 
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.data.pipeline import make_prompt_iterator
 
 
 def fixed_eval_batches(source, tokenizer, *, eval_size: int, batch_size: int, max_prompt_len: int,
                        max_answer_len: int, chat: bool = False, system_prompt: str | None = None
-                       ) -> list[dict[str, np.ndarray]]:
+                       ) -> list[PromptBatch]:
   """The first `eval_size` usable records of `source`, in order, as `eval_size / batch_size` batches."""
   it = make_prompt_iterator(source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len,
                             max_answer_len=max_answer_len, shuffle=False, num_epochs=1, chat=chat,
@@ -30,16 +29,16 @@ def fixed_eval_batches(source, tokenizer, *, eval_size: int, batch_size: int, ma
 class Evaluator:
   """Compiled held-out evaluation: the algorithm's `eval_outputs` on fixed batches, then `eval_metrics`.
 
-  GRPO reports greedy accuracy; SCoRe the self-correction metrics (Acc@t1, Acc@t2, Delta, ...).
-  Every algorithm reports "eval/accuracy" (its final answer's accuracy).
+  Each algorithm reports its own metrics; every one reports "eval/accuracy" (its final answer's
+  accuracy).
 
   Attributes:
     batches: the evaluation batches (host numpy).
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, algorithm, sampling, batches: list[dict[str, np.ndarray]]):
+  def __init__(self, graphdef: nnx.GraphDef, algorithm, sampling, batches: list[PromptBatch]):
     # One completion per prompt with the evaluation decoding (greedy by default).
-    algorithm = dataclasses.replace(algorithm, sampling=sampling, group_size=1)
+    algorithm = algorithm.for_eval(sampling)
     self.algorithm, self.batches = algorithm, batches
 
     @jax.jit

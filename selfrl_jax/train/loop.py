@@ -17,7 +17,7 @@ import ml_collections
 import tqdm
 from flax import nnx
 
-from selfrl_jax.data.score_toy import toy_demonstration_stream
+from selfrl_jax.algos.registry import get_algorithm_spec
 from selfrl_jax.parallel import sharding
 from selfrl_jax.parallel.distributed import maybe_initialize_distributed, process_info
 from selfrl_jax.parallel.mesh import make_mesh
@@ -46,16 +46,16 @@ def make_evaluator(cfg, graphdef, tok, source, size: int) -> Evaluator:
 
 
 def _sft_demos(cfg, tok, train_source):
-  """The warm-start data stream: noisy task demonstrations, or the SCoRe toy's two-turn traces."""
+  """The warm-start data stream and the settings that key its cache: noisy task demonstrations, or
+  a stream the algorithm offers (`AlgorithmSpec.sft_demos`)."""
   seed = _sft_seed(cfg)
   batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.sft.batch_size, seed=seed + 1)
-  if cfg.sft.demos == "score_toy":
-    algo = builders.build_algorithm(cfg, tok, train_source)
-    return toy_demonstration_stream(batches, tok, seed=seed, instr_ids=algo.instr_ids,
-                                    max_new_tokens1=algo.sampling.max_new_tokens,
-                                    max_new_tokens2=algo.sampling2.max_new_tokens, copy_prob=cfg.score.copy_prob)
-  return noisy_demonstrations(batches, error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok),
-                              seed=seed)
+  if cfg.sft.demos != "task":
+    demos = get_algorithm_spec(cfg.rl.algorithm).sft_demos[cfg.sft.demos]
+    return demos(cfg, builders.build_algorithm(cfg, tok, train_source), batches, tok, seed)
+  stream = noisy_demonstrations(batches, error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok),
+                                seed=seed)
+  return stream, {}
 
 
 def _sft_seed(cfg) -> int:
@@ -71,18 +71,17 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
   """
   if cfg.sft.steps == 0:
     return model
+  demos, demo_settings = _sft_demos(cfg, tok, train_source)
   settings = {"model": model.cfg.__dict__, "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
-              "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg)}
-  if cfg.sft.demos == "score_toy":
-    settings["score"] = {k: cfg.score[k] for k in ("instruction", "copy_prob", "max_new_tokens2")}
-    settings["max_new_tokens"] = cfg.rl.max_new_tokens
+              "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg),
+              **demo_settings}
 
   def build(m):
     stop_when = None
     if cfg.sft.target_accuracy > 0:
       check = make_evaluator(cfg, nnx.graphdef(m), tok, valid_source, cfg.task.valid_size)
       stop_when = lambda params: check(params)[cfg.sft.target_metric] >= cfg.sft.target_accuracy  # noqa: E731
-    return train_sft(m, _sft_demos(cfg, tok, train_source), steps=cfg.sft.steps,
+    return train_sft(m, demos, steps=cfg.sft.steps,
                      learning_rate=cfg.sft.learning_rate, progress=cfg.train.progress, stop_when=stop_when,
                      check_every=cfg.sft.check_every)
   return cached_warm_start(model, cache_dir, settings, build)
@@ -113,11 +112,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
 
   tx = make_optimizer(cfg.optim)
   algorithm = builders.build_algorithm(cfg, tok, train_source)
-  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=algorithm.needs_reference)
+  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=algorithm.needs_reference,
+                                       algorithm=algorithm)
   mesh = make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp)
   state_sharding = sharding.param_shardings(state, mesh)
   state = sharding.shard_params(state, mesh)
-  step_fns = make_train_step(builders.build_update_settings(cfg, algorithm), algorithm, graphdef, tx,
+  train_step = make_train_step(builders.build_update_settings(cfg, algorithm), algorithm, graphdef, tx,
                              state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh),
                              replicated_sharding=sharding.replicated(mesh))
   evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
@@ -158,12 +158,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
     for i in bar:
       t0 = time.perf_counter()
       batch = sharding.shard_batch(next(batches), mesh)
-      if cfg.rl.mode == "fused":
-        state, metrics = step_fns.fused(state, batch)
-      else:
-        rollout = step_fns.sample(state, batch)
-        state, metrics = step_fns.update(state, batch, rollout, algorithm.rewards(rollout, batch))
+      state, metrics = train_step(state, batch)
       metrics = jax.device_get(metrics)
+      metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
       metrics["time/step_s"] = time.perf_counter() - t0
       metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
       step = i + 1
@@ -197,4 +194,4 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   writer.close()
   return {"initial": initial, "final": final, "history": history, "preempted": preempted,
           "resumed_from": None if restored is None else restored.step,
-          "compilations": step_fns.fused._cache_size() if cfg.rl.mode == "fused" else step_fns.update._cache_size()}
+          "compilations": train_step.compilations()}

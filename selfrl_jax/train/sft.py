@@ -35,17 +35,17 @@ def demonstrations(batch: dict[str, np.ndarray], rng: np.random.Generator, error
   A corrupted row has one answer token (never the EOS) replaced by a different id from
   `corrupt_ids`, so the model learns a noisy mapping rather than a different task.
   """
-  prompt_PxT, target_PxA = batch["prompt_tokens_PxT"], batch["target_tokens_PxA"].copy()
+  prompt_PxT, target_PxA = batch.prompt_tokens_PxT, batch.target_tokens_PxA.copy()
   p, a = target_PxA.shape
-  target_valid_PxA = np.arange(a)[None, :] < batch["target_len_P"][:, None]
-  answer_len_P = batch["target_len_P"] - 1
+  target_valid_PxA = np.arange(a)[None, :] < batch.target_len_P[:, None]
+  answer_len_P = batch.target_len_P - 1
   for row in np.flatnonzero(rng.random(p) < error_rate):
     if answer_len_P[row] > 0:
       pos = rng.integers(answer_len_P[row])
       choices = corrupt_ids[corrupt_ids != target_PxA[row, pos]]
       target_PxA[row, pos] = rng.choice(choices)
   return {"tokens_BxS": np.concatenate([prompt_PxT, target_PxA], axis=1),
-          "valid_BxS": np.concatenate([batch["prompt_valid_PxT"], target_valid_PxA], axis=1),
+          "valid_BxS": np.concatenate([batch.prompt_valid_PxT, target_valid_PxA], axis=1),
           "loss_mask_BxS": np.concatenate([np.zeros(prompt_PxT.shape, bool), target_valid_PxA], axis=1)}
 
 

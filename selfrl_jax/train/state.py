@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
 from selfrl_jax.models.decoder import Decoder
+
+_ALGO_STATE_STREAM = 0x414C47  # fold_in constant of the algorithm-state init key ("ALG")
 
 
 @struct.dataclass
@@ -23,6 +27,8 @@ class TrainState:
     nonfinite_total: all such skipped updates (minibatch count).
     ref_params: frozen reference policy for the KL term (None when no term needs it). Not
       checkpointed: it is rebuilt from the base model on resume.
+    algo_state: the algorithm's own state pytree (`Algorithm.init_state`; probes, buffers, budgets),
+      an argument of the compiled step, checkpointed and sharded with the rest (None: stateless).
   """
 
   step: jax.Array
@@ -32,6 +38,7 @@ class TrainState:
   nonfinite_streak: jax.Array
   nonfinite_total: jax.Array
   ref_params: nnx.State | None = None
+  algo_state: Any = None
 
 
 def make_optimizer(optim_cfg) -> optax.GradientTransformation:
@@ -47,11 +54,18 @@ def make_optimizer(optim_cfg) -> optax.GradientTransformation:
 
 
 def create_train_state(model: Decoder, tx: optax.GradientTransformation, seed: int,
-                       keep_reference: bool) -> tuple[nnx.GraphDef, TrainState]:
-  """Splits the model once; returns the static graph definition and the initial state."""
+                       keep_reference: bool, algorithm=None) -> tuple[nnx.GraphDef, TrainState]:
+  """Splits the model once; returns the static graph definition and the initial state.
+
+  `algorithm.init_state` (when given) gets its own key derived from `seed`, so adding algorithm
+  state never changes the policy's PRNG stream.
+  """
   graphdef, params = nnx.split(model, nnx.Param)
   ref = jax.tree.map(jnp.copy, params) if keep_reference else None
+  algo_state = None
+  if algorithm is not None:
+    algo_state = algorithm.init_state(jax.random.fold_in(jax.random.key(seed), _ALGO_STATE_STREAM))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.key(seed), nonfinite_streak=jnp.zeros((), jnp.int32),
-                     nonfinite_total=jnp.zeros((), jnp.int32), ref_params=ref)
+                     nonfinite_total=jnp.zeros((), jnp.int32), ref_params=ref, algo_state=algo_state)
   return graphdef, state

@@ -1,21 +1,22 @@
-"""One RL iteration as a pure function: sample -> reward -> advantage -> K update epochs.
+"""One RL iteration as a pure function over an algorithm's phases, compiled once.
 
     train_step = make_train_step(settings, algorithm, graphdef, tx)
-    state, metrics = train_step.fused(state, batch)          # everything in one compiled program
-    rollout = train_step.sample(state, batch)                 # split mode: jitted sampling,
-    rewards = host_reward(rollout, batch)                     #   host reward,
-    state, metrics = train_step.update(state, batch, rollout, rewards)   # jitted update
+    state, metrics = train_step(state, batch)     # settings.mode: "fused" or "split"
 
-Both modes run the same functions with the same PRNG keys, so they give identical results.
-An `Algorithm` supplies the method-specific parts (rollout, jittable rewards, advantages and KL
-weights per token); everything else — log-probs, losses, minibatches, gradient accumulation,
-non-finite guards, metrics — is shared by every paper module.
+The algorithm declares the iteration as phases (algos/base.py): by default rollout (device) ->
+reward (host) -> UPDATE. Fused mode traces every phase into one program (host phases through
+`jax.pure_callback`); split mode compiles each run of consecutive device phases as one program and
+runs host phases on the host between them. Both modes run the same functions with the same PRNG
+keys, so they give identical results. UPDATE is shared by every paper module: per-token terms from
+`Algorithm.advantages`, old / reference log-probs, num_epochs x num_minibatches optimizer updates
+accumulated over micro-batches, non-finite guards, metrics, then `Algorithm.after_update` on the
+algorithm state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,22 +24,24 @@ import optax
 from flax import nnx, struct
 
 from selfrl_jax.algos.advantages import zero_std_group_fraction
+from selfrl_jax.algos.base import UPDATE, Algorithm, PhaseContext, Rewards, StepRecord
 from selfrl_jax.algos.logprobs import token_logprobs
 from selfrl_jax.algos.losses import policy_loss
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import Decoder, forward_full
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.train.state import TrainState
 
-Batch = dict[str, jax.Array]
-Rewards = dict[str, jax.Array]  # "reward" (the scalar used for advantages) plus per-function parts
+MODES = ("fused", "split")
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSettings:
   """Static knobs of the shared update (from `config.rl`; see configs/common.py for meanings).
 
-  `use_reference`: compute frozen-reference log-probs for the KL term. The per-token KL weights
-  come from the Algorithm (GRPO: rl.kl_coef everywhere; SCoRe: beta1 / beta2 per turn).
+  `use_reference`: compute frozen-reference log-probs for the KL term; the per-token KL weights
+  come from the Algorithm. `temperature` rescores rollouts that carry no per-token temperatures.
+  `surrogate_kwargs`: constants of the algorithm's surrogate losses (e.g. dual_clip_c, is_gamma).
   """
 
   rollouts: int
@@ -55,6 +58,13 @@ class UpdateSettings:
   micro_batch_size: int
   logprob_chunk: int | None
   first_loss_slot: int = 1  # set per call from the prompt width: slots before it never carry a loss
+  mode: str = "fused"
+  objectives: tuple[str, ...] = ("ppo_clip",)
+  surrogate_kwargs: tuple[tuple[str, float], ...] = ()
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"UpdateSettings.mode must be one of {MODES}, got {self.mode!r}.")
 
   @property
   def accum_steps(self) -> int:
@@ -64,24 +74,6 @@ class UpdateSettings:
   def needs_old_logprobs(self) -> bool:
     """With one epoch over one minibatch the ratio is 1 by construction: no extra forward pass."""
     return self.num_epochs * self.num_minibatches > 1
-
-
-class Algorithm(Protocol):
-  """The method-specific parts of an RL iteration (GRPO: algos/grpo.py; SCoRe: algos/score.py).
-
-  Besides the three traced methods below, an Algorithm is a frozen dataclass with `sampling` and
-  `group_size` fields (the evaluator swaps in greedy decoding and one sample), `needs_reference`
-  (whether any KL weight can be non-zero) and `eval_outputs` / `eval_metrics` for
-  `train.evaluation.Evaluator`.
-  """
-
-  def rollout(self, model: Decoder, batch: Batch, key: jax.Array) -> Rollout: ...
-
-  def rewards(self, rollout: Rollout, batch: Batch) -> Rewards: ...
-
-  def advantages(self, rollout: Rollout, rewards: Rewards, step: jax.Array
-                 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Returns (adv_BxS, kl_weight_BxS, metrics): per-token advantage and KL coefficient."""
 
 
 @struct.dataclass
@@ -94,17 +86,22 @@ class UpdateBatch:
   sampler_logp_BxS: jax.Array
   old_logp_BxS: jax.Array | None
   ref_logp_BxS: jax.Array | None
+  temperature_BxS: jax.Array | None = None
+  objective_BxS: jax.Array | None = None
 
 
-def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature: float,
+def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature,
                       chunk_size: int | None, return_entropy: bool = False, start: int = 1):
   """Log-prob of every slot's token given the slots before it, trainer side.
 
-  Slots before `start` get 0 (slot 0 has no context). The update passes the prompt width as
-  `start`: prompt tokens are never in the loss, and skipping them skips their share of the
-  vocabulary projection, the largest matmul at large vocab.
+  `temperature` is a float or per-slot `temperature_BxS` (each token rescored at the temperature it
+  was sampled with). Slots before `start` get 0 (slot 0 has no context). The update passes the
+  prompt width as `start`: prompt tokens are never in the loss, and skipping them skips their
+  share of the vocabulary projection, the largest matmul at large vocab.
   """
   hidden_BxSxD = forward_full(model, tokens_BxS, valid_BxS)
+  if not isinstance(temperature, (int, float)):
+    temperature = temperature[:, start:]
   out = token_logprobs(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), tokens_BxS[:, start:],
                        chunk_size=chunk_size, temperature=temperature, return_entropy=return_entropy)
   pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
@@ -115,27 +112,32 @@ def _masked_mean(x_BxS, mask_BxS):
   return jnp.where(mask_BxS, x_BxS, 0.0).sum() / jnp.maximum(mask_BxS.sum(), 1)
 
 
-def _microbatched_logprobs(graphdef, params, tokens_BxS, valid_BxS, s: UpdateSettings):
+def _microbatched_logprobs(graphdef, params, ub: UpdateBatch, s: UpdateSettings):
   """Frozen-parameter log-probs (old policy or reference), one micro-batch at a time."""
   model = nnx.merge(graphdef, params)
   m = s.micro_batch_size
   split = lambda x: x.reshape(-1, m, *x.shape[1:])  # noqa: E731
-  logp = jax.lax.map(lambda xs: sequence_logprobs(model, *xs, temperature=s.temperature,
+  temperature = s.temperature if ub.temperature_BxS is None else split(ub.temperature_BxS)
+  logp = jax.lax.map(lambda xs: sequence_logprobs(model, xs[0], xs[1], temperature=xs[2],
                                                   chunk_size=s.logprob_chunk, start=s.first_loss_slot),
-                     (split(tokens_BxS), split(valid_BxS)))
-  return jax.lax.stop_gradient(logp.reshape(tokens_BxS.shape))
+                     (split(ub.tokens_BxS), split(ub.valid_BxS), temperature))
+  return jax.lax.stop_gradient(logp.reshape(ub.tokens_BxS.shape))
 
 
 def _loss_fn(params, graphdef, mb: UpdateBatch, s: UpdateSettings):
   model = nnx.merge(graphdef, params)
-  logp_BxS, entropy_BxS = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=s.temperature,
+  temperature = s.temperature if mb.temperature_BxS is None else mb.temperature_BxS
+  logp_BxS, entropy_BxS = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=temperature,
                                             chunk_size=s.logprob_chunk, return_entropy=True,
                                             start=s.first_loss_slot)
   old_BxS = mb.old_logp_BxS if mb.old_logp_BxS is not None else jax.lax.stop_gradient(logp_BxS)
+  surrogate = {}
+  if mb.objective_BxS is not None or s.objectives != ("ppo_clip",):
+    surrogate = dict(objective_BxT=mb.objective_BxS, objectives=s.objectives, **dict(s.surrogate_kwargs))
   loss, metrics = policy_loss(
       logp_BxS, old_BxS, mb.ref_logp_BxS, mb.adv_BxS, mb.loss_mask_BxS, clip_low=s.clip_low,
       clip_high=s.clip_high, kl_coef=mb.kl_weight_BxS if mb.ref_logp_BxS is not None else 0.0,
-      kl_estimator=s.kl_estimator, agg_mode=s.loss_agg, norm_len=s.norm_len)
+      kl_estimator=s.kl_estimator, agg_mode=s.loss_agg, norm_len=s.norm_len, **surrogate)
   metrics["entropy"] = jax.lax.stop_gradient(_masked_mean(entropy_BxS, mb.loss_mask_BxS))
   # Sampler vs trainer log-prob of the same tokens (exact for the first minibatch; `update`
   # replaces it with the pre-update value when old log-probs are computed separately).
@@ -188,80 +190,188 @@ def _optimize(state: TrainState, graphdef, tx: optax.GradientTransformation, ub:
   return state, metrics
 
 
+def _part_metrics(name: str, value: jax.Array) -> dict[str, jax.Array]:
+  """`reward/<name>` summaries of a float reward part: its mean, and per column of a `_BxK` part."""
+  if not jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != jnp.bool_:
+    return {}
+  base, _, dims = name.rpartition("_")
+  base = base if dims and dims[0] == "B" else name
+  value = value.astype(jnp.float32)
+  out = {f"reward/{base}": value.mean()}
+  if value.ndim == 2:
+    out.update({f"reward/{base}/{k}": value[:, k].mean() for k in range(value.shape[1])})
+  return out
+
+
 def rollout_metrics(rollout: Rollout, rewards: Rewards, group_size: int) -> dict[str, jax.Array]:
   """Reward and length statistics of one batch of rollouts (metric names in docs/metrics.md)."""
-  reward_B = rewards["reward"]
+  reward_B = rewards.reward_B
   lengths_B = rollout.response_valid_BxN.sum(axis=1)
   out = {"reward_mean": reward_B.mean(), "reward_std": reward_B.std(),
          "zero_std_group_frac": zero_std_group_fraction(reward_B.reshape(-1, group_size)),
          "completion_len_mean": lengths_B.mean(),
          "completion_clipped_frac": 1.0 - rollout.stopped_B.astype(jnp.float32).mean(),
          "generated_tokens": rollout.loss_mask_BxS.sum()}
-  out.update({f"reward/{k}": v.mean() for k, v in rewards.items() if k != "reward"})
+  for name, value in rewards.parts.items():
+    out.update(_part_metrics(name, value))
   return out
+
+
+def _context(graphdef, state: TrainState, model: bool = True) -> PhaseContext:
+  # The iteration's keys: (next rng, rollout key, shuffle key), the split every version used.
+  _, rollout_key, _ = jax.random.split(state.rng, 3)
+  return PhaseContext(model=nnx.merge(graphdef, state.params) if model else None, key=rollout_key,
+                      step=state.step, algo_state=state.algo_state)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-  """Compiled entry points; `fused` is the default, `sample` + `update` the split mode."""
+  """The compiled iteration. `step(state, batch)` runs it in `mode`.
 
-  fused: Callable[[TrainState, Batch], tuple[TrainState, dict]]
-  sample: Callable[[TrainState, Batch], Rollout]
-  update: Callable[[TrainState, Batch, Rollout, Rewards], tuple[TrainState, dict]]
+  Attributes:
+    mode: "fused" or "split".
+    fused: the whole iteration as one compiled program (state donated).
+    segments: split mode: ("device", compiled fn) and ("host", phase) in order; the segment holding
+      UPDATE returns (state, record) and donates the state, the others return the record.
+  """
+
+  mode: str
+  fused: Callable[[TrainState, PromptBatch], tuple[TrainState, dict]]
+  segments: tuple[tuple[str, Any], ...]
+  graphdef: Any
+
+  def __call__(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    batch = PromptBatch.of(batch)
+    if self.mode == "fused":
+      return self.fused(state, batch)
+    return self.split(state, batch)
+
+  def split(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    record = StepRecord(batch=PromptBatch.of(batch))
+    for kind, fn in self.segments:
+      if kind == "host":
+        record = fn.fn(_context(self.graphdef, state, model=False), record)
+      elif kind == "update":
+        state, record = fn(state, record)
+      else:
+        record = fn(state, record)
+    return state, record.metrics
+
+  def compilations(self) -> int:
+    """Programs compiled so far (1 per compiled piece after the first iteration: nothing recompiles)."""
+    if self.mode == "fused":
+      return self.fused._cache_size()
+    return sum(fn._cache_size() for kind, fn in self.segments if kind != "host")
 
 
 def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, state_sharding: Any = None,
                     batch_sharding: Any = None, replicated_sharding: Any = None) -> TrainStep:
-  """Builds the pure train step and compiles it once (state donated).
+  """Builds the pure iteration from `algorithm.phases()` and compiles it (state donated).
 
   Args:
-    settings: static update knobs.
-    algorithm: method-specific rollout / rewards / advantages.
+    settings: static update knobs, including `mode`.
+    algorithm: the method (algos/base.py): phases, rewards, per-token terms, algorithm state.
     graphdef: static NNX graph of the policy (from `create_train_state`).
     tx: optax optimizer.
     state_sharding: optional sharding pytree for TrainState (None: let jit decide / single device).
-    batch_sharding: sharding for batch and rollout arrays (rows over the data axes).
+    batch_sharding: sharding of batch rows (leaves with a leading dim); scalars are replicated.
     replicated_sharding: sharding for metrics (scalars).
+
+  Raises:
+    ValueError: the phases do not end with exactly one UPDATE.
   """
-  s = settings
+  phases = tuple(algorithm.phases())
+  if phases.count(UPDATE) != 1 or phases[-1] != UPDATE:
+    raise ValueError(f"{type(algorithm).__name__}.phases() must end with UPDATE (exactly once); got "
+                     f"{[p.name for p in phases]}.")
 
-  def sample(state: TrainState, batch: Batch) -> Rollout:
-    _, sample_key, _ = jax.random.split(state.rng, 3)
-    return algorithm.rollout(nnx.merge(graphdef, state.params), batch, sample_key)
-
-  def update(state: TrainState, batch: Batch, rollout: Rollout, rewards: Rewards):
+  def update(state: TrainState, record: StepRecord) -> tuple[TrainState, StepRecord]:
+    batch, rollout, rewards = record.batch, record.rollout, record.rewards
     # Rollouts start with the prompt buffer, which never carries a loss (static width).
-    s = dataclasses.replace(settings, first_loss_slot=batch["prompt_tokens_PxT"].shape[1])
+    s = dataclasses.replace(settings, first_loss_slot=batch.prompt_width)
     next_rng, _, shuffle_key = jax.random.split(state.rng, 3)
-    adv_BxS, kl_weight_BxS, metrics = algorithm.advantages(rollout, rewards, state.step)
-    old = ref = None
-    if s.needs_old_logprobs:
-      old = _microbatched_logprobs(graphdef, state.params, rollout.tokens_BxS, rollout.valid_BxS, s)
-    if s.use_reference:
-      ref = _microbatched_logprobs(graphdef, state.ref_params, rollout.tokens_BxS, rollout.valid_BxS, s)
+    terms = algorithm.advantages(rollout, rewards, state.step, state.algo_state)
     ub = UpdateBatch(tokens_BxS=rollout.tokens_BxS, valid_BxS=rollout.valid_BxS,
-                     loss_mask_BxS=rollout.loss_mask_BxS, adv_BxS=adv_BxS, kl_weight_BxS=kl_weight_BxS,
-                     sampler_logp_BxS=rollout.sampler_logp_BxS, old_logp_BxS=old, ref_logp_BxS=ref)
+                     loss_mask_BxS=rollout.loss_mask_BxS, adv_BxS=terms.adv_BxS,
+                     kl_weight_BxS=terms.kl_weight_BxS, sampler_logp_BxS=rollout.sampler_logp_BxS,
+                     old_logp_BxS=None, ref_logp_BxS=None, temperature_BxS=rollout.temperature_BxS,
+                     objective_BxS=terms.objective_BxS)
+    old = _microbatched_logprobs(graphdef, state.params, ub, s) if s.needs_old_logprobs else None
+    ref = _microbatched_logprobs(graphdef, state.ref_params, ub, s) if s.use_reference else None
+    ub = ub.replace(old_logp_BxS=old, ref_logp_BxS=ref)
+    pre_update_step = state.step
     state, update_metrics = _optimize(state, graphdef, tx, ub, shuffle_key, s)
-    metrics.update(update_metrics)
-    metrics.update(rollout_metrics(rollout, rewards, s.group_size))
+    metrics = {**record.metrics, **terms.metrics, **update_metrics,
+               **rollout_metrics(rollout, rewards, s.group_size)}
     if old is not None:
       metrics["logp_gap"] = _masked_mean(jnp.abs(old - rollout.sampler_logp_BxS), rollout.loss_mask_BxS)
-    return state.replace(step=state.step + 1, rng=next_rng), metrics
+    algo_state, algo_metrics = algorithm.after_update(state.algo_state, record, pre_update_step)
+    metrics.update(algo_metrics)
+    state = state.replace(step=state.step + 1, rng=next_rng, algo_state=algo_state)
+    return state, record.replace(metrics=metrics)
 
-  def fused(state: TrainState, batch: Batch):
-    rollout = sample(state, batch)
-    return update(state, batch, rollout, algorithm.rewards(rollout, batch))
+  def run_device(run: tuple, state: TrainState, record: StepRecord):
+    ctx = _context(graphdef, state)
+    for phase in run:
+      if phase == UPDATE:
+        return update(state, record)
+      record = phase.fn(ctx, record)
+    return record
 
-  def compile_(f, num_args: int, donate: tuple[int, ...], out_shardings):
+  def fused(state: TrainState, batch: PromptBatch):
+    state, record = run_device(phases, state, StepRecord(batch=batch))
+    return state, record.metrics
+
+  def record_shardings(record):
+    if batch_sharding is None:
+      return None
+    return jax.tree.map(lambda x: batch_sharding if x.ndim else replicated_sharding, record)
+
+  def compile_(f, donate: bool, returns_state: bool):
     if state_sharding is None:
-      return jax.jit(f, donate_argnums=donate)
-    # Explicit in/out shardings: the state leaves the step laid out exactly as it entered, so the
-    # next call reuses the same compiled program.
-    return jax.jit(f, donate_argnums=donate, out_shardings=out_shardings,
-                   in_shardings=(state_sharding,) + (batch_sharding,) * (num_args - 1))
+      return jax.jit(f, donate_argnums=(0,) if donate else ())
+    # Explicit shardings: the state leaves a program laid out exactly as it entered, so the next
+    # call reuses the same compiled program. Record shardings follow its leaves (rows or scalars).
+    out = (lambda r: (state_sharding, record_shardings(r))) if returns_state else record_shardings
+    return _ShardedJit(f, donate, state_sharding, record_shardings, out)
 
-  state_out = (state_sharding, replicated_sharding)
-  return TrainStep(fused=compile_(fused, 2, (0,), state_out), sample=compile_(sample, 2, (), batch_sharding),
-                   update=compile_(update, 4, (0,), state_out))
+  if state_sharding is not None:
+    fused_fn = jax.jit(fused, donate_argnums=(0,), out_shardings=(state_sharding, replicated_sharding),
+                       in_shardings=(state_sharding, batch_sharding))
+  else:
+    fused_fn = jax.jit(fused, donate_argnums=(0,))
+
+  segments, run = [], []
+  for phase in phases:
+    if phase.host:
+      if run:
+        segments.append(("device", compile_(lambda st, rec, r=tuple(run): run_device(r, st, rec), False, False)))
+        run = []
+      segments.append(("host", phase))
+    else:
+      run.append(phase)
+  segments.append(("update", compile_(lambda st, rec, r=tuple(run): run_device(r, st, rec), True, True)))
+  return TrainStep(mode=settings.mode, fused=fused_fn, segments=tuple(segments), graphdef=graphdef)
+
+
+class _ShardedJit:
+  """`jax.jit` with shardings derived from the record's structure on first call (one program per
+  record structure, which is fixed after the first iteration)."""
+
+  def __init__(self, f, donate: bool, state_sharding, record_shardings, out_shardings):
+    self._f, self._donate = f, donate
+    self._state_sharding, self._record_shardings, self._out = state_sharding, record_shardings, out_shardings
+    self._jitted = None
+
+  def __call__(self, state, record):
+    if self._jitted is None:
+      out_record = jax.eval_shape(self._f, state, record)
+      out_record = out_record[1] if isinstance(out_record, tuple) else out_record
+      self._jitted = jax.jit(self._f, donate_argnums=(0,) if self._donate else (),
+                             in_shardings=(self._state_sharding, self._record_shardings(record)),
+                             out_shardings=self._out(out_record))
+    return self._jitted(state, record)
+
+  def _cache_size(self) -> int:
+    return 0 if self._jitted is None else self._jitted._cache_size()
