@@ -135,7 +135,8 @@ def host_call(fn: Callable[..., Any], result_shape: Any, *args: Any) -> Any:
     args: arrays (or pytrees of arrays).
   """
   if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
-    return jax.pure_callback(fn, result_shape, *args)
+    # Callbacks may receive jax Arrays: hand `fn` numpy, as in split mode.
+    return jax.pure_callback(lambda *a: fn(*jax.tree.map(np.asarray, a)), result_shape, *args)
   out = fn(*jax.tree.map(np.asarray, args))
   return jax.tree.map(lambda o, s: jnp.asarray(np.asarray(o, s.dtype).reshape(s.shape)), out, result_shape)
 

@@ -154,36 +154,42 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   preempted = False
   bar = tqdm.trange(start, cfg.train.num_steps, initial=start, total=cfg.train.num_steps, desc="RL",
                     disable=not cfg.train.progress)
-  with PreemptionHandler() as preemption:
-    for i in bar:
-      t0 = time.perf_counter()
-      batch = sharding.shard_batch(next(batches), mesh)
-      state, metrics = train_step(state, batch)
-      metrics = jax.device_get(metrics)
-      metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
-      metrics["time/step_s"] = time.perf_counter() - t0
-      metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
-      step = i + 1
-      if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
-        ckpt.wait_until_finished()
-        raise NonFiniteAbort(
-            f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient (limit "
-            f"train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); the last checkpoint "
-            f"(step {ckpt.latest_step()}) is intact.")
-      if step % cfg.train.log_every == 0:
-        writer.write(step, metrics)
-      bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
-      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
-        result = evaluator(state.params)
-        writer.write(step, result)
-        _record(history, step, result)
-      if preemption.should_stop(step):
-        log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
-        save(step, force=True)
-        preempted = True
-        break
-      if ckpt.should_save(step) and step < cfg.train.num_steps:
-        save(step)
+  try:
+    with PreemptionHandler() as preemption:
+      for i in bar:
+        t0 = time.perf_counter()
+        batch = sharding.shard_batch(next(batches), mesh)
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
+        metrics["time/step_s"] = time.perf_counter() - t0
+        metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
+        step = i + 1
+        if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
+          ckpt.wait_until_finished()
+          raise NonFiniteAbort(
+              f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient (limit "
+              f"train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); the last checkpoint "
+              f"(step {ckpt.latest_step()}) is intact.")
+        if step % cfg.train.log_every == 0:
+          writer.write(step, metrics)
+        bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
+          result = evaluator(state.params)
+          writer.write(step, result)
+          _record(history, step, result)
+        if preemption.should_stop(step):
+          log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
+          save(step, force=True)
+          preempted = True
+          break
+        if ckpt.should_save(step) and step < cfg.train.num_steps:
+          save(step)
+  except BaseException:
+    # A crash (a raising environment, out of memory) leaves the checkpoints it started complete.
+    ckpt.wait_until_finished()
+    writer.close()
+    raise
   final = None
   if not preempted:
     final = evaluator(state.params)
