@@ -290,3 +290,16 @@ def test_phases_must_end_with_the_update():
                                    use_reference=False, kl_estimator="k3", loss_agg="token_mean", norm_len=2,
                                    num_epochs=1, num_minibatches=1, micro_batch_size=4, logprob_chunk=None),
                     broken(**{f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}), None, optax.sgd(1.0))
+
+
+def test_shared_code_names_no_paper():
+  """train/, configs/common.py and experiments/train.py reach papers only through the registry."""
+  import pathlib
+  import re
+  root = pathlib.Path(__file__).resolve().parents[1]
+  files = sorted((root / "selfrl_jax" / "train").glob("*.py")) + [root / "configs" / "common.py",
+                                                                   root / "experiments" / "train.py"]
+  pattern = re.compile(r"scor\b|\bscore\b|self[_ -]?guide|ssrl|\bherl|rlavr|\bcare\b", re.IGNORECASE)
+  hits = [f"{f.relative_to(root)}:{i + 1}: {line.strip()}" for f in files
+          for i, line in enumerate(f.read_text().splitlines()) if pattern.search(line)]
+  assert len(files) > 8 and not hits, hits

@@ -80,8 +80,8 @@ def train_sft(model: Decoder, demos: Iterator[dict[str, np.ndarray]], *, steps: 
   """Runs up to `steps` SFT updates with Adam and returns the trained model.
 
   Args:
-    demos: batches of {tokens_BxS, valid_BxS, loss_mask_BxS} (`noisy_demonstrations`, or the
-      SCoRe toy's `data.score_toy.toy_demonstration_stream`).
+    demos: batches of {tokens_BxS, valid_BxS, loss_mask_BxS} (`noisy_demonstrations`, or a stream
+      an algorithm offers through `AlgorithmSpec.sft_demos`).
     stop_when: optional early stop, called with the parameters every `check_every` steps (e.g.
       "held-out accuracy reached the target"), so the warm start has a chosen quality whatever
       the seed.
