@@ -39,8 +39,11 @@ def main(argv):
       cfg.train.eval_size = _EVAL_SIZE.value
   builders.validate_config(cfg)
   model, tok = builders.build_model(cfg)
-  _, _, test_source = builders.build_sources(cfg)
-  graphdef, state = create_train_state(model, make_optimizer(cfg.optim), cfg.seed, keep_reference=False)
+  train_source, _, test_source = builders.build_sources(cfg)
+  # The algorithm shapes the restore target: its state (TrainState.algo_state) is checkpointed too.
+  algorithm = builders.build_algorithm(cfg, tok, train_source)
+  graphdef, state = create_train_state(model, make_optimizer(cfg.optim), cfg.seed, keep_reference=False,
+                                       algorithm=algorithm)
   ckpt = CheckpointManager(os.path.join(os.path.abspath(_WORKDIR.value), "checkpoints"))
   restored = ckpt.restore_or_none(jax.eval_shape(lambda: state))
   if restored is None:

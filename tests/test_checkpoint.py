@@ -18,8 +18,12 @@ import pytest
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from selfrl_jax.algos.base import Algorithm
+from selfrl_jax.models.config import tiny_config
+from selfrl_jax.models.decoder import init_model
 from selfrl_jax.train.checkpoint import CheckpointError, CheckpointManager, keys_to_data
 from selfrl_jax.train.preemption import PreemptionHandler
+from selfrl_jax.train.state import create_train_state
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,6 +42,7 @@ class State:
   opt_state: optax.OptState
   rng: jax.Array
   ref_params: nnx.State | None = None  # like TrainState: a None field must survive
+  algo_state: object = None  # like TrainState: None for stateless algorithms
 
 
 TX = optax.adam(1e-2)
@@ -112,6 +117,39 @@ def test_roundtrip_every_leaf_and_host_items(tmp_path):
     assert ckpt.last_restored_step == 15
     with pytest.raises(FileNotFoundError, match="step 12 not found"):
       ckpt.restore(abstract_state(), step=12)
+
+
+class _StatefulAlgorithm(Algorithm):
+  """Only `init_state` matters here: an algorithm state with float, int and typed-key leaves."""
+
+  def init_state(self, key):
+    return {"probe_w": jax.random.normal(key, (3, 2)), "labels_used": jnp.asarray(7, jnp.int32),
+            "buffer_key": jax.random.fold_in(key, 1)}
+
+
+@pytest.mark.parametrize("algorithm", [None, _StatefulAlgorithm()], ids=["stateless", "algo_state"])
+def test_train_state_roundtrip_with_algo_state(tmp_path, algorithm):
+  """What the loop saves, `state.replace(ref_params=None)`, restores with its algo_state."""
+  model = init_model(tiny_config(vocab_size=16, d_model=16, d_ff=32, n_heads=2, n_kv_heads=1, head_dim=8))
+  _, state = create_train_state(model, TX, seed=3, keep_reference=True, algorithm=algorithm)
+  assert state.ref_params is not None
+  if algorithm is None:
+    assert state.algo_state is None
+  else:
+    assert int(state.algo_state["labels_used"]) == 7
+    # Its own key stream: the policy's rng is the one a stateless run starts from.
+    stateless = create_train_state(model, TX, seed=3, keep_reference=False)[1]
+    np.testing.assert_array_equal(jax.random.key_data(state.rng), jax.random.key_data(stateless.rng))
+  saved = state.replace(ref_params=None)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved)
+  with CheckpointManager(tmp_path, save_every=1) as ckpt:
+    assert ckpt.save(1, saved)
+    got, *_ = ckpt.restore(abstract)
+  assert got.ref_params is None
+  assert_states_equal(got, saved)
+  if algorithm is not None:
+    assert got.algo_state["buffer_key"].dtype == saved.algo_state["buffer_key"].dtype
+    np.testing.assert_array_equal(got.algo_state["probe_w"], saved.algo_state["probe_w"])
 
 
 def test_restore_honours_abstract_shardings(tmp_path):

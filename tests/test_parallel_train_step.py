@@ -14,10 +14,10 @@ SCRIPT = str(SCRIPTS / "rl_step.py")
 TIMEOUT_S = 240
 
 
-def _run(prefix, devices, data, fsdp, num_processes=1):
+def _run(prefix, devices, data, fsdp, num_processes=1, mode="fused"):
   port = free_port()
   procs = [subprocess.Popen([sys.executable, SCRIPT, str(prefix), str(data), str(fsdp), str(pid),
-                             str(num_processes), str(port)], env=cpu_env(devices), cwd=REPO_ROOT,
+                             str(num_processes), str(port), mode], env=cpu_env(devices), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for pid in range(num_processes)]
   try:
@@ -43,6 +43,15 @@ def test_eight_devices_match_one(single, tmp_path, data, fsdp):
   assert float(single["reward0"]) > 0 and float(single["loss1"]) != 0
   for key, value in single.items():
     np.testing.assert_allclose(got[key], value, rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+def test_split_mode_on_eight_devices_matches_fused_on_one(single, tmp_path):
+  """Split mode (compiled rollout, host reward phase, compiled update) on a sharded mesh."""
+  got = _run(tmp_path / "r", devices=8, data=2, fsdp=4, mode="split")[0]
+  assert int(got["compilations"]) == 2  # one program per run of device phases, none recompiled
+  for key, value in single.items():
+    if key != "compilations":
+      np.testing.assert_allclose(got[key], value, rtol=2e-4, atol=2e-5, err_msg=key)
 
 
 def test_two_processes_match_one(single, tmp_path):

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from selfrl_jax.algos import score
+from selfrl_jax.algos.base import Rewards, TokenTerms
 from selfrl_jax.algos.losses import policy_loss
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.eval.self_correction import self_correction_metrics
 from selfrl_jax.rollouts.two_turn import TwoTurnExtras, TwoTurnRollout
 from selfrl_jax.sampling.sampler import SamplingParams
@@ -36,6 +38,20 @@ def _fake_rollout(turn_id_BxS, y1_BxN=None, y2_BxN=None):
                         response_tokens_BxN=y2, response_valid_BxN=jnp.ones(y2.shape, bool),
                         stopped_B=jnp.ones((b,), bool),
                         extras=TwoTurnExtras(y1, jnp.ones(y1.shape, bool), jnp.ones((b,), bool)))
+
+
+def _rewards(r1_B, r2_B):
+  """SCoRe's Rewards: reward_B is the last trained turn's (r2), parts carry both turns."""
+  r1_B, r2_B = jnp.asarray(r1_B, jnp.float32), jnp.asarray(r2_B, jnp.float32)
+  return Rewards(reward_B=r2_B, parts={"r1_B": r1_B, "r2_B": r2_B})
+
+
+def _terms(algo, rollout, rewards, step):
+  """(adv_BxS, kl_weight_BxS, metrics) of `algo.advantages`, checking its TokenTerms contract."""
+  terms = algo.advantages(rollout, rewards, step)
+  assert isinstance(terms, TokenTerms) and terms.objective_BxS is None
+  assert terms.adv_BxS.shape == terms.kl_weight_BxS.shape == rollout.tokens_BxS.shape
+  return terms.adv_BxS, terms.kl_weight_BxS, terms.metrics
 
 
 def test_shaping_table():
@@ -110,9 +126,9 @@ def test_no_turn1_policy_gradient_in_stage1():
   b, s = 8, 7
   turn_BxS = np.tile(np.array([0, 1, 1, 0, 2, 2, 2]), (b, 1))
   rollout = _fake_rollout(turn_BxS)
-  rewards = {"r1": jnp.asarray(rs.randint(0, 2, b), jnp.float32), "r2": jnp.asarray([0, 1] * 4, jnp.float32)}
+  rewards = _rewards(rs.randint(0, 2, b), [0, 1] * 4)
   algo = _algo(beta1=0.0, beta2=0.0, stage1_steps=10, group_size=4)
-  adv, klw, metrics = algo.advantages(rollout, rewards, jnp.int32(0))
+  adv, klw, metrics = _terms(algo, rollout, rewards, jnp.int32(0))
   assert int(metrics["stage"]) == 1
   logp = jnp.asarray(rs.randn(b, s) * 0.3 - 1.0, jnp.float32)
   ref = logp + 0.5  # far from the reference: a nonzero KL weight would give a gradient
@@ -124,15 +140,15 @@ def test_no_turn1_policy_gradient_in_stage1():
   assert (g[turn_BxS == 1] == 0.0).all()
   assert np.abs(g[turn_BxS == 2]).max() > 0
   # Stage II gives turn 1 a gradient; in Stage I a positive beta2 gives it only the KL pull.
-  adv2, klw2, _ = algo.advantages(rollout, rewards, jnp.int32(10))
+  adv2, klw2, _ = _terms(algo, rollout, rewards, jnp.int32(10))
   assert np.abs(np.asarray(adv2)[turn_BxS == 1]).max() > 0
-  _, klw_s1, _ = _algo(beta1=0.01, beta2=0.1, stage1_steps=10).advantages(rollout, rewards, jnp.int32(0))
+  _, klw_s1, _ = _terms(_algo(beta1=0.01, beta2=0.1, stage1_steps=10), rollout, rewards, jnp.int32(0))
   klw_s1 = np.asarray(klw_s1)
   assert (klw_s1[turn_BxS == 1] == np.float32(0.1)).all() and (klw_s1[turn_BxS == 2] == np.float32(0.01)).all()
   assert (klw_s1[turn_BxS == 0] == 0).all()
-  _, klw_only, _ = _algo(beta2=0.1, stage1_steps=10, first_turn_kl_only=True).advantages(rollout, rewards, 0)
+  _, klw_only, _ = _terms(_algo(beta2=0.1, stage1_steps=10, first_turn_kl_only=True), rollout, rewards, 0)
   assert (np.asarray(klw_only)[turn_BxS == 2] == 0).all()
-  _, klw_s2, _ = _algo(beta1=0.01, beta2=0.1, stage1_steps=10).advantages(rollout, rewards, jnp.int32(10))
+  _, klw_s2, _ = _terms(_algo(beta1=0.01, beta2=0.1, stage1_steps=10), rollout, rewards, jnp.int32(10))
   assert (np.asarray(klw_s2)[turn_BxS > 0] == np.float32(0.01)).all()
 
 
@@ -141,13 +157,13 @@ def test_per_token_credit_values():
   turn_BxS = np.tile(np.array([0, 1, 1, 0, 2, 0]), (4, 1))
   turn_BxS[0, 2] = 0  # a hole after an early stop
   rollout = _fake_rollout(turn_BxS)
-  adv, _, _ = _algo().advantages(rollout, {"r1": jnp.asarray(R1), "r2": jnp.asarray(R2)}, jnp.int32(0))
+  adv, _, _ = _terms(_algo(), rollout, _rewards(R1, R2), jnp.int32(0))
   adv = np.asarray(adv)
   loo = lambda x: np.array([x[j] - np.delete(x, j).mean() for j in range(4)])  # noqa: E731
   np.testing.assert_allclose(adv[:, 1], loo(R1), rtol=1e-6)
   np.testing.assert_allclose(adv[:, 4], loo(np.array([11.0, 1.0, -10.0, 0.0])), rtol=1e-6)
   assert adv[0, 2] == 0 and (adv[:, [0, 3, 5]] == 0).all()
-  ep, _, _ = _algo(turn_credit="episode").advantages(rollout, {"r1": jnp.asarray(R1), "r2": jnp.asarray(R2)}, 0)
+  ep, _, _ = _terms(_algo(turn_credit="episode"), rollout, _rewards(R1, R2), 0)
   np.testing.assert_allclose(np.asarray(ep)[:, 1], loo(np.array([11.0, 2.0, -9.0, 0.0])), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(ep)[:, 4], np.asarray(ep)[:, 1])
 
@@ -156,8 +172,8 @@ def test_single_turn_mode_trains_turn1_only():
   turn_BxS = np.tile(np.array([0, 1, 0, 2]), (4, 1))
   rollout = _fake_rollout(turn_BxS)
   rollout = rollout.replace(loss_mask_BxS=rollout.turn_id_BxS == 1)  # what SCoRe.rollout does
-  adv, klw, m = _algo(multi_turn=False, beta1=0.05, stage1_steps=3).advantages(
-      rollout, {"r1": jnp.asarray(R1), "r2": jnp.asarray(R2)}, jnp.int32(0))
+  adv, klw, m = _terms(_algo(multi_turn=False, beta1=0.05, stage1_steps=3), rollout, _rewards(R1, R2),
+                       jnp.int32(0))
   np.testing.assert_allclose(np.asarray(adv)[:, 1], np.asarray(score.rloo_advantage(R1[None]))[0], rtol=1e-6)
   assert (np.asarray(adv)[:, 3] == 0).all() and (np.asarray(klw)[:, 3] == 0).all()
   assert (np.asarray(klw)[:, 1] == np.float32(0.05)).all() and int(m["stage"]) == 0
@@ -168,7 +184,7 @@ def test_single_turn_rollout_drops_turn2_from_loss(monkeypatch):
   turn = jnp.asarray(np.tile(np.array([0, 1, 1, 0, 2, 2]), (2, 1)))
   fake = _fake_rollout(turn)
   monkeypatch.setattr(score, "two_turn_rollout", lambda *a, **k: (fake, fake.extras))
-  batch = {"prompt_tokens_PxT": None, "prompt_valid_PxT": None}
+  batch = PromptBatch(**{name: None for name in PromptBatch.__dataclass_fields__})
   single = _algo(multi_turn=False).rollout(None, batch, None)
   np.testing.assert_array_equal(np.asarray(single.loss_mask_BxS), np.asarray(turn == 1))
   np.testing.assert_array_equal(np.asarray(single.turn_id_BxS), np.asarray(turn))
@@ -185,7 +201,7 @@ def test_reinforce_sign_two_arm_bandit():
   turn = np.zeros((8, 2), np.int32)
   turn[:, 1] = 1  # one "turn-1 token" per rollout: the arm
   algo = _algo(multi_turn=False, beta1=0.0)
-  adv, _, _ = algo.advantages(_fake_rollout(turn), {"r1": reward, "r2": reward}, jnp.int32(0))
+  adv, _, _ = _terms(algo, _fake_rollout(turn), _rewards(reward, reward), jnp.int32(0))
 
   def loss(th):
     logp_B = jax.nn.log_softmax(th)[arms]

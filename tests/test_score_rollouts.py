@@ -10,6 +10,7 @@ from flax import nnx
 
 from selfrl_jax.algos.losses import policy_loss
 from selfrl_jax.algos.score import SCoRe
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import positions_and_mask
 from selfrl_jax.rewards.registry import exact_match
 from selfrl_jax.rollouts.two_turn import multi_attempt_rollout, two_turn_rollout
@@ -129,7 +130,8 @@ def test_score_rollout_rewards_and_trainer_parity(model, prompts):
     m = nnx.merge(graphdef, params)
     rollout = algo.rollout(m, batch, key)
     rewards = algo.rewards(rollout, batch)
-    adv, klw, metrics = algo.advantages(rollout, rewards, jnp.int32(0))
+    terms = algo.advantages(rollout, rewards, jnp.int32(0))
+    adv, klw, metrics = terms.adv_BxS, terms.kl_weight_BxS, terms.metrics
 
     def loss(prm):
       logp = sequence_logprobs(nnx.merge(graphdef, prm), rollout.tokens_BxS, rollout.valid_BxS,
@@ -144,17 +146,18 @@ def test_score_rollout_rewards_and_trainer_parity(model, prompts):
 
   # Targets: row 0's target is its own sampled y1 (so r1 = 1 on the rows that repeat it), the rest
   # unreachable. A first run with the same key finds y1; the second run scores it.
-  batch = {"prompt_tokens_PxT": prompts[0], "prompt_valid_PxT": prompts[1],
-           "target_tokens_PxA": jnp.zeros((len(LENGTHS), N1 + 1), jnp.int32),
-           "target_len_P": jnp.full((len(LENGTHS),), N1 + 1, jnp.int32), "example_id_P": jnp.arange(len(LENGTHS))}
+  batch = PromptBatch(prompt_tokens_PxT=prompts[0], prompt_valid_PxT=prompts[1],
+                      prompt_len_P=jnp.asarray(prompts[1]).sum(1).astype(jnp.int32),
+                      target_tokens_PxA=jnp.zeros((len(LENGTHS), N1 + 1), jnp.int32),
+                      target_len_P=jnp.full((len(LENGTHS),), N1 + 1, jnp.int32), example_id_P=jnp.arange(len(LENGTHS)))
   probe = jax.device_get(run(params, batch, jax.random.key(3))[0])
   y1_0 = probe.extras.y1_tokens_BxN[0][probe.extras.y1_valid_BxN[0]]
   y1_0 = y1_0[y1_0 != 2]
   target = np.zeros((len(LENGTHS), N1 + 1), np.int32)
   target[0, :len(y1_0)] = y1_0
   target[0, len(y1_0)] = 2
-  batch["target_tokens_PxA"] = jnp.asarray(target)
-  batch["target_len_P"] = jnp.asarray([len(y1_0) + 1, N1 + 1, N1 + 1], jnp.int32)
+  batch = batch.replace(target_tokens_PxA=jnp.asarray(target),
+                        target_len_P=jnp.asarray([len(y1_0) + 1, N1 + 1, N1 + 1], jnp.int32))
   rollout, rewards, metrics, logp, kl_loss, kl, grads = jax.device_get(run(params, batch, jax.random.key(3)))
   mask = rollout.loss_mask_BxS
   np.testing.assert_allclose(logp[mask], rollout.sampler_logp_BxS[mask], atol=2e-5)
@@ -164,12 +167,14 @@ def test_score_rollout_rewards_and_trainer_parity(model, prompts):
   def answer(tokens, valid):  # exact match scores the valid tokens before the first EOS
     ids = list(tokens[valid])
     return ids[:ids.index(2)] if 2 in ids else ids
+  r1, r2 = rewards.parts["r1_B"], rewards.parts["r2_B"]
+  np.testing.assert_array_equal(rewards.reward_B, r2)  # multi-turn: the last trained turn's reward
   for i in range(g):
-    assert rewards["r1"][i] == float(answer(e.y1_tokens_BxN[i], e.y1_valid_BxN[i]) == list(y1_0))
+    assert r1[i] == float(answer(e.y1_tokens_BxN[i], e.y1_valid_BxN[i]) == list(y1_0))
     y2_i = answer(rollout.response_tokens_BxN[i], rollout.response_valid_BxN[i])
-    assert rewards["r2"][i] == float(y2_i == list(y1_0))
-  assert rewards["r1"][0] == 1.0 and (rewards["r1"][g:] == 0).all() and (rewards["r2"][g:] == 0).all()
-  assert float(metrics["acc_t1"]) == rewards["r1"].mean() and int(metrics["stage"]) == 1
+    assert r2[i] == float(y2_i == list(y1_0))
+  assert r1[0] == 1.0 and (r1[g:] == 0).all() and (r2[g:] == 0).all()
+  assert float(metrics["acc_t1"]) == r1.mean() and int(metrics["stage"]) == 1
   # At the reference every KL estimate is 0, and so is the k3 gradient.
   assert float(kl) == 0.0 and float(kl_loss) == 0.0
   assert max(float(np.abs(x).max()) for x in jax.tree.leaves(grads)) == 0.0

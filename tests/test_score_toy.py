@@ -21,9 +21,9 @@ def data():
   it = make_prompt_iterator(records, TOK, batch_size=P, max_prompt_len=T, max_answer_len=6, shuffle=False)
   batch = next(it)
   fix = correction_instruction_ids(TOK, "<fix>")
-  demo = toy_demonstrations(batch, it.records(batch["example_id_P"]), TOK, np.random.default_rng(0),
+  demo = toy_demonstrations(batch, it.records(batch.example_id_P), TOK, np.random.default_rng(0),
                             instr_ids=fix, max_new_tokens1=N1, max_new_tokens2=N2, copy_prob=0.7)
-  return batch, it.records(batch["example_id_P"]), fix, demo
+  return batch, it.records(batch.example_id_P), fix, demo
 
 
 def test_instruction_ids():
@@ -39,7 +39,7 @@ def test_demonstrations_layout_and_statistics(data):
   tokens, valid, loss = demo["tokens_BxS"], demo["valid_BxS"], demo["loss_mask_BxS"]
   assert tokens.shape == valid.shape == loss.shape == (P, T + N1 + len(fix) + N2)
   np.testing.assert_array_equal(tokens[:, T + N1:T + N1 + len(fix)], np.tile(fix, (P, 1)))
-  np.testing.assert_array_equal(tokens[:, :T], batch["prompt_tokens_PxT"])
+  np.testing.assert_array_equal(tokens[:, :T], batch.prompt_tokens_PxT)
   eos = TOK.eos_ids[0]
   y1_ok, y2_ok, copied, bug = [], [], [], []
   for b, rec in enumerate(records):
@@ -79,7 +79,7 @@ def test_stream_and_errors(data):
   assert demo["tokens_BxS"].shape == (16, T + N1 + len(fix) + N2)
   batch = next(it)
   with pytest.raises(ValueError, match="y1 .* needs [45] slots with EOS, more than y1 width 3"):
-    toy_demonstrations(batch, it.records(batch["example_id_P"]), TOK, np.random.default_rng(0), instr_ids=fix,
+    toy_demonstrations(batch, it.records(batch.example_id_P), TOK, np.random.default_rng(0), instr_ids=fix,
                        max_new_tokens1=3, max_new_tokens2=N2)
   with pytest.raises(KeyError, match="buggy_answer"):
     toy_demonstrations(batch, [{"prompt": "1+1=", "answer": "2", "meta": "{}"}] * 16, TOK,

@@ -13,10 +13,11 @@ from flax import nnx
 
 from sampling_fixtures import left_padded_prompts, peaked_model
 from test_configs import CONFIG_DIR, load_config
-from test_score_objective import R1, R2, _algo, _fake_rollout
+from test_score_objective import R1, R2, _algo, _fake_rollout, _rewards, _terms
 
 from configs.score.tiny_arithmetic import ARMS
 from selfrl_jax.algos.losses import policy_loss
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.eval.self_correction import self_correction_metrics
 from selfrl_jax.rewards.registry import exact_match
 from selfrl_jax.rollouts.two_turn import two_turn_rollout
@@ -51,9 +52,9 @@ def test_star_advantages_turn_the_shared_loss_into_sft_on_kept_corrections():
 def test_star_replaces_only_stage_two():
   algo = _algo(stage2_algo="star", group_size=4, stage1_steps=3, beta1=0.01, beta2=0.1)
   rollout = _fake_rollout(TURNS)
-  rewards = {"r1": jnp.asarray(R1), "r2": jnp.asarray(R2), "reward": jnp.asarray(R2)}
-  _, kl1, m1 = algo.advantages(rollout, rewards, jnp.int32(0))   # Stage I: REINFORCE on r2 + KL
-  adv2, kl2, m2 = algo.advantages(rollout, rewards, jnp.int32(5))  # Stage II: STaR, no KL
+  rewards = _rewards(R1, R2)
+  _, kl1, m1 = _terms(algo, rollout, rewards, jnp.int32(0))   # Stage I: REINFORCE on r2 + KL
+  adv2, kl2, m2 = _terms(algo, rollout, rewards, jnp.int32(5))  # Stage II: STaR, no KL
   assert int(m1["stage"]) == 1 and int(m2["stage"]) == 2
   np.testing.assert_allclose(np.asarray(kl1)[TURNS == 1], 0.1)
   assert float(jnp.abs(kl2).max()) == 0.0
@@ -81,9 +82,10 @@ def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
   target = np.zeros((6, n + 1), np.int32)
   for i, a in enumerate(answers):
     target[i, :len(a)] = a
-  batch = {"prompt_tokens_PxT": np.asarray(prompts_PxT), "prompt_valid_PxT": np.asarray(valid_PxT),
-           "target_tokens_PxA": target, "target_len_P": np.array([len(a) + 1 for a in answers], np.int32),
-           "example_id_P": np.arange(6, dtype=np.int32)}
+  batch = PromptBatch(prompt_tokens_PxT=np.asarray(prompts_PxT), prompt_valid_PxT=np.asarray(valid_PxT),
+                      prompt_len_P=np.asarray(valid_PxT).sum(1).astype(np.int32), target_tokens_PxA=target,
+                      target_len_P=np.array([len(a) + 1 for a in answers], np.int32),
+                      example_id_P=np.arange(6, dtype=np.int32))
   algo = _algo(sampling=dataclasses.replace(greedy, temperature=1.0), instr_ids=(5,), group_size=2,
                reward_fn=exact_match(stop_ids=(2,)))
   metrics = Evaluator(graphdef, algo, greedy, [batch])(params)
@@ -102,9 +104,12 @@ def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
     (lambda c: setattr(c.score, "stage1_steps", 10**6), "score.stage1_steps"),
     (lambda c: setattr(c.score, "n_attempts_eval", 1), "score.n_attempts_eval"),
     (lambda c: (setattr(c.score, "stage2_algo", "star"), setattr(c.rl, "num_epochs", 2)), "score.stage2_algo"),
-    (lambda c: setattr(c.rl, "group_size", 1), "rl.group_size"),
+    # micro_batch_size keeps the 32 rollouts divisible, so the SCoRe rloo check is what fails.
+    (lambda c: (setattr(c.rl, "group_size", 1), setattr(c.rl, "micro_batch_size", 32)), "rl.group_size"),
     (lambda c: setattr(c.task, "name", "arithmetic"), "sft.demos"),
     (lambda c: setattr(c.rl, "reward", "math"), "rl.reward"),
+    (lambda c: setattr(c.rl, "kl_coef", 0.05), "rl.kl_coef"),
+    (lambda c: setattr(c.rl, "advantage", "rloo"), "rl.advantage"),
 ])
 def test_bad_score_configs_name_the_field(edit, field):
   cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
@@ -112,6 +117,30 @@ def test_bad_score_configs_name_the_field(edit, field):
     edit(cfg)
   with pytest.raises(builders.ConfigError, match=f"config.{field}"):
     builders.validate_config(cfg, num_devices=1)
+
+
+@pytest.mark.parametrize("knob, value, instead", [("kl_coef", 0.05, "score.beta1 / score.beta2"),
+                                                  ("advantage", "rloo", "score.baseline")])
+def test_shared_knobs_score_ignores_name_the_score_knob(knob, value, instead):
+  """SCoRe has its own KL weights and baseline: setting the shared ones fails, pointing at SCoRe's."""
+  cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
+  with cfg.unlocked():
+    cfg.rl[knob] = value
+  with pytest.raises(builders.ConfigError, match=f"config.rl.{knob}:.*set {instead}"):
+    builders.validate_config(cfg, num_devices=1)
+
+
+def test_score_config_without_its_section_names_it():
+  """rl.algorithm='score' on a base config without config.score fails naming the missing section."""
+  from configs.common import get_base_config
+  cfg = get_base_config()
+  assert "score" not in cfg
+  with cfg.unlocked():
+    cfg.rl.algorithm = "score"
+  with pytest.raises(builders.ConfigError, match=r"config.score: .*get_base_config\('score'\)"):
+    builders.validate_config(cfg, num_devices=1)
+  cfg = get_base_config("score")
+  assert cfg.rl.algorithm == "score" and cfg.score.baseline == "rloo"
 
 
 @pytest.mark.parametrize("arm", ARMS)
@@ -135,19 +164,25 @@ def test_score_fused_and_split_steps_are_identical():
   model, tok = builders.build_model(cfg)
   algo = builders.build_algorithm(cfg, tok)
   tx = optax.adam(1e-2)
-  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=algo.needs_reference)
-  fns = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx)
+  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=algo.needs_reference, algorithm=algo)
+  assert state.algo_state is None  # SCoRe is stateless
+  settings = builders.build_update_settings(cfg, algo)
+  fns = make_train_step(dataclasses.replace(settings, mode="fused"), algo, graphdef, tx)
+  split_fns = make_train_step(dataclasses.replace(settings, mode="split"), algo, graphdef, tx)
   rs = np.random.RandomState(0)
   prompts, valid = left_padded_prompts([8, 8, 7, 8], cfg.rl.max_prompt_len, 14, low=3, seed=1)
-  batch = {"prompt_tokens_PxT": prompts, "prompt_valid_PxT": valid,
-           "target_tokens_PxA": jnp.asarray(rs.randint(3, 14, (4, cfg.rl.max_answer_len)), jnp.int32),
-           "target_len_P": jnp.asarray([3, 4, 2, 5], jnp.int32), "example_id_P": jnp.arange(4, dtype=jnp.int32)}
+  batch = PromptBatch(prompt_tokens_PxT=prompts, prompt_valid_PxT=valid,
+                      prompt_len_P=jnp.asarray(valid).sum(1).astype(jnp.int32),
+                      target_tokens_PxA=jnp.asarray(rs.randint(3, 14, (4, cfg.rl.max_answer_len)), jnp.int32),
+                      target_len_P=jnp.asarray([3, 4, 2, 5], jnp.int32), example_id_P=jnp.arange(4, dtype=jnp.int32))
   fused, split = state, jax.tree.map(jnp.copy, state)
   for stage in (1, 2):
-    fused, fused_metrics = fns.fused(fused, batch)
-    rollout = fns.sample(split, batch)
-    split, split_metrics = fns.update(split, batch, rollout, algo.rewards(rollout, batch))
+    fused, fused_metrics = fns(fused, batch)
+    split, split_metrics = split_fns(split, batch)
     assert int(fused_metrics["stage"]) == int(split_metrics["stage"]) == stage
+    assert float(fused_metrics["reward/r1"]) == float(split_metrics["reward/r1"])
+    assert float(fused_metrics["reward/r2"]) == float(split_metrics["reward/r2"])
     for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(split.params)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-  assert fns.fused._cache_size() == 1 and fns.update._cache_size() == 1
+  # Fused: one program; split: one per run of device phases (rollout, then update).
+  assert fns.fused._cache_size() == 1 and fns.compilations() == 1 and split_fns.compilations() == 2

@@ -112,6 +112,7 @@ def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
     ("rl.micro_batch_size", 48, "not divisible by micro_batch_size=48"),
     ("rl.advantage", "ppo", "rl.advantage"),
     ("rl.group_size", 1, "rloo needs group_size"),
+    ("rl.algorithm", "ppo", r"config.rl.algorithm: unknown algorithm 'ppo'; available: \[.*'grpo'.*'score'"),
 ])
 def test_inconsistent_config_names_the_field(field, value, message):
   cfg = get_config()
@@ -121,6 +122,17 @@ def test_inconsistent_config_names_the_field(field, value, message):
     if name == "group_size":
       cfg.rl.advantage, cfg.rl.micro_batch_size = "rloo", 16
   with pytest.raises(ConfigError, match=message):
+    validate_config(cfg)
+
+
+def test_other_algorithms_section_is_rejected():
+  """A GRPO config carrying config.score would silently ignore it: validation names the section."""
+  from configs.common import get_base_config
+  cfg = get_config()
+  assert "score" not in cfg
+  with cfg.unlocked():
+    cfg.score = get_base_config("score").score
+  with pytest.raises(ConfigError, match="config.score: is not a shared section"):
     validate_config(cfg)
 
 

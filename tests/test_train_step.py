@@ -7,8 +7,10 @@ import pytest
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from selfrl_jax.algos.grpo import GRPO
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.config import tiny_config
 from selfrl_jax.models.decoder import init_model
 from selfrl_jax.models.tokenizers import CharTokenizer
@@ -45,10 +47,11 @@ def _setup(reward_fn=_fraction_of_digit_reward, kl_coef=0.0, tx=None, **override
 @pytest.fixture(scope="module")
 def batch():
   rs = np.random.RandomState(0)
-  return {"prompt_tokens_PxT": jnp.asarray(rs.randint(3, 40, (P, T)), jnp.int32),
-          "prompt_valid_PxT": jnp.asarray(np.arange(T)[None] >= rs.randint(0, 3, (P, 1))),
-          "target_tokens_PxA": jnp.asarray(rs.randint(3, 40, (P, A)), jnp.int32),
-          "target_len_P": jnp.full((P,), 2, jnp.int32), "example_id_P": jnp.arange(P)}
+  valid_PxT = np.arange(T)[None] >= rs.randint(0, 3, (P, 1))
+  return PromptBatch(prompt_tokens_PxT=jnp.asarray(rs.randint(3, 40, (P, T)), jnp.int32),
+                     prompt_valid_PxT=jnp.asarray(valid_PxT), prompt_len_P=jnp.asarray(valid_PxT.sum(1), jnp.int32),
+                     target_tokens_PxA=jnp.asarray(rs.randint(3, 40, (P, A)), jnp.int32),
+                     target_len_P=jnp.full((P,), 2, jnp.int32), example_id_P=jnp.arange(P))
 
 
 def _leaves(state):
@@ -56,16 +59,20 @@ def _leaves(state):
 
 
 def test_fused_equals_split_and_compiles_once(batch):
-  fns, state, algo = _setup(num_epochs=2, num_minibatches=2, micro_batch_size=4)
+  fns, state, _ = _setup(num_epochs=2, num_minibatches=2, micro_batch_size=4, mode="fused")
+  split_fns, _, _ = _setup(num_epochs=2, num_minibatches=2, micro_batch_size=4, mode="split")
+  assert fns.mode == "fused" and split_fns.mode == "split"
   fused_state, split_state = state, jax.tree.map(jnp.copy, state)
   for _ in range(3):
-    fused_state, fused_metrics = fns.fused(fused_state, batch)
-    rollout = fns.sample(split_state, batch)
-    split_state, split_metrics = fns.update(split_state, batch, rollout, algo.rewards(rollout, batch))
+    fused_state, fused_metrics = fns(fused_state, batch)
+    split_state, split_metrics = split_fns(split_state, batch)
     for a, b in zip(_leaves(fused_state), _leaves(split_state)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(float(fused_metrics["loss"]), float(split_metrics["loss"]), rtol=1e-5, atol=1e-7)
-  assert fns.fused._cache_size() == 1 and fns.update._cache_size() == 1
+  # Fused: one program; split: one per run of device phases (rollout, then update).
+  assert fns.fused._cache_size() == 1 and fns.compilations() == 1
+  assert split_fns.compilations() == 2
+  assert int(split_state.step) == 3
   assert int(fused_state.step) == 3
   assert float(fused_metrics["logp_gap"]) < 1e-4  # sampler and trainer agree on the same tokens
   assert float(fused_metrics["grad_norm"]) > 0
@@ -77,8 +84,8 @@ def test_gradient_accumulation_matches_one_big_batch(batch, agg):
   # summation-order noise in near-zero gradient entries into lr-sized differences).
   whole, state, _ = _setup(micro_batch_size=P * G, loss_agg=agg, tx=optax.sgd(1.0))
   accumulated, _, _ = _setup(micro_batch_size=4, loss_agg=agg, tx=optax.sgd(1.0))
-  a, _ = whole.fused(jax.tree.map(jnp.copy, state), batch)
-  b, _ = accumulated.fused(state, batch)
+  a, _ = whole(jax.tree.map(jnp.copy, state), batch)
+  b, _ = accumulated(state, batch)
   for x, y in zip(_leaves(a), _leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
@@ -87,20 +94,20 @@ def test_nonfinite_loss_skips_update_and_counts(batch):
   nan_reward = lambda rollout, b: jnp.full((rollout.batch_size,), jnp.nan)  # noqa: E731
   fns, state, _ = _setup(reward_fn=nan_reward, num_minibatches=2, micro_batch_size=8)
   before = _leaves(state)
-  state, metrics = fns.fused(state, batch)
+  state, metrics = fns(state, batch)
   for x, y in zip(before, _leaves(state)):
     np.testing.assert_array_equal(x, y)
   assert int(metrics["nonfinite_skipped"]) == 2 and int(state.nonfinite_total) == 2
   assert int(state.nonfinite_streak) == 1
-  state, _ = fns.fused(state, batch)
+  state, _ = fns(state, batch)
   assert int(state.nonfinite_streak) == 2
 
 
 def test_kl_term_uses_frozen_reference(batch):
   fns, state, _ = _setup(kl_coef=0.1)
-  state, metrics = fns.fused(state, batch)
+  state, metrics = fns(state, batch)
   assert abs(float(metrics["kl"])) < 1e-6  # policy == reference on the first step
-  state, metrics = fns.fused(state, batch)
+  state, metrics = fns(state, batch)
   assert float(metrics["kl"]) > 0  # k3 > 0 once the policy moved away from the frozen reference
   ref = _leaves(state.replace(params=state.ref_params))
   init = _leaves(_setup(kl_coef=0.1)[1])
@@ -111,10 +118,13 @@ def test_kl_term_uses_frozen_reference(batch):
 def test_exact_match_reward_in_step(batch):
   reward = exact_match(TOK.eos_ids)
   fns, state, algo = _setup(reward_fn=reward)
-  rollout = fns.sample(state, batch)
-  got = np.asarray(algo.rewards(rollout, batch)["reward"])
+  _, rollout_key, _ = jax.random.split(state.rng, 3)  # the key the step samples with
+  rollout = jax.jit(algo.rollout)(nnx.merge(fns.graphdef, state.params), batch, rollout_key)
+  rewards = algo.rewards(rollout, batch)
+  assert rewards.parts == {}
+  got = np.asarray(rewards.reward_B)
   tokens, valid = np.asarray(rollout.response_tokens_BxN), np.asarray(rollout.response_valid_BxN)
-  targets = np.repeat(np.asarray(batch["target_tokens_PxA"]), G, axis=0)
+  targets = np.repeat(np.asarray(batch.target_tokens_PxA), G, axis=0)
   for b in range(P * G):
     answer = [t for t, v in zip(tokens[b], valid[b]) if v]
     answer = answer[:answer.index(TOK.eos_ids[0])] if TOK.eos_ids[0] in answer else answer

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import score_toy
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.train import builders
 from selfrl_jax.train.state import create_train_state, make_optimizer
 from selfrl_jax.train.step import make_train_step
@@ -28,7 +29,7 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per program.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed iterations per seed.")
 
 
-def _batch(cfg, tok, rs: np.random.RandomState) -> dict:
+def _batch(cfg, tok, rs: np.random.RandomState) -> PromptBatch:
   """A synthetic prompt batch of the toy's shapes ('abc+def=' prompts, left-padded)."""
   p, t, a = cfg.rl.prompts_per_step, cfg.rl.max_prompt_len, cfg.rl.max_answer_len
   prompts = np.zeros((p, t), np.int32)
@@ -40,9 +41,10 @@ def _batch(cfg, tok, rs: np.random.RandomState) -> dict:
     prompts[i, t - len(ids):], valid[i, t - len(ids):] = ids, True
     ans = tok.encode(str(x + y)[::-1]) + [tok.eos_ids[0]]
     target[i, :len(ans)] = ans
-  return {"prompt_tokens_PxT": jnp.asarray(prompts), "prompt_valid_PxT": jnp.asarray(valid),
-          "target_tokens_PxA": jnp.asarray(target), "target_len_P": jnp.asarray((target > 0).sum(1), jnp.int32),
-          "example_id_P": jnp.arange(p, dtype=jnp.int32)}
+  return PromptBatch(prompt_tokens_PxT=jnp.asarray(prompts), prompt_valid_PxT=jnp.asarray(valid),
+                     prompt_len_P=jnp.asarray(valid.sum(1), jnp.int32), target_tokens_PxA=jnp.asarray(target),
+                     target_len_P=jnp.asarray((target > 0).sum(1), jnp.int32),
+                     example_id_P=jnp.arange(p, dtype=jnp.int32))
 
 
 def main(argv):
@@ -51,10 +53,11 @@ def main(argv):
   model, tok = builders.build_model(cfg)
   algorithm = builders.build_algorithm(cfg, tok)
   tx = make_optimizer(cfg.optim)
-  graphdef, _ = create_train_state(model, tx, 0, keep_reference=algorithm.needs_reference)
+  graphdef, _ = create_train_state(model, tx, 0, keep_reference=algorithm.needs_reference, algorithm=algorithm)
   step = make_train_step(builders.build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
   n, k = _SEEDS.value, _STEPS.value
-  states = [create_train_state(model, tx, seed, keep_reference=algorithm.needs_reference)[1] for seed in range(n)]
+  states = [create_train_state(model, tx, seed, keep_reference=algorithm.needs_reference, algorithm=algorithm)[1]
+            for seed in range(n)]
   rs = np.random.RandomState(0)
   batches = [[_batch(cfg, tok, rs) for _ in range(k + 1)] for _ in range(n)]
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)  # noqa: E731

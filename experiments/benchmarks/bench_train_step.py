@@ -4,8 +4,8 @@ r"""Train-step throughput and MFU of the policy update, plus one fused RL iterat
   JAX_PLATFORMS=cpu python -m experiments.benchmarks.bench_train_step --batch_sizes=8 \
       --logprob_chunks=0,512 --micro_batches=0,4 --bare --nofused          # knobs
 
-What is timed (per row of the table): `TrainStep.update` from `selfrl_jax.train.step` — the real
-compiled update path (advantages, one teacher-forced forward + backward of the clipped GRPO loss
+What is timed (per row of the table): the compiled UPDATE segment of a split-mode `TrainStep` from
+`selfrl_jax.train.step` — the real update path (advantages, one teacher-forced forward + backward of the clipped GRPO loss
 over [B, S] sequences with entropy, gradient accumulation over micro-batches, global-norm clip,
 AdamW) — fed a synthetic `Rollout` (random tokens; the first `prompt_len` slots are prompt, the
 rest are loss-masked response tokens) and random rewards. One epoch over one minibatch, beta = 0:
@@ -20,7 +20,8 @@ rows; the highest value is used. Step times are best-of-`repeats`, so on a share
 numbers are the least-disturbed ones seen.
 
 The fused reference row times `TrainStep.fused` (sample -> trivial jittable reward -> advantage ->
-update) at P=4, G=4, a 32-token prompt and 64 new tokens without a stop token, same model.
+update) at P=4, G=4, a 32-token prompt and 64 new tokens without a stop token, same model; sampling
+alone is the rollout segment of the split-mode step (the same rollout phase).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from flax import nnx
 
 from configs.common import get_base_config
 from experiments.benchmarks.roofline import measured_matmul_peak, train_flops
+from selfrl_jax.algos.base import Rewards, StepRecord
 from selfrl_jax.algos.grpo import GRPO
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import init_model
 from selfrl_jax.models.tokenizers import CharTokenizer
@@ -112,6 +115,19 @@ def _synthetic_rollout(batch: int, seq_len: int, prompt_len: int, vocab: int, se
                  response_valid_BxN=jnp.ones((batch, n), bool), stopped_B=jnp.zeros((batch,), bool))
 
 
+def _prompt_batch(tokens_PxT: jax.Array, valid_PxT: jax.Array) -> PromptBatch:
+  """A PromptBatch of these prompts; the targets are placeholders (the benchmark rewards read none)."""
+  p = tokens_PxT.shape[0]
+  return PromptBatch(prompt_tokens_PxT=tokens_PxT, prompt_valid_PxT=valid_PxT,
+                     prompt_len_P=valid_PxT.sum(axis=1).astype(jnp.int32), target_tokens_PxA=jnp.zeros((p, 2), jnp.int32),
+                     target_len_P=jnp.ones((p,), jnp.int32), example_id_P=jnp.arange(p))
+
+
+def _segment(step, kind: str):
+  """The compiled `kind` segment ("device": the rollout, "update") of a split-mode TrainStep."""
+  return next(fn for k, fn in step.segments if k == kind)
+
+
 def _algorithm(cfg) -> GRPO:
   """GRPO from the config, with the trivial reward and no stop token (every row runs to N)."""
   alg = build_algorithm(cfg, CharTokenizer())
@@ -120,21 +136,24 @@ def _algorithm(cfg) -> GRPO:
 
 
 def _time_update(model_cfg: ModelConfig, batch: int, micro: int, chunk: int, repeats: int):
-  """Times TrainStep.update on a synthetic rollout; returns (compile+first s, best s)."""
+  """Times the split-mode UPDATE segment on a synthetic rollout; returns (compile+first s, best s)."""
   s_len, p_len = _SEQ_LEN.value, _PROMPT_LEN.value
   cfg = _config(batch, _GROUP.value, micro, chunk, s_len - p_len)
   tx = make_optimizer(cfg.optim)
-  graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False)
   algorithm = _algorithm(cfg)
-  step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
+  graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False, algorithm=algorithm)
+  settings = dataclasses.replace(build_update_settings(cfg, algorithm), mode="split")
+  update = _segment(make_train_step(settings, algorithm, graphdef, tx), "update")
   rollout = _synthetic_rollout(batch, s_len, p_len, model_cfg.vocab_size, seed=batch)
-  rewards = {"reward": jnp.asarray(np.random.RandomState(1).randn(batch), jnp.float32)}
-  prompts = {"prompt_tokens_PxT": rollout.tokens_BxS[::_GROUP.value, :p_len]}  # tells update the prompt width
+  rewards = Rewards(reward_B=jnp.asarray(np.random.RandomState(1).randn(batch), jnp.float32))
+  prompts_PxT = rollout.tokens_BxS[::_GROUP.value, :p_len]  # gives the update the prompt width
+  record = StepRecord(batch=_prompt_batch(prompts_PxT, jnp.ones(prompts_PxT.shape, bool)), rollout=rollout,
+                      rewards=rewards)
   holder = [state]
 
   def run():
-    holder[0], metrics = step.update(holder[0], prompts, rollout, rewards)
-    jax.block_until_ready(metrics["loss"])
+    holder[0], out = update(holder[0], record)
+    jax.block_until_ready(out.metrics["loss"])
   return _best_time(run, repeats)
 
 
@@ -169,20 +188,22 @@ def _time_fused(model_cfg: ModelConfig, repeats: int) -> tuple[float, float, flo
   p, g, t, n = _FUSED_P.value, _FUSED_G.value, _FUSED_T.value, _FUSED_N.value
   cfg = _config(p * g, g, 0, 0, n)
   tx = make_optimizer(cfg.optim)
-  graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False)
   algorithm = _algorithm(cfg)
-  step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
+  graphdef, state = create_train_state(init_model(model_cfg), tx, seed=0, keep_reference=False, algorithm=algorithm)
+  settings = build_update_settings(cfg, algorithm)
+  step = make_train_step(dataclasses.replace(settings, mode="fused"), algorithm, graphdef, tx)
   rs = np.random.RandomState(0)
-  batch = {"prompt_tokens_PxT": jnp.asarray(rs.randint(0, model_cfg.vocab_size, (p, t)), jnp.int32),
-           "prompt_valid_PxT": jnp.ones((p, t), bool)}
+  batch = _prompt_batch(jnp.asarray(rs.randint(0, model_cfg.vocab_size, (p, t)), jnp.int32), jnp.ones((p, t), bool))
   holder = [state]
 
   def run():
-    holder[0], metrics = step.fused(holder[0], batch)
+    holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics["loss"])
   first, best = _best_time(run, repeats)
-  # Sampling alone (split-mode entry point, same program as inside `fused`) to show the split.
-  _, sample_s = _best_time(lambda: jax.block_until_ready(step.sample(holder[0], batch).tokens_BxS), repeats)
+  # Sampling alone (the split-mode rollout segment: the same rollout phase as inside `fused`).
+  sample = _segment(make_train_step(dataclasses.replace(settings, mode="split"), algorithm, graphdef, tx), "device")
+  _, sample_s = _best_time(
+      lambda: jax.block_until_ready(sample(holder[0], StepRecord(batch=batch)).rollout.tokens_BxS), repeats)
   return first, best, sample_s
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import get_base_config
+from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import forward_full, init_model
 from selfrl_jax.models.gguf_io import smollm2_gguf_path
@@ -101,14 +102,17 @@ def _ours(model, tok: HFTokenizer, prompt_ids: np.ndarray, digit_V: np.ndarray) 
       build_algorithm(cfg, tok), reward_fn=digit_fraction,
       sampling=SamplingParams(max_new_tokens=n, temperature=1.0, stop_ids=tuple(tok.eos_ids), pad_id=tok.pad_id))
   tx = make_optimizer(cfg.optim)
-  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=False)
+  graphdef, state = create_train_state(model, tx, seed=0, keep_reference=False, algorithm=algorithm)
   step = make_train_step(build_update_settings(cfg, algorithm), algorithm, graphdef, tx)
   holder, times = [state], []
   for i in range(_WARMUP.value + _ITERS.value):
     rows = prompt_ids[(i * p) % len(prompt_ids):][:p]
-    batch = {"prompt_tokens_PxT": jnp.asarray(rows, jnp.int32), "prompt_valid_PxT": jnp.ones(rows.shape, bool)}
+    batch = PromptBatch(prompt_tokens_PxT=jnp.asarray(rows, jnp.int32), prompt_valid_PxT=jnp.ones(rows.shape, bool),
+                        prompt_len_P=jnp.full((p,), rows.shape[1], jnp.int32),
+                        target_tokens_PxA=jnp.zeros((p, 2), jnp.int32), target_len_P=jnp.ones((p,), jnp.int32),
+                        example_id_P=jnp.arange(p))  # the digit reward reads no targets
     t0 = time.perf_counter()
-    holder[0], metrics = step.fused(holder[0], batch)
+    holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics["loss"])
     times.append(time.perf_counter() - t0)
     print(f"  ours iteration {i}: {times[-1]:.2f} s (reward {float(metrics['reward_mean']):.3f}, "

@@ -1,6 +1,6 @@
 """SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn REINFORCE for self-correction.
 
-    algo = SCoRe.from_config(cfg, train_sampling, tok, reward_fn)   # or builders.build_algorithm(cfg, tok)
+    algo = SCoRe.from_config(cfg, tok, reward_fn, train_sampling)   # or builders.build_algorithm(cfg, tok)
     rollout = algo.rollout(model, batch, key)            # [prompt | y1 | instr | y2], TwoTurnRollout
     rewards = algo.rewards(rollout, batch)               # Rewards(reward_B, parts={"r1_B", "r2_B"})
     terms = algo.advantages(rollout, rewards, step)      # TokenTerms: adv_BxS, kl_weight_BxS, metrics

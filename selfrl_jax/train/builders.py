@@ -56,6 +56,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   num_devices = num_devices or jax.device_count()
   spec = _algorithm_spec(cfg)
   _validate_algorithm_sections(cfg, spec)
+  if spec.validate is not None:  # first: the algorithm names the root cause (e.g. rloo needs group_size >= 2)
+    spec.validate(cfg, _check)
   _check(rl.loss_agg in AGGREGATIONS, "rl.loss_agg", f"{rl.loss_agg!r} is not one of {sorted(AGGREGATIONS)}")
   _check(rl.kl_estimator in KL_ESTIMATORS, "rl.kl_estimator",
          f"{rl.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
@@ -90,8 +92,6 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"host reward {rl.reward!r} needs a benchmark task ({sorted(BENCHMARK_TASKS)})")
   demos = ("task", *spec.sft_demos)
   _check(cfg.sft.demos in demos, "sft.demos", f"{cfg.sft.demos!r} is not one of {demos} (rl.algorithm={rl.algorithm!r})")
-  if spec.validate is not None:
-    spec.validate(cfg, _check)
 
 
 def _algorithm_spec(cfg: ml_collections.ConfigDict):
