@@ -260,6 +260,11 @@ def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, v
   checked here; callers reserve the exact room with `generate(..., extra_capacity=...)`, as
   `two_turn_rollout` and `multi_attempt_rollout` do.
 
+  Every row must append at least one valid id: a row whose `valid_BxI` is all False would sample
+  its first token from the logits of a padding query (known limitation; Self-Guide / HeRL layouts
+  where some rows append nothing must give those rows a separator id, or track the previous
+  logits). `tests/test_extension_point.py` covers per-row lengths 1..3.
+
   With `params.return_hidden`, a row that appends nothing gets the previous turn's last hidden
   state as `context_hidden_BxD` only if that turn was also sampled with `return_hidden` (the cache
   then tracks it); otherwise that row's context hidden state is meaningless.
