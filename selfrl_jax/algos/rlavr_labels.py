@@ -187,8 +187,10 @@ def class_balance_weights(labels_M: jax.Array, num_classes: int, power: float = 
   return jnp.where(present_C, jnp.clip(raw_C / mean, wmin, wmax), 0.0)
 
 
-def masked_ce(logits_MxC: jax.Array, target_M: jax.Array, feasible_MxC: jax.Array, weight_C: jax.Array) -> jax.Array:
-  """Class-weighted cross-entropy over masked logits (weighted mean, as torch's CrossEntropyLoss).
+def masked_ce(logits_MxC: jax.Array, target_M: jax.Array, feasible_MxC: jax.Array, weight_C: jax.Array,
+              row_weight_M: jax.Array | None = None) -> jax.Array:
+  """Class-weighted cross-entropy over masked logits (weighted mean, as torch's CrossEntropyLoss);
+  `row_weight_M` (optional) scales rows, 0 leaving padding rows out.
 
   Raises (on concrete inputs):
     ValueError: a target outside its row's feasible set (the released code checks this too).
@@ -197,7 +199,7 @@ def masked_ce(logits_MxC: jax.Array, target_M: jax.Array, feasible_MxC: jax.Arra
     ok = np.asarray(feasible_MxC)[np.arange(len(np.asarray(target_M))), np.asarray(target_M)]
     if not ok.all():
       raise ValueError(f"masked_ce: targets {np.asarray(target_M)[~ok].tolist()} lie outside their feasible classes.")
-  logp_MxC = masked_log_softmax(logits_MxC, feasible_MxC)
+  logp_MxC = jnp.where(feasible_MxC, masked_log_softmax(logits_MxC, feasible_MxC), 0.0)
   picked_M = jnp.take_along_axis(logp_MxC, target_M[:, None], axis=1)[:, 0]
-  w_M = weight_C[target_M]
+  w_M = weight_C[target_M] if row_weight_M is None else weight_C[target_M] * row_weight_M
   return -jnp.sum(w_M * picked_M) / jnp.maximum(w_M.sum(), 1e-12)
