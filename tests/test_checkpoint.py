@@ -122,7 +122,7 @@ def test_roundtrip_every_leaf_and_host_items(tmp_path):
 class _StatefulAlgorithm(Algorithm):
   """Only `init_state` matters here: an algorithm state with float, int and typed-key leaves."""
 
-  def init_state(self, key):
+  def init_state(self, key, model):
     return {"probe_w": jax.random.normal(key, (3, 2)), "labels_used": jnp.asarray(7, jnp.int32),
             "buffer_key": jax.random.fold_in(key, 1)}
 

@@ -166,7 +166,7 @@ CRASH = {"at_step": -1}
 
 
 def _ema_spec():
-  def build(cfg, tok, reward_fn, sampling):
+  def build(cfg, tok, reward_fn, sampling, records=None):
     return EMABaselineGRPO(sampling=sampling, group_size=cfg.rl.group_size, advantage="grpo", kl_coef=0.0,
                            reward_fn=reward_fn, crash_at_step=CRASH["at_step"])
   return register_algorithm(AlgorithmSpec(name="ema_grpo", build=build))

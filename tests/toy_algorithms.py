@@ -137,7 +137,7 @@ class EMABaselineGRPO(GRPO):
       raise RuntimeError(f"simulated crash at step {self.crash_at_step}")
     return super().reward_phase(ctx, record)
 
-  def init_state(self, key):
+  def init_state(self, key, model):
     # probe_D: a parameter-like leaf initialised from the key, moved by after_update.
     return {"baseline": jnp.zeros((), jnp.float32), "updates": jnp.zeros((), jnp.int32),
             "probe_D": jax.random.normal(key, (4,), jnp.float32)}

@@ -166,9 +166,10 @@ class Algorithm:
     del ctx
     return record.replace(rewards=self.rewards(record.rollout, record.batch))
 
-  def init_state(self, key: jax.Array) -> Any:
-    """The algorithm's state pytree at step 0 (None: stateless)."""
-    del key
+  def init_state(self, key: jax.Array, model: Any) -> Any:
+    """The algorithm's state pytree at step 0 (None: stateless); `model` is the policy (its
+    `cfg` gives sizes such as d_model for probes on its hidden states)."""
+    del key, model
     return None
 
   def after_update(self, algo_state: Any, record: StepRecord, step: jax.Array

@@ -86,8 +86,8 @@ def _validate(cfg, check) -> None:
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
 
 
-def _build(cfg, tokenizer, reward_fn: RewardFn, sampling: SamplingParams) -> GRPO:
-  del tokenizer
+def _build(cfg, tokenizer, reward_fn: RewardFn, sampling: SamplingParams, records=None) -> GRPO:
+  del tokenizer, records
   return GRPO(sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage,
               kl_coef=cfg.rl.kl_coef, reward_fn=reward_fn)
 

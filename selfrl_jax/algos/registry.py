@@ -2,7 +2,7 @@
 
     spec = get_algorithm_spec("grpo")       # imports selfrl_jax.algos.grpo, returns its ALGORITHM
     section = spec.default_config()         # the algorithm's own config section (or None)
-    algo = spec.build(cfg, tokenizer, reward_fn, sampling)
+    algo = spec.build(cfg, tokenizer, reward_fn, sampling, records=records)
 
 No shared file lists the papers: a new paper is a module with an `ALGORITHM = AlgorithmSpec(...)`
 (see docs/algorithms.md, "Adding a paper"). Code outside the package can `register_algorithm`.
@@ -26,7 +26,9 @@ class AlgorithmSpec:
 
   Attributes:
     name: the `rl.algorithm` value.
-    build: `build(cfg, tokenizer, reward_fn, sampling) -> Algorithm`, with the training decoding.
+    build: `build(cfg, tokenizer, reward_fn, sampling, records=None) -> Algorithm`, with the
+      training decoding; `records` is the split being trained or evaluated (host verifiers and
+      label oracles look examples up by `example_id`).
     default_config: the algorithm's own section `cfg.<name>` (every field commented), or None.
     validate: `validate(cfg, check)`: checks the algorithm's knobs, naming the field.
     replaces: shared knobs the algorithm ignores -> (the value it must keep, the knob to use

@@ -235,8 +235,10 @@ class SCoRe(Algorithm):
         raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
 
   @classmethod
-  def from_config(cls, cfg: Any, tokenizer: Tokenizer, reward_fn: RewardFn, sampling: SamplingParams) -> SCoRe:
+  def from_config(cls, cfg: Any, tokenizer: Tokenizer, reward_fn: RewardFn, sampling: SamplingParams,
+                  records=None) -> SCoRe:
     """Builds from a full experiment config: `cfg.score` plus `rl.group_size` / `rl.kl_estimator`."""
+    del records  # the reward function already holds what it scores against
     c = cfg.score
     return cls(
         sampling=sampling, group_size=cfg.rl.group_size,

@@ -179,7 +179,8 @@ def build_reward(cfg: ml_collections.ConfigDict, tok: Tokenizer, records) -> Rew
 
 def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer, records=None):
   """The `rl.algorithm` Algorithm with training sampling; `records` feed host rewards (train split)."""
-  return _algorithm_spec(cfg).build(cfg, tok, build_reward(cfg, tok, records), train_sampling(cfg, tok))
+  return _algorithm_spec(cfg).build(cfg, tok, build_reward(cfg, tok, records), train_sampling(cfg, tok),
+                                    records=records)
 
 
 def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSettings:

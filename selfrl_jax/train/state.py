@@ -64,7 +64,7 @@ def create_train_state(model: Decoder, tx: optax.GradientTransformation, seed: i
   ref = jax.tree.map(jnp.copy, params) if keep_reference else None
   algo_state = None
   if algorithm is not None:
-    algo_state = algorithm.init_state(jax.random.fold_in(jax.random.key(seed), _ALGO_STATE_STREAM))
+    algo_state = algorithm.init_state(jax.random.fold_in(jax.random.key(seed), _ALGO_STATE_STREAM), model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.key(seed), nonfinite_streak=jnp.zeros((), jnp.int32),
                      nonfinite_total=jnp.zeros((), jnp.int32), ref_params=ref, algo_state=algo_state)
