@@ -147,7 +147,8 @@ def param_partition_specs(tree: Any, mesh: Mesh | AbstractMesh | None = None,
 
   Works on concrete or abstract (`nnx.eval_shape`) states, optax states mirroring the params, or a
   whole TrainState. Leaves that match no rule are replicated (`P()`); that is silent for scalars
-  and logged once for arrays so a new, unlisted parameter does not go unnoticed.
+  and logged once for arrays so a new, unlisted parameter does not go unnoticed (once per entry of
+  the algorithm state, `algo_state/<entry>`).
 
   Args:
     tree: pytree whose leaves have `.shape` (arrays or ShapeDtypeStructs).
@@ -161,7 +162,11 @@ def param_partition_specs(tree: Any, mesh: Mesh | AbstractMesh | None = None,
     shape = tuple(np.shape(leaf))
     axes = logical_axes(name, rules)
     if axes is None:
-      if len(shape) > 0:
+      if len(shape) > 0 and name.startswith("algo_state/"):
+        # Algorithm state (probes, buffers) is replicated unless a rule names it: one line per entry.
+        entry = "/".join(name.split("/")[:2])
+        _log_once(("unmatched", entry), "sharding: no rule for the arrays of %s; replicated.", entry)
+      elif len(shape) > 0:
         _log_once(("unmatched", name), "sharding: no rule for %s %s; replicated.", name, shape)
       return P()
     if len(axes) != len(shape):
