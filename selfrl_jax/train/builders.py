@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import jax
 import ml_collections
@@ -194,6 +195,36 @@ def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSe
       num_epochs=rl.num_epochs, num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
       logprob_chunk=rl.logprob_chunk or None, mode=rl.mode, objectives=tuple(algorithm.objectives),
       surrogate_kwargs=tuple(algorithm.surrogate_kwargs))
+
+
+# Fields a resumed run may change: bookkeeping, evaluation, layout on the machine, and settings that
+# only change how the same update is computed (fused vs split mode, micro-batching, log-prob chunks).
+RESUMABLE_CHANGES = ("train.", "mesh.", "rl.mode", "rl.micro_batch_size", "rl.logprob_chunk")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_resume_config(saved: dict, cfg: ml_collections.ConfigDict) -> None:
+  """A workdir's run resumes only with the config it was trained with (up to RESUMABLE_CHANGES).
+
+  Raises:
+    ConfigError: naming every field whose value differs, with both values.
+  """
+  old, new = _flatten(saved), _flatten(config_json(cfg))
+  diff = [k for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+  if diff:
+    changes = "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in diff)
+    raise ConfigError(f"config: the workdir holds a run trained with a different config ({changes}). Resume with "
+                      f"the saved values, or start the changed run in a new --workdir.")
 
 
 def corrupt_ids(tok: Tokenizer) -> np.ndarray:

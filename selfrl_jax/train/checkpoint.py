@@ -274,6 +274,16 @@ class CheckpointManager:
     self.last_restored_step = int(step)
     return state, decode_data_state(out.data), dict(out.config), dict(out.meta)
 
+  def saved_config(self) -> dict[str, Any] | None:
+    """The config saved with the newest committed step (None: no checkpoint yet); reads nothing else."""
+    self._mngr.wait_until_finished()
+    self._mngr.reload()
+    step = self._mngr.latest_step()
+    if step is None:
+      return None
+    out = self._mngr.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return dict(out.config)
+
   def restore_latest(self, abstract_state) -> Restored:
     """Restores the newest step that reads back cleanly, skipping (and quarantining) bad ones.
 

@@ -99,12 +99,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
 
   Returns:
     {"initial": eval before RL, "final": eval after, "history": eval curve, "compilations": number of
-    train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "resumed_from": step}.
+    train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "resumed_from": step,
+    "already_complete": the workdir's run had reached train.num_steps, nothing was trained or written}.
+
+  Raises:
+    ConfigError: the workdir holds a run trained with a different config (see
+      `builders.check_resume_config`), before anything is built or compiled.
   """
   maybe_initialize_distributed()
   builders.validate_config(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
+                           save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
+  saved_config = ckpt.saved_config()
+  if saved_config is not None:  # before any warm start or compile: a changed run fails at once
+    builders.check_resume_config(saved_config, cfg)
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   model = warm_start(cfg, model, tok, train_source, valid_source,
@@ -126,8 +136,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.rl.prompts_per_step // process_count,
                                     seed=cfg.seed, shard_index=process_index, shard_count=process_count)
 
-  ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
-                           save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
   # The reference policy is the (deterministic) warm start: rebuilt, never checkpointed.
   ref_params = state.ref_params
   abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
@@ -144,6 +152,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
     state = restored.state.replace(ref_params=ref_params)
     batches.set_state(restored.data_state)
     initial, history = restored.meta["initial"], restored.meta["history"]
+    if start >= cfg.train.num_steps:
+      log.warning("The run in %s is already complete (step %d, train.num_steps=%d): nothing to train; raise "
+                  "train.num_steps to continue it.", workdir, start, cfg.train.num_steps)
+      final = {k: v[-1] for k, v in history.items() if k != "step"} if history["step"][-1:] == [start] else None
+      return {"initial": initial, "final": final, "history": history, "preempted": False, "resumed_from": start,
+              "compilations": 0, "already_complete": True}
     writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress)
     log.info("Resumed from step %d", start)
 
@@ -200,4 +214,4 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   writer.close()
   return {"initial": initial, "final": final, "history": history, "preempted": preempted,
           "resumed_from": None if restored is None else restored.step,
-          "compilations": train_step.compilations()}
+          "compilations": train_step.compilations(), "already_complete": False}
