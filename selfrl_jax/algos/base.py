@@ -183,5 +183,6 @@ class Algorithm:
     return dataclasses.replace(self, sampling=sampling, group_size=1)
 
   def host_counters(self) -> dict[str, int]:
-    """Counters of host work (reward failures, time-outs, parse failures), logged as `host/<name>`."""
-    return {}
+    """Counters of host work (reward failures, time-outs, parse failures), logged as `host/<name>`;
+    by default those of the algorithm's `reward_fn` (a host reward exposes `counters`)."""
+    return dict(getattr(getattr(self, "reward_fn", None), "counters", {}))

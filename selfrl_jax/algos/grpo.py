@@ -66,9 +66,6 @@ class GRPO(Algorithm):
     return TokenTerms(adv_BxS=adv_BxS, kl_weight_BxS=kl_weight_BxS,
                       metrics={"adv_abs_mean": jnp.abs(adv_PxG).mean()})
 
-  def host_counters(self) -> dict[str, int]:
-    return dict(getattr(self.reward_fn, "counters", {}))
-
   def eval_outputs(self, model: Decoder, batch: PromptBatch, key: jax.Array) -> dict[str, jax.Array]:
     """Per-prompt reward and response length of this algorithm's rollout (jittable)."""
     rollout = self.rollout(model, batch, key)

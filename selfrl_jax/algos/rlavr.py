@@ -161,22 +161,17 @@ class RLAVR(GRPO):
     none = jnp.zeros((p_count,), bool)
     s = p1 = jnp.zeros((p_count,), jnp.float32)
     reliable = none
-
-    def top_k(score):
-      return none.at[jax.lax.top_k(score.astype(jnp.float32), k)[1]].set(True) if k else none
-
     if self.selection == "ttrl":
       query = none
     elif self.selection == "full_gt":
       query = jnp.ones((p_count,), bool)
     elif self.selection == "random":
-      query = top_k(jax.random.uniform(jax.random.fold_in(ctx.key, 0x51), (p_count,)))
+      query = L.top_k_mask(jax.random.uniform(jax.random.fold_in(ctx.key, 0x51), (p_count,)), k)
     elif self.selection == "entropy":
-      f = L.cluster_size_fractions(codes, valid)
-      query = top_k(-jnp.sum(jnp.where(f > 0, f * jnp.log(jnp.where(f > 0, f, 1.0)), 0.0), axis=1))
+      query = L.top_k_mask(L.answer_entropy(codes, valid), k)
     elif self.selection == "oracle_cag":
       s = L.cag(L.binary_rewards(codes, valid, pseudo), L.binary_rewards(codes, valid, a["gt_P"]))
-      query = top_k(s)
+      query = L.top_k_mask(s, k)
     else:  # care
       gd = _probe_graphdef(a["h_prompt_PxD"].shape[-1], self.group_size)
       probes = nnx.merge(gd, ctx.algo_state["probe_params"])
@@ -216,17 +211,15 @@ class RLAVR(GRPO):
     has = valid.any(1)
     majority_right = has & (a["pseudo_P"] == gt_all)
     used_right = jnp.where(a["query_P"], a["gt_P"] == gt_all, majority_right)
-    f = L.cluster_size_fractions(codes, valid)
-    entropy = -jnp.sum(jnp.where(f > 0, f * jnp.log(jnp.where(f > 0, f, 1.0)), 0.0), axis=1)
     m = {"rlavr/labels_used": a["query_P"].sum().astype(jnp.float32),
          "rlavr/label_acc_used": used_right.mean(dtype=jnp.float32),
          "rlavr/pseudo_label_acc": majority_right.mean(dtype=jnp.float32),
          "rlavr/confident_wrong_frac": (has & ~majority_right & (a["x_P"] >= 0.75 * self.group_size)).mean(dtype=jnp.float32),
-         "rlavr/answer_entropy": entropy.mean()}
+         "rlavr/answer_entropy": L.answer_entropy(codes, valid).mean()}
     if self.selection == "care":
       true_cag = L.cag(L.binary_rewards(codes, valid, a["pseudo_P"]), L.binary_rewards(codes, valid, gt_all))
       k = max(1, math.ceil(self.p * b.num_prompts))
-      oracle_top = jnp.zeros_like(everything).at[jax.lax.top_k(true_cag, k)[1]].set(True)
+      oracle_top = L.top_k_mask(true_cag, k)
       m["rlavr/recall_at_p"] = (oracle_top & a["query_P"]).sum() / k
       m["rlavr/stage1_auroc"] = _auroc(a["p1_P"], majority_right, has)
     return record.replace(metrics={**record.metrics, **m})

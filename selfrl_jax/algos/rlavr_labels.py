@@ -108,6 +108,18 @@ def cag_table(n: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
+def answer_entropy(ans_BxN: jax.Array, valid_BxN: jax.Array) -> jax.Array:
+  """Entropy of each group's answer-cluster fractions (sizes / n; collapse indicator, §10)."""
+  f = cluster_size_fractions(ans_BxN, valid_BxN)
+  return -jnp.sum(jnp.where(f > 0, f * jnp.log(jnp.where(f > 0, f, 1.0)), 0.0), axis=1)
+
+
+def top_k_mask(score_B: jax.Array, k: int) -> jax.Array:
+  """bool [B]: True on the `k` (static) highest scores (ties to the lower index, as lax.top_k)."""
+  mask = jnp.zeros(score_B.shape, bool)
+  return mask.at[jax.lax.top_k(score_B.astype(jnp.float32), k)[1]].set(True) if k else mask
+
+
 def masked_log_softmax(logits_BxC: jax.Array, feasible_BxC: jax.Array) -> jax.Array:
   """log softmax over the feasible classes only; infeasible classes get exactly 0 probability."""
   masked = jnp.where(feasible_BxC, logits_BxC.astype(jnp.float32), jnp.finfo(jnp.float32).min)
@@ -131,15 +143,8 @@ def acquire(p1_B: jax.Array, s_B: jax.Array, *, p: float, p2: float, step: jax.A
   k, k2 = math.ceil(p * b), math.ceil(p2 * b)
   if not (0 <= p <= 1 and 0 <= p2 <= 1 and k + k2 <= b):
     raise ValueError(f"acquire: need 0 <= p, p2 <= 1 and ceil(p*B) + ceil(p2*B) <= B, got p={p}, p2={p2}, B={b}.")
-  gate_on = jnp.asarray(step) > warmup
-  reliable_B = jnp.zeros((b,), bool)
-  if k2:
-    top_reliable = jax.lax.top_k(p1_B.astype(jnp.float32), k2)[1]
-    reliable_B = reliable_B.at[top_reliable].set(True) & gate_on
-  query_B = jnp.zeros((b,), bool)
-  if k:
-    top_query = jax.lax.top_k(jnp.where(reliable_B, -jnp.inf, s_B.astype(jnp.float32)), k)[1]
-    query_B = query_B.at[top_query].set(True)
+  reliable_B = top_k_mask(p1_B, k2) & (jnp.asarray(step) > warmup)
+  query_B = top_k_mask(jnp.where(reliable_B, -jnp.inf, s_B.astype(jnp.float32)), k)
   return query_B, reliable_B
 
 

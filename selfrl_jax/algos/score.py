@@ -282,9 +282,6 @@ class SCoRe(Algorithm):
     r2_B = self.reward_fn(rollout, batch)
     return Rewards(reward_B=r2_B if self.multi_turn else r1_B, parts={"r1_B": r1_B, "r2_B": r2_B})
 
-  def host_counters(self) -> dict[str, int]:
-    return dict(getattr(self.reward_fn, "counters", {}))
-
   def turn_terms(self, r1_B: jax.Array, r2_B: jax.Array, stage: jax.Array
                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(A1_B, A2_B, kl_w1, kl_w2) for one batch at `stage` (0 = single-turn)."""

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from selfrl_jax.models.decoder import Decoder
-from selfrl_jax.sampling.hidden import gather_positions, last_valid_index  # noqa: F401 (re-export)
 from selfrl_jax.sampling.kv_cache import KVCache, append, init_cache, repeat_rows
 
 

@@ -241,9 +241,8 @@ class TrainStep:
   graphdef: Any
 
   def __call__(self, state: TrainState, batch) -> tuple[TrainState, dict]:
-    batch = PromptBatch.of(batch)
     if self.mode == "fused":
-      return self.fused(state, batch)
+      return self.fused(state, PromptBatch.of(batch))
     return self.split(state, batch)
 
   def split(self, state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -333,8 +332,7 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
       return jax.jit(f, donate_argnums=(0,) if donate else ())
     # Explicit shardings: the state leaves a program laid out exactly as it entered, so the next
     # call reuses the same compiled program. Record shardings follow its leaves (rows or scalars).
-    out = (lambda r: (state_sharding, record_shardings(r))) if returns_state else record_shardings
-    return _ShardedJit(f, donate, state_sharding, record_shardings, out)
+    return _ShardedJit(f, donate, returns_state, state_sharding, record_shardings)
 
   if state_sharding is not None:
     fused_fn = jax.jit(fused, donate_argnums=(0,), out_shardings=(state_sharding, replicated_sharding),
@@ -359,18 +357,19 @@ class _ShardedJit:
   """`jax.jit` with shardings derived from the record's structure on first call (one program per
   record structure, which is fixed after the first iteration)."""
 
-  def __init__(self, f, donate: bool, state_sharding, record_shardings, out_shardings):
-    self._f, self._donate = f, donate
-    self._state_sharding, self._record_shardings, self._out = state_sharding, record_shardings, out_shardings
+  def __init__(self, f, donate: bool, returns_state: bool, state_sharding, record_shardings):
+    self._f, self._donate, self._returns_state = f, donate, returns_state
+    self._state_sharding, self._record_shardings = state_sharding, record_shardings
     self._jitted = None
 
   def __call__(self, state, record):
     if self._jitted is None:
-      out_record = jax.eval_shape(self._f, state, record)
-      out_record = out_record[1] if isinstance(out_record, tuple) else out_record
+      out = jax.eval_shape(self._f, state, record)
+      out_shardings = ((self._state_sharding, self._record_shardings(out[1])) if self._returns_state
+                       else self._record_shardings(out))
       self._jitted = jax.jit(self._f, donate_argnums=(0,) if self._donate else (),
                              in_shardings=(self._state_sharding, self._record_shardings(record)),
-                             out_shardings=self._out(out_record))
+                             out_shardings=out_shardings)
     return self._jitted(state, record)
 
   def _cache_size(self) -> int:
