@@ -79,6 +79,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.sft.check_every = 50           # SFT steps between validation checks
   c.sft.target_metric = "eval/accuracy"  # validation metric compared with sft.target_accuracy
   c.sft.seed = -1                  # seed of the base model: tiny init + warm start (-1 = config seed; fix it to share one base across seeds)
+  c.sft.task_params = ml_collections.ConfigDict()  # overrides of task.params for the demonstrations only (e.g. fewer digits than the RL set); empty = the RL task's train split
   c.sft.demos = "task"             # task: [prompt | answer] with error_rate noise; an algorithm may offer its own (AlgorithmSpec.sft_demos)
 
   c.train = ml_collections.ConfigDict()

@@ -5,9 +5,12 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/repro
   python experiments/reproduce.py --method=score                   # SCoRe toy: every arm x 3 seeds
   python experiments/reproduce.py --method=score --arms=score,naive_multi_turn --seeds=0
+  python experiments/reproduce.py --method=rlavr                   # RLAVR toy: six arms x 3 seeds, ~15 min
 
 `--method=score` runs the arms of configs/score/tiny_arithmetic.py (see experiments/score_toy.py)
-and writes <workdir>/score_table.md, score_results.json and score_curves.png.
+and writes <workdir>/score_table.md, score_results.json and score_curves.png; `--method=rlavr` the
+arms of configs/rlavr/tiny_arithmetic.py (experiments/rlavr_toy.py): rlavr_table.md (table and the
+§10 claims, each checked on the numbers), rlavr_results.json and rlavr_curves.png.
 
 For every seed: SFT warm start (cached under <workdir>/warm_start), GRPO for `train.num_steps`
 iterations, greedy held-out accuracy before and after. Prints a before/after table (mean ± std
@@ -30,7 +33,7 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import score_toy  # noqa: E402
+from experiments import rlavr_toy, score_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.metrics import read_jsonl  # noqa: E402
 
@@ -39,8 +42,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmeti
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Output directory (resumable).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps.")
-_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score"], "grpo: --config x seeds; score: the SCoRe toy arms.")
-_ARMS = flags.DEFINE_list("arms", list(score_toy.LABELS)[1:], "--method=score: arms to run.")
+_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr"],
+                            "grpo: --config x seeds; score / rlavr: that paper's toy arms x seeds.")
+_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr: arms to run (default: every arm).")
 
 
 def plot_curves(runs: dict[int, dict], workdir: str, path: str) -> None:
@@ -72,7 +76,7 @@ def reproduce_score(workdir: str) -> None:
   """Every SCoRe toy arm x seed; prints and saves the summary table and the Acc@t1/t2 curves."""
   seeds = [int(s) for s in _SEEDS.value]
   t0 = time.perf_counter()
-  out = score_toy.run_arms(_ARMS.value, seeds, workdir, num_steps=_NUM_STEPS.value)
+  out = score_toy.run_arms(_ARMS.value or list(score_toy.LABELS)[1:], seeds, workdir, num_steps=_NUM_STEPS.value)
   total = time.perf_counter() - t0
   table = score_toy.format_table(score_toy.summarize(out["runs"]), len(seeds))
   mid = score_toy.mid_training_step(out["runs"])
@@ -90,13 +94,35 @@ def reproduce_score(workdir: str) -> None:
   print(f"wrote {workdir}/score_table.md, score_results.json and score_curves.png")
 
 
+def reproduce_rlavr(workdir: str) -> None:
+  """Every RLAVR toy arm x seed; prints and saves the table, the §10 claims checked, the curves."""
+  seeds = [int(s) for s in _SEEDS.value]
+  t0 = time.perf_counter()
+  out = rlavr_toy.run(_ARMS.value or list(rlavr_toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
+  total = time.perf_counter() - t0
+  rows = rlavr_toy.summarize(out["runs"], workdir)
+  checked = rlavr_toy.claims(rows)
+  timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
+  report = (f"{rlavr_toy.format_table(rows, len(seeds))}\n\nClaims (rlavr.md §10):\n\n"
+            f"{rlavr_toy.format_claims(checked)}\n\nwall time {total:.0f} s ({timing})")
+  print(f"\nRLAVR toy (3-digit addition, p = 0.2)\n{report}")
+  with open(os.path.join(workdir, "rlavr_table.md"), "w") as f:
+    f.write(report + "\n")
+  rlavr_toy.plot_curves(out["runs"], workdir, os.path.join(workdir, "rlavr_curves.png"))
+  with open(os.path.join(workdir, "rlavr_results.json"), "w") as f:
+    json.dump({"seconds": total, "arm_seconds": out["seconds"], "rows": rows,
+               "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in checked],
+               "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
+  print(f"wrote {workdir}/rlavr_table.md, rlavr_results.json and rlavr_curves.png")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  if _METHOD.value == "score":
-    reproduce_score(workdir)
+  if _METHOD.value in ("score", "rlavr"):
+    {"score": reproduce_score, "rlavr": reproduce_rlavr}[_METHOD.value](workdir)
     return
   runs, t_start = {}, time.perf_counter()
   for seed in map(int, _SEEDS.value):

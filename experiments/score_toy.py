@@ -7,57 +7,30 @@ model (`sft.seed = 0`), so the "base" row is the step-0 evaluation every run sta
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import time
 from typing import Callable
 
 import numpy as np
 
-from selfrl_jax.train.loop import train
+from experiments import arms as arms_lib
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "score",
-                      "tiny_arithmetic.py")
+CONFIG = "score/tiny_arithmetic.py"
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "frac_changed")
 LABELS = {"base": "base model (no RL)", "single_turn": "single-turn RL", "naive_multi_turn": "naive multi-turn RL",
           "score": "SCoRe", "no_stage1": "SCoRe w/o Stage I", "no_shaping": "SCoRe w/o shaping (alpha=0)",
           "star": "STaR (on-policy, filtered SFT)"}
 
 
-def load_config_module():
-  spec = importlib.util.spec_from_file_location("score_tiny_arithmetic", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def run_arms(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None,
              edit: Callable | None = None) -> dict:
-  """Trains every (arm, seed); returns {"runs": {arm: {seed: summary}}, "seconds": {...}}.
-
-  Args:
-    edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
-  """
-  module = load_config_module()
-  runs, seconds = {}, {}
-  for arm in arms:
-    runs[arm] = {}
-    t_arm = time.perf_counter()
-    for seed in seeds:
-      cfg = module.get_config(arm)
-      with cfg.unlocked():
-        cfg.seed = seed
-        if num_steps:
-          cfg.train.num_steps = num_steps
-          cfg.score.stage1_steps = min(cfg.score.stage1_steps, num_steps // 3) if cfg.score.use_stage1 else 0
-        if edit is not None:
-          edit(cfg)
-      runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
-                              sft_cache_dir=os.path.join(workdir, "warm_start"))
-      if runs[arm][seed]["preempted"]:
-        raise SystemExit("Preempted: rerun the same command to resume.")
-    seconds[arm] = time.perf_counter() - t_arm
-  return {"runs": runs, "seconds": seconds}
+  """Trains every (arm, seed) (`arms.run_arms`); `num_steps` shortens each run and Stage I with it."""
+  def shorten(cfg):
+    if num_steps:
+      cfg.train.num_steps = num_steps
+      cfg.score.stage1_steps = min(cfg.score.stage1_steps, num_steps // 3) if cfg.score.use_stage1 else 0
+    if edit is not None:
+      edit(cfg)
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=shorten)
 
 
 def summarize(runs: dict, step: int | None = None) -> dict[str, dict[str, tuple[float, float]]]:
@@ -82,15 +55,11 @@ def _at_step(history: dict, step: int) -> dict:
 
 
 def _mean_std(results: list[dict]) -> dict[str, tuple[float, float]]:
-  out = {}
-  for m in METRICS:
-    values = np.array([r[f"eval/{m}"] for r in results])
-    out[m] = (float(values.mean()), float(values.std()))
-  return out
+  return {m: arms_lib.mean_std([r[f"eval/{m}"] for r in results]) for m in METRICS}
 
 
 def stage1_steps() -> int:
-  return load_config_module().get_config("score").score.stage1_steps
+  return arms_lib.load_config_module(CONFIG).get_config("score").score.stage1_steps
 
 
 def mid_training_step(runs: dict) -> int | None:

@@ -22,8 +22,9 @@ from selfrl_jax.train.step import make_train_step
 P, G = 8, 4
 
 
-def _config(arm: str, mode: str = "fused"):
+def _config(arm: str, mode: str = "fused", **rlavr):
   cfg = get_config(arm)
+  cfg.rlavr.update(rlavr)
   cfg.model.d_model, cfg.model.d_ff, cfg.model.n_heads, cfg.model.n_kv_heads = 32, 64, 2, 1
   cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = P, G, P * G
   cfg.rl.max_new_tokens = 4
@@ -40,8 +41,8 @@ def sources():
   return builders.build_sources(cfg)
 
 
-def _setup(arm, sources, mode="fused", records=None):
-  cfg = _config(arm, mode)
+def _setup(arm, sources, mode="fused", records=None, **rlavr):
+  cfg = _config(arm, mode, **rlavr)
   builders.validate_config(cfg, num_devices=1)
   model, tok = builders.build_model(cfg)
   algo = builders.build_algorithm(cfg, tok, records if records is not None else sources[0])
@@ -59,6 +60,9 @@ def test_every_arm_runs_and_counts_its_budget(arm, sources):
     state, metrics = step(state, batch)
   per_step = {"ttrl": 0, "full_gt": P}.get(algo.selection, int(np.ceil(0.2 * P)))
   assert int(state.algo_state["labels_spent"]) == 3 * per_step
+  # Distinct prompts labelled (the cached accounting): 3 batches of P distinct prompts from 5000.
+  assert per_step <= int(metrics["rlavr/labels_unique"]) <= 3 * per_step
+  assert int(state.algo_state["labelled_E"].sum()) == int(metrics["rlavr/labels_unique"])
   assert float(metrics["rlavr/labels_used"]) == per_step and step.compilations() == 1
   for k in ("rlavr/pseudo_label_acc", "rlavr/answer_entropy", "rlavr/label_acc_used", "loss"):
     assert np.isfinite(float(metrics[k])), k
@@ -114,3 +118,62 @@ def test_hidden_state_features_equal_a_full_forward(sources):
   t = batches[0].prompt_tokens_PxT.shape[1]
   prompt_last = np.asarray(hidden)[::G, t - 1]
   np.testing.assert_allclose(np.asarray(record.aux["h_prompt_PxD"]), prompt_last, atol=1e-5)
+
+
+def _train(arm, sources, **rlavr):
+  step, state, algo, batches, _ = _setup(arm, sources, **rlavr)
+  initial_probes = jax.tree.map(np.asarray, state.algo_state.get("probe_params"))
+  for batch in batches:
+    state, metrics = step(state, batch)
+  return state, metrics, initial_probes
+
+
+def test_budget_zero_and_one(sources):
+  """p = 0: nothing is ever queried and the probes, with no labelled data, stay untouched; p = 1 with
+  random selection is exactly full-GT training (every prompt labelled, nothing masked)."""
+  state, metrics, probes0 = _train("care", sources, p=0.0)
+  assert int(state.algo_state["labels_spent"]) == 0 and float(metrics["rlavr/labels_used"]) == 0
+  assert np.isfinite(float(metrics["loss"]))
+  for a, b in zip(jax.tree.leaves(probes0), jax.tree.leaves(state.algo_state["probe_params"])):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  everything, _, _ = _train("gt_only_random", sources, p=1.0)
+  full, _, _ = _train("full_gt", sources)
+  assert int(everything.algo_state["labels_spent"]) == int(full.algo_state["labels_spent"]) == 3 * P
+  for a, b in zip(jax.tree.leaves(everything.params), jax.tree.leaves(full.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_budget_one_with_a_gate_is_a_config_error():
+  cfg = _config("care", p=1.0)
+  with pytest.raises(builders.ConfigError, match="config.rlavr.p2: p \\+ p2 = 1.25 exceeds 1"):
+    builders.validate_config(cfg, num_devices=1)
+
+
+def test_responses_without_an_extractable_answer_get_no_reward(sources):
+  """`answer_style=boxed` on arithmetic: no response has a \\boxed{} answer, so no group has a
+  majority, every reward is 0, queried labels match no cluster, and the step is a finite no-op."""
+  step, state, algo, batches, _ = _setup("rlavr_random", sources, answer_style="boxed")
+  params0 = jax.tree.map(np.asarray, state.params)
+  for batch in batches:
+    state, metrics = step(state, batch)
+  assert float(metrics["reward_mean"]) == 0.0 and float(metrics["rlavr/answer_entropy"]) == 0.0
+  assert float(metrics["rlavr/labels_used"]) == 2 and float(metrics["rlavr/pseudo_label_acc"]) == 0.0
+  assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
+  for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_soft_score_ranks_by_one_minus_p1_times_s(sources):
+  """`rlavr.score=soft` queries the top ceil(pP) prompts by (1 - p1) * s among the ungated ones."""
+  step, state, algo, batches, _ = _setup("care", sources, score="soft")
+  for batch in batches[:2]:  # past the warm-up: the gate is live
+    state, _ = step(state, batch)
+  ctx = PhaseContext(model=nnx.merge(step.graphdef, state.params), key=jax.random.key(3), step=state.step,
+                     algo_state=state.algo_state)
+  record = StepRecord(batch=jax.tree.map(jnp.asarray, batches[2]))
+  for phase in (algo.rollout_phase, algo.cluster_phase, algo.acquire_phase):
+    record = phase(ctx, record)
+  a = {k: np.asarray(v) for k, v in record.aux.items() if k in ("query_P", "reliable_P", "s_P", "p1_P")}
+  assert a["reliable_P"].sum() == 2 and not (a["query_P"] & a["reliable_P"]).any()
+  soft = np.where(a["reliable_P"], -np.inf, (1.0 - a["p1_P"]) * a["s_P"])
+  assert set(np.flatnonzero(a["query_P"])) == set(np.argsort(-soft, kind="stable")[:2])

@@ -137,8 +137,20 @@ def test_adv_coeff_gated_and_use_pseudo():
   s = jnp.asarray([0.5, 2.83, 0.5, 4.0])
   np.testing.assert_allclose(np.asarray(L.adv_coeff(query, reliable, s, kappa=1.0)), [1, 1, 0.5, 0])
   np.testing.assert_array_equal(np.asarray(L.adv_coeff(query, reliable, s, 1.0, "use_pseudo")), [1, 1, 1, 1])
+  np.testing.assert_array_equal(np.asarray(L.adv_coeff(query, reliable, s, 1.0, "drop")), [1, 0, 0, 0])
   with pytest.raises(ValueError, match="mode"):
     L.adv_coeff(query, reliable, s, 1.0, "soft")
+
+
+def test_mean_token_prob_matches_numpy_per_prompt():
+  """The avg_prob baseline's score: mean exp(logp) over every generated token of a prompt's group."""
+  rs = np.random.RandomState(5)
+  logp = -rs.rand(6, 5).astype(np.float32) * 3
+  mask = rs.rand(6, 5) > 0.4
+  mask[4:] = False  # prompt 2 (rows 4, 5) generated nothing
+  got = np.asarray(L.mean_token_prob(jnp.asarray(logp), jnp.asarray(mask), group_size=2))
+  want = [np.exp(logp[2 * i:2 * i + 2][mask[2 * i:2 * i + 2]]).mean() for i in range(2)] + [1.0]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_masked_cross_entropy_and_expected_cag():

@@ -113,6 +113,9 @@ def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
     ("rl.advantage", "ppo", "rl.advantage"),
     ("rl.group_size", 1, "rloo needs group_size"),
     ("rl.algorithm", "ppo", r"config.rl.algorithm: unknown algorithm 'ppo'; available: \[.*'grpo'.*'score'"),
+    ("sft.task_params", {"digits": 1}, r"config.sft.task_params: Unknown arithmetic config fields \['digits'\]"),
+    ("sft.task_params", {"num_digits": 0}, "config.sft.task_params: arithmetic: num_digits must be >= 1"),
+    ("sft.task_params", {"seed": 3}, "config.sft.task_params: may not override seed or splits"),
 ])
 def test_inconsistent_config_names_the_field(field, value, message):
   cfg = get_config()
@@ -123,6 +126,26 @@ def test_inconsistent_config_names_the_field(field, value, message):
       cfg.rl.advantage, cfg.rl.micro_batch_size = "rloo", 16
   with pytest.raises(ConfigError, match=message):
     validate_config(cfg)
+
+
+def test_sft_task_params_give_demonstrations_outside_the_rl_eval_splits(tmp_path):
+  """`sft.task_params` warm-starts on another distribution of the same task (here 1-2 digits for a
+  2-digit RL set, so the two overlap) and still never shows an RL valid/test problem."""
+  from selfrl_jax.train import builders
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.task.data_dir = str(tmp_path)
+    cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 400, 256, 256
+    cfg.sft.task_params = {"min_digits": 1}
+  validate_config(cfg)
+  train_source, valid_source, test_source = builders.build_sources(cfg)
+  sft_source = builders.build_sft_source(cfg, train_source)
+  sft_prompts = {sft_source[i]["prompt"] for i in range(len(sft_source))}
+  held_out = {src[i]["prompt"] for src in (valid_source, test_source) for i in range(len(src))}
+  one_digit = [p for p in sft_prompts if any(len(t) == 1 for t in p.replace("=", " ").replace("+", " ").split())]
+  assert len(sft_source) == 400 and one_digit, "the overrides reach the demonstrations"
+  assert not sft_prompts & held_out
+  assert builders.build_sft_source(get_config(), train_source) is train_source
 
 
 def test_other_algorithms_section_is_rejected():

@@ -10,7 +10,7 @@ ground-truth labels bought where the Corrective Advantage Gap is expected to be 
  -> diagnose (host: true accuracy of the labels used, confident-wrong rate, AUROC; metrics only)
  -> UPDATE (GRPO advantages x c_i), then after_update: budget count and CARE probe training.
 
-`rlavr.selection`: ttrl | random | entropy | care | oracle_cag (labels every prompt first, selects by
+`rlavr.selection`: ttrl | random | entropy | avg_prob | care | oracle_cag (labels every prompt first, selects by
 the true CAG) | full_gt. The oracle is the only object holding the records; acquisition runs
 before it is called, so no selection rule can read a label.
 """
@@ -97,12 +97,14 @@ class RLAVR(GRPO):
   warmup: int = 20
   kappa: float = 1.0
   adv_mode: str = "gated"
+  score: str = "cag"
   mask_non_gt: bool = True
   probe_lr: float = 1e-4
   probe_steps: int = 3
   replay_size: int = 2048
   replay_batch: int = 16
   aux_weight: float = 1.5
+  num_records: int = 0      # train-split size: `labels_unique` counts each prompt's first label once
   coder: Any = dataclasses.field(default=None, compare=False)
   oracle: Any = dataclasses.field(default=None, compare=False)
 
@@ -169,6 +171,9 @@ class RLAVR(GRPO):
       query = L.top_k_mask(jax.random.uniform(jax.random.fold_in(ctx.key, 0x51), (p_count,)), k)
     elif self.selection == "entropy":
       query = L.top_k_mask(L.answer_entropy(codes, valid), k)
+    elif self.selection == "avg_prob":
+      r = record.rollout
+      query = L.top_k_mask(-L.mean_token_prob(r.sampler_logp_BxS, r.loss_mask_BxS, self.group_size), k)
     elif self.selection == "oracle_cag":
       s = L.cag(L.binary_rewards(codes, valid, pseudo), L.binary_rewards(codes, valid, a["gt_P"]))
       query = L.top_k_mask(s, k)
@@ -179,7 +184,8 @@ class RLAVR(GRPO):
       logits1, _ = probes.stage1(f)
       p1 = jax.nn.softmax(logits1, -1)[:, 1]
       s = L.expected_cag(probes.stage2(f), f.feasible_BxC, x, L.cag_table(self.group_size))
-      query, reliable = L.acquire(p1, s, p=self.p, p2=self.p2, step=ctx.step, warmup=self.warmup)
+      rank = s if self.score == "cag" else (1.0 - p1) * s
+      query, reliable = L.acquire(p1, rank, p=self.p, p2=self.p2, step=ctx.step, warmup=self.warmup)
     return record.replace(aux={**a, "query_P": query, "reliable_P": reliable, "s_P": s, "p1_P": p1})
 
   def reward_phase(self, ctx, record):
@@ -192,7 +198,7 @@ class RLAVR(GRPO):
     rewards_PxG = L.binary_rewards(a["codes_PxG"], a["answer_valid_PxG"], labels)
     if self.selection == "care":
       coeff = L.adv_coeff(query, a["reliable_P"], a["s_P"], self.kappa, self.adv_mode)
-    elif self.selection in ("random", "entropy") and self.mask_non_gt or self.selection == "oracle_cag":
+    elif self.selection in ("random", "entropy", "avg_prob") and self.mask_non_gt or self.selection == "oracle_cag":
       coeff = query.astype(jnp.float32)
     else:
       coeff = jnp.ones(query.shape, jnp.float32)
@@ -214,6 +220,8 @@ class RLAVR(GRPO):
     m = {"rlavr/labels_used": a["query_P"].sum().astype(jnp.float32),
          "rlavr/label_acc_used": used_right.mean(dtype=jnp.float32),
          "rlavr/pseudo_label_acc": majority_right.mean(dtype=jnp.float32),
+         "rlavr/agreement": L.binary_rewards(codes, valid, a["pseudo_P"]).mean(),   # samples = majority
+         "rlavr/true_acc": L.binary_rewards(codes, valid, gt_all).mean(),          # samples = ground truth
          "rlavr/confident_wrong_frac": (has & ~majority_right & (a["x_P"] >= 0.75 * self.group_size)).mean(dtype=jnp.float32),
          "rlavr/answer_entropy": L.answer_entropy(codes, valid).mean()}
     if self.selection == "care":
@@ -235,7 +243,9 @@ class RLAVR(GRPO):
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(self.probe_lr, weight_decay=0.0))
 
   def init_state(self, key, model):
-    state = {"labels_spent": jnp.zeros((), jnp.int32)}
+    # labels_spent: every query is paid (released behaviour); labelled_E: prompts ever labelled, for
+    # the spec's cached accounting (§7 "Budget": a repeat would not cost again), logged side by side.
+    state = {"labels_spent": jnp.zeros((), jnp.int32), "labelled_E": jnp.zeros((max(self.num_records, 1),), bool)}
     if self.selection != "care":
       return state
     g, d = self.group_size, model.cfg.d_model
@@ -252,9 +262,12 @@ class RLAVR(GRPO):
   def after_update(self, algo_state, record, step):
     a = record.aux
     spent = algo_state["labels_spent"] + a["query_P"].sum().astype(jnp.int32)
-    metrics = {"rlavr/labels_spent": spent}
+    eid = record.batch.example_id_P
+    labelled = algo_state["labelled_E"].at[eid].max(a["query_P"], mode="drop")
+    metrics = {"rlavr/labels_spent": spent, "rlavr/labels_unique": labelled.sum().astype(jnp.int32)}
+    algo_state = {**algo_state, "labels_spent": spent, "labelled_E": labelled}
     if self.selection != "care":
-      return {**algo_state, "labels_spent": spent}, metrics
+      return algo_state, metrics
     z1, z2, resp = L.probe_targets(a["codes_PxG"], a["answer_valid_PxG"], a["gt_P"], a["pseudo_P"])
     f = self.features(a)
     t = probes_lib.ProbeTargets(z1_B=z1, z2_B=z2, resp_correct_BxN=resp, weight_B=a["query_P"].astype(jnp.float32))
@@ -287,8 +300,7 @@ class RLAVR(GRPO):
     (params, opt), parts = jax.lax.scan(probe_step, (params, algo_state["probe_opt"]),
                                         jax.random.split(key, self.probe_steps))
     metrics.update({k: v[-1] for k, v in parts.items()})
-    return ({**algo_state, "labels_spent": spent, "probe_params": params, "probe_opt": opt, "buffer": buf,
-             "rng": rng}, metrics)
+    return {**algo_state, "probe_params": params, "probe_opt": opt, "buffer": buf, "rng": rng}, metrics
 
   def host_counters(self) -> dict[str, int]:
     out = {f"cluster/{k}": v for k, v in self.coder.clusterer.all_counters.items()} if self.coder else {}
@@ -318,8 +330,9 @@ def _build(cfg, tokenizer, reward_fn, sampling, records=None) -> RLAVR:
   oracle = LabelOracle(records, coder) if records is not None else None
   return RLAVR(sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage, kl_coef=cfg.rl.kl_coef,
                reward_fn=reward_fn, selection=r.selection, p=r.p, p2=r.p2, warmup=r.warmup, kappa=r.kappa,
-               adv_mode=r.adv_mode, mask_non_gt=r.mask_non_gt, probe_lr=r.probe_lr, probe_steps=r.probe_steps,
-               replay_size=r.replay_size, replay_batch=r.replay_batch, aux_weight=r.aux_weight, coder=coder,
+               adv_mode=r.adv_mode, score=r.score, mask_non_gt=r.mask_non_gt, probe_lr=r.probe_lr, probe_steps=r.probe_steps,
+               replay_size=r.replay_size, replay_batch=r.replay_batch, aux_weight=r.aux_weight,
+               num_records=len(records) if records is not None else 0, coder=coder,
                oracle=oracle)
 
 

@@ -6,19 +6,21 @@ import ml_collections
 
 from selfrl_jax.algos.rlavr_labels import ADV_COEFF_MODES
 
-SELECTIONS = ("ttrl", "random", "entropy", "care", "oracle_cag", "full_gt")
+SELECTIONS = ("ttrl", "random", "entropy", "avg_prob", "care", "oracle_cag", "full_gt")
+SCORES = ("cag", "soft")
 EQUIVALENCES = ("string", "math_verify")
 ANSWER_STYLES = ("text", "auto", "boxed", "gsm8k", "last_number")
 
 def default_config() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.selection = "care"        # ttrl | random | entropy | care | oracle_cag | full_gt (spec §2 "Variants")
+  s.selection = "care"        # ttrl | random | entropy | avg_prob | care | oracle_cag | full_gt (spec §2 "Variants")
   s.p = 0.2                   # GT fraction of the prompts per step (budget; ceil(p * P) labels per step)
   s.p2 = 0.25                 # care: fraction gated as reliable (never queried), after the warm-up
   s.warmup = 20               # care: RL steps with the reliability gate off (hard-coded 20 in the code)
   s.kappa = 1.0               # care: soft_adv, c_i = clip(kappa * s_i * 1[reliable], 0, 1) on pseudo-labelled prompts
-  s.adv_mode = "gated"        # care: gated (released code) | use_pseudo (every prompt keeps its advantage; paper text)
-  s.mask_non_gt = True        # random / entropy: train on the GT-labelled prompts only (the code's default)
+  s.adv_mode = "gated"        # care: gated (released code) | use_pseudo (every prompt keeps its advantage; paper text) | drop (queried only)
+  s.score = "cag"             # care: rank by expected CAG s (released) | soft: by (1 - p1) * s (spec §7 variant); the gate stays
+  s.mask_non_gt = True        # random / entropy / avg_prob: train on the GT-labelled prompts only (the code's default)
   s.equivalence = "string"    # answer clustering: string (exact text) | math_verify (either direction, host pool)
   s.answer_style = "text"     # what is clustered: text (the whole response) | auto | boxed | gsm8k | last_number
   s.verify_timeout_s = 5.0    # math_verify: seconds per comparison (a time-out counts as "different")
@@ -33,6 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict, check) -> None:
   r, rl = cfg.rlavr, cfg.rl
   check(r.selection in SELECTIONS, "rlavr.selection", f"{r.selection!r} is not one of {SELECTIONS}")
+  check(r.score in SCORES, "rlavr.score", f"{r.score!r} is not one of {SCORES}")
   check(r.adv_mode in ADV_COEFF_MODES, "rlavr.adv_mode", f"{r.adv_mode!r} is not one of {ADV_COEFF_MODES}")
   check(r.equivalence in EQUIVALENCES, "rlavr.equivalence", f"{r.equivalence!r} is not one of {EQUIVALENCES}")
   check(r.answer_style in ANSWER_STYLES, "rlavr.answer_style", f"{r.answer_style!r} is not one of {ANSWER_STYLES}")

@@ -148,12 +148,22 @@ def acquire(p1_B: jax.Array, s_B: jax.Array, *, p: float, p2: float, step: jax.A
   return query_B, reliable_B
 
 
+def mean_token_prob(logp_BxS: jax.Array, mask_BxS: jax.Array, group_size: int) -> jax.Array:
+  """Mean probability of the generated tokens of each prompt's n responses (f32 [B/n]): the
+  `avg_prob_gt_zero_adv` baseline queries the lowest (spec §2 "Variants"). A prompt with no
+  generated token scores 1 (nothing uncertain to label)."""
+  mask = mask_BxS.astype(jnp.float32)
+  p = (jnp.exp(logp_BxS) * mask).reshape(-1, group_size * logp_BxS.shape[1]).sum(1)
+  n = mask.reshape(-1, group_size * mask_BxS.shape[1]).sum(1)
+  return jnp.where(n > 0, p / jnp.maximum(n, 1.0), 1.0)
+
+
 def mix_labels(pseudo_B: jax.Array, gt_B: jax.Array, query_B: jax.Array) -> jax.Array:
   """ℓ_i = g_i on queried prompts, ŷ_i elsewhere (§2 (7))."""
   return jnp.where(query_B, gt_B, pseudo_B)
 
 
-ADV_COEFF_MODES = ("gated", "use_pseudo")
+ADV_COEFF_MODES = ("gated", "use_pseudo", "drop")
 
 
 def adv_coeff(query_B: jax.Array, reliable_B: jax.Array, s_B: jax.Array, kappa: float, mode: str = "gated"
@@ -162,11 +172,14 @@ def adv_coeff(query_B: jax.Array, reliable_B: jax.Array, s_B: jax.Array, kappa: 
 
   gated (released): 1 on queried prompts, clip(κ·s_i·1[i ∈ R], 0, 1) elsewhere — in practice 1 on
   reliable prompts and 0 on the rest. use_pseudo (paper-text reading): every prompt keeps its advantage.
+  drop: only queried prompts keep theirs (the baselines' `*_mask_non_gt`, spec §6 `unlabeled_policy`).
   """
   if mode not in ADV_COEFF_MODES:
     raise ValueError(f"adv_coeff: mode must be one of {ADV_COEFF_MODES}, got {mode!r}.")
   if mode == "use_pseudo":
     return jnp.ones(query_B.shape, jnp.float32)
+  if mode == "drop":
+    return query_B.astype(jnp.float32)
   soft = jnp.clip(kappa * s_B * reliable_B.astype(jnp.float32), 0.0, 1.0)
   return jnp.where(query_B, 1.0, soft).astype(jnp.float32)
 

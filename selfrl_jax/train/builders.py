@@ -91,6 +91,15 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"{rl.reward!r} is not one of {sorted(REWARDS) + sorted(HOST_REWARDS)}")
   _check(rl.reward not in HOST_REWARDS or cfg.task.name in BENCHMARK_TASKS, "rl.reward",
          f"host reward {rl.reward!r} needs a benchmark task ({sorted(BENCHMARK_TASKS)})")
+  sft_overrides = cfg.sft.task_params.to_dict()
+  if sft_overrides:
+    _check(cfg.task.name in TASKS, "sft.task_params", f"overrides synthetic task params; {cfg.task.name!r} is a benchmark")
+    _check(not {"seed", "splits"} & set(sft_overrides), "sft.task_params",
+           "may not override seed or splits: the split a problem belongs to must stay the RL task's")
+    try:
+      build_task(cfg, sft_overrides)
+    except ValueError as e:
+      raise ConfigError(f"config.sft.task_params: {e}") from None
   demos = ("task", *spec.sft_demos)
   _check(cfg.sft.demos in demos, "sft.demos", f"{cfg.sft.demos!r} is not one of {demos} (rl.algorithm={rl.algorithm!r})")
 
@@ -130,9 +139,11 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
   return init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed), tok
 
 
-def build_task(cfg: ml_collections.ConfigDict):
+def build_task(cfg: ml_collections.ConfigDict, overrides: dict | None = None):
+  """The synthetic task of `cfg.task`, with `overrides` replacing some of `task.params`."""
   t = cfg.task
   params = dict(t.params.to_dict()) if "params" in t else {}
+  params.update(overrides or {})
   params["splits"] = {"train": t.train_size, "valid": t.valid_size, "test": t.test_size}
   return make_task(t.name, **params)
 
@@ -151,6 +162,18 @@ def build_sources(cfg: ml_collections.ConfigDict):
   task = build_task(cfg)
   data_dir = cfg.task.data_dir or None
   return tuple(load_task_split(task, split, data_dir) for split in ("train", "valid", "test"))
+
+
+def build_sft_source(cfg: ml_collections.ConfigDict, train_source):
+  """The warm-start demonstrations' records: the RL train split, or, with `sft.task_params`, the train
+  split of the same task with those params overridden (spec designs that warm-start on an easier
+  distribution than the one RL is run on, e.g. rlavr.md §10: SFT on 1-2 digits, RL on 3). A problem's
+  split is a hash of the problem under the shared seed and split sizes, so no demonstration is ever a
+  problem of the RL valid or test split."""
+  overrides = cfg.sft.task_params.to_dict()
+  if not overrides:
+    return train_source
+  return load_task_split(build_task(cfg, overrides), "train", cfg.task.data_dir or None)
 
 
 def prompt_batches(cfg, source, tok: Tokenizer, *, batch_size: int, **kwargs):

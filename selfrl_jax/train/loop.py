@@ -49,7 +49,7 @@ def _sft_demos(cfg, tok, train_source):
   """The warm-start data stream and the settings that key its cache: noisy task demonstrations, or
   a stream the algorithm offers (`AlgorithmSpec.sft_demos`)."""
   seed = _sft_seed(cfg)
-  batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.sft.batch_size, seed=seed + 1)
+  batches = builders.prompt_batches(cfg, builders.build_sft_source(cfg, train_source), tok, batch_size=cfg.sft.batch_size, seed=seed + 1)
   if cfg.sft.demos != "task":
     demos = get_algorithm_spec(cfg.rl.algorithm).sft_demos[cfg.sft.demos]
     return demos(cfg, builders.build_algorithm(cfg, tok, train_source), batches, tok, seed)

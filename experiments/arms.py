@@ -1,0 +1,63 @@
+"""Runs the arms of a tiny reproduction: one config file, one arm per config argument, several seeds.
+
+Used by `experiments/reproduce.py --method=<paper>`; every (arm, seed) is a plain `train()` run in
+`<workdir>/<arm>/seed_<seed>` (resumable), and all of them share one SFT warm start cached in
+`<workdir>/warm_start` (configs fix `sft.seed`, so the base model is the same for every seed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from selfrl_jax.train.loop import train
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config_module(path: str):
+  """The config file at `path` (relative to configs/ or absolute) as a module."""
+  path = path if os.path.isabs(path) else os.path.join(CONFIG_DIR, path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
+             edit: Callable | None = None) -> dict:
+  """Trains every (arm, seed); returns {"runs": {arm: {seed: train() summary}}, "seconds": {arm: s}}.
+
+  Args:
+    edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
+
+  Raises:
+    SystemExit: a run was preempted (SIGTERM); rerunning the same command resumes it.
+  """
+  module = load_config_module(config_path)
+  runs, seconds = {}, {}
+  for arm in arms:
+    runs[arm] = {}
+    t_arm = time.perf_counter()
+    for seed in seeds:
+      cfg = module.get_config(arm)
+      with cfg.unlocked():
+        cfg.seed = seed
+        if edit is not None:
+          edit(cfg)
+      runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
+                              sft_cache_dir=os.path.join(workdir, "warm_start"))
+      if runs[arm][seed]["preempted"]:
+        raise SystemExit("Preempted: rerun the same command to resume.")
+    seconds[arm] = time.perf_counter() - t_arm
+  return {"runs": runs, "seconds": seconds}
+
+
+def mean_std(values) -> tuple[float, float]:
+  """(mean, population std) over seeds."""
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std())
