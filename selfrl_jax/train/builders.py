@@ -167,7 +167,7 @@ def build_sources(cfg: ml_collections.ConfigDict):
 def build_sft_source(cfg: ml_collections.ConfigDict, train_source):
   """The warm-start demonstrations' records: the RL train split, or, with `sft.task_params`, the train
   split of the same task with those params overridden (spec designs that warm-start on an easier
-  distribution than the one RL is run on, e.g. rlavr.md §10: SFT on 1-2 digits, RL on 3). A problem's
+  distribution than the one RL is run on, e.g. SFT on 1-3-digit sums for a 3-digit RL set). A problem's
   split is a hash of the problem under the shared seed and split sizes, so no demonstration is ever a
   problem of the RL valid or test split."""
   overrides = cfg.sft.task_params.to_dict()
