@@ -180,3 +180,20 @@ def test_class_balance_weights_spec_example_and_probe_targets():
   label, _, _ = L.majority_vote(ans, valid)
   z1, z2, resp = L.probe_targets(ans, valid, jnp.asarray([3, 3]), label)
   assert z1.tolist() == [1, 0] and z2.tolist() == [0, 2] and resp.sum(1).tolist() == [3, 2]
+
+
+def test_released_gate_coefficient_is_zero_or_one_in_practice():
+  """§9.2: with kappa = 1 and n = 8, every feasible class has CAG >= sqrt(8) unless the whole group
+  agrees (x = n, CAG 0), so c_i on a reliable pseudo-labelled prompt is exactly 0 or 1."""
+  rs = np.random.RandomState(11)
+  n, b = 8, 512
+  ans = jnp.asarray(rs.randint(0, 4, (b, n)))
+  ans = ans.at[:64].set(2)  # some unanimous groups (x = n)
+  valid = jnp.ones((b, n), bool)
+  pseudo, x, _ = L.majority_vote(ans, valid)
+  feasible = L.feasible_count_classes(ans, valid, pseudo)
+  s = L.expected_cag(jnp.asarray(rs.randn(b, n + 1) * 3), feasible, x, L.cag_table(n))
+  everyone = jnp.ones((b,), bool)
+  c = np.asarray(L.adv_coeff(jnp.zeros((b,), bool), everyone, s, kappa=1.0))
+  assert set(np.unique(c)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(c == 0.0, np.asarray(x) == n)
