@@ -16,10 +16,10 @@ def test_rlavr_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data)
   cfg = load_config(CONFIG_DIR / "rlavr" / "math.py", "care")
   with cfg.unlocked():
     cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
-    cfg.task.name = "gsm8k"                # same chat prompt, \boxed{} extraction and math-verify path
+    cfg.task.name = "gsm8k"                # same chat prompt, \boxed{} extraction and math-verify clustering
     cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 2, 2, 4
     cfg.rl.max_prompt_len, cfg.rl.max_new_tokens = 256, 16
-  cfg.rl.num_epochs = 1                   # the config's 2 epochs double a CPU step; tested on tiny models
+    cfg.rl.num_epochs = 1                  # the config's 2 epochs double a CPU step; tested on tiny models
     cfg.train.num_steps, cfg.train.eval_every, cfg.train.log_every = 1, 0, 1
     cfg.train.eval_size, cfg.train.eval_batch_size = 1, 1
     cfg.train.progress = False
@@ -32,5 +32,7 @@ def test_rlavr_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data)
   assert row["rlavr/labels_spent"] == 1.0
   assert row["logp_gap"] < 1e-3                  # sampler and trainer agree on SmolLM2's log-probs
   assert row["generated_tokens"] > 0
-  assert row["host/cluster/pairs"] >= 0 and row.get("host/cluster/timeouts", 0) == 0  # math-verify ran, in time
+  # 16 tokens reach no \boxed{} answer, so no pair needs math-verify here (pairs 0, no time-outs);
+  # real comparisons, equivalences and time-outs in the pool are tested in test_answer_clusters.py.
+  assert row["host/cluster/pairs"] == 0 and row["host/cluster/timeouts"] == 0
   assert 0.0 <= summary["final"]["eval/accuracy"] <= 1.0
