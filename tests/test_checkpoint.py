@@ -377,6 +377,8 @@ def test_second_sigterm_kills_immediately():
 
 
 def test_sigint_sets_flag_then_second_raises_keyboard_interrupt():
+  # Python's own Ctrl-C handler, also when the suite runs as a background job (SIGINT ignored).
+  launcher = signal.signal(signal.SIGINT, signal.default_int_handler)
   before = signal.getsignal(signal.SIGINT)
   handler = PreemptionHandler(signals=[signal.SIGINT]).install()
   try:
@@ -387,4 +389,18 @@ def test_sigint_sets_flag_then_second_raises_keyboard_interrupt():
       signal.raise_signal(signal.SIGINT)
   finally:
     handler.uninstall()
-  assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, launcher)
+
+
+def test_a_signal_the_launcher_ignores_stays_ignored():
+  """nohup / a background job ignore SIGINT: the handler leaves it so, and no stop is requested."""
+  launcher = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  handler = PreemptionHandler(signals=[signal.SIGINT]).install()
+  try:
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    signal.raise_signal(signal.SIGINT)
+    assert not handler.should_stop()
+  finally:
+    handler.uninstall()
+    signal.signal(signal.SIGINT, launcher)

@@ -84,6 +84,11 @@ class PreemptionHandler:
         # Replacing JAX's C++ SIGTERM notifier would break the cross-host sync point.
         logging.info("PreemptionHandler: SIGTERM left to the JAX preemption service")
         continue
+      if signal.getsignal(sig) == signal.SIG_IGN:
+        # The launcher asked for this signal to be ignored (nohup, a background job's SIGINT):
+        # respect it, as Python does for SIGINT, rather than turn it into a stop request.
+        logging.info("PreemptionHandler: %s is ignored by the launcher; left ignored", signal.Signals(sig).name)
+        continue
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
