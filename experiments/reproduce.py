@@ -6,6 +6,7 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py --method=score                   # SCoRe toy: every arm x 3 seeds
   python experiments/reproduce.py --method=score --arms=score,naive_multi_turn --seeds=0
   python experiments/reproduce.py --method=rlavr                   # RLAVR toy: six arms x 3 seeds, ~15 min
+  python experiments/reproduce.py --method=rlavr --arms=ttrl,care,entropy,avg_prob --seeds=0
 
 `--method=score` runs the arms of configs/score/tiny_arithmetic.py (see experiments/score_toy.py)
 and writes <workdir>/score_table.md, score_results.json and score_curves.png; `--method=rlavr` the

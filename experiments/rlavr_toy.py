@@ -21,7 +21,8 @@ CONFIG = "rlavr/tiny_arithmetic.py"
 LABELS = {"ttrl": "TTRL (majority vote, 0 labels)", "gt_only_random": "GT-only-random (rest dropped)",
           "rlavr_random": "RLAVR-random (GT + pseudo)", "care": "CARE", "oracle_cag": "Oracle-CAG",
           "full_gt": "Full GT (every label)"}
-# Training-log metrics summarised over the first and last WINDOW steps of each run.
+# Training-log metrics summarised over the first and last WINDOW steps of each run (half the run when
+# it is shorter than 2 * WINDOW, so the two windows never overlap).
 TRAIN_METRICS = ("rlavr/agreement", "rlavr/true_acc", "rlavr/answer_entropy", "rlavr/label_acc_used",
                  "rlavr/confident_wrong_frac")
 CARE_METRICS = ("rlavr/stage1_auroc", "rlavr/recall_at_p")
@@ -50,12 +51,13 @@ def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, floa
     per_seed: dict[str, list[float]] = {}
     for seed, summary in by_seed.items():
       rows = train_rows(workdir, arm, seed)
+      w = min(WINDOW, max(1, len(rows) // 2))
       vals = {"base_acc": summary["initial"]["eval/accuracy"], "final_acc": summary["final"]["eval/accuracy"],
               "best_acc": max(summary["history"]["eval/accuracy"]),
               "labels_spent": rows[-1]["rlavr/labels_spent"]}
       for m in TRAIN_METRICS:
         series = [r[m] for r in rows]
-        vals[f"{m}@first"], vals[f"{m}@last"] = np.mean(series[:WINDOW]), np.mean(series[-WINDOW:])
+        vals[f"{m}@first"], vals[f"{m}@last"] = np.mean(series[:w]), np.mean(series[-w:])
       for m in CARE_METRICS:
         late = [r[m] for r in rows[len(rows) // 5:] if m in r]
         if late:
@@ -116,7 +118,7 @@ def format_table(rows: dict, num_seeds: int) -> str:
           ("label acc used (last)", "rlavr/label_acc_used@last"), ("confident-wrong (last)", "rlavr/confident_wrong_frac@last"),
           ("stage-1 AUROC", "rlavr/stage1_auroc"), ("recall@p", "rlavr/recall_at_p")]
   lines = [f"Mean ± std over {num_seeds} seed(s); held-out accuracy: greedy, 512 problems; training metrics: "
-           f"mean of the first / last {WINDOW} steps.", "",
+           f"mean of the first / last {WINDOW} steps (half the run if shorter).", "",
            "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
   for arm, stats in rows.items():
     cells = []

@@ -145,7 +145,7 @@ def test_budget_zero_and_one(sources):
 
 def test_budget_one_with_a_gate_is_a_config_error():
   cfg = _config("care", p=1.0)
-  with pytest.raises(builders.ConfigError, match="config.rlavr.p2: p \\+ p2 = 1.25 exceeds 1"):
+  with pytest.raises(builders.ConfigError, match="config.rlavr.p2: rlavr.p \\+ rlavr.p2 = 1.25 exceeds 1"):
     builders.validate_config(cfg, num_devices=1)
 
 

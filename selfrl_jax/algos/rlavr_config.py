@@ -41,7 +41,7 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
   check(r.answer_style in ANSWER_STYLES, "rlavr.answer_style", f"{r.answer_style!r} is not one of {ANSWER_STYLES}")
   check(0.0 <= r.p <= 1.0, "rlavr.p", f"must be in [0, 1], got {r.p}")
   check(0.0 <= r.p2 <= 1.0, "rlavr.p2", f"must be in [0, 1], got {r.p2}")
-  check(r.selection != "care" or r.p + r.p2 <= 1.0, "rlavr.p2", f"p + p2 = {r.p + r.p2} exceeds 1: no prompt left")
+  check(r.selection != "care" or r.p + r.p2 <= 1.0, "rlavr.p2", f"rlavr.p + rlavr.p2 = {r.p + r.p2} exceeds 1 for selection=care: lower p2 (0 turns the gate off) or p")
   check(rl.group_size >= 2, "rl.group_size", "a majority vote and group advantages need group_size >= 2")
   check(r.warmup >= 0, "rlavr.warmup", f"must be >= 0, got {r.warmup}")
   check(r.probe_steps >= 1 and r.replay_batch >= 1 and r.replay_size >= rl.prompts_per_step, "rlavr.replay_size",
