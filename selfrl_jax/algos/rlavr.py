@@ -210,9 +210,11 @@ class RLAVR(GRPO):
     """Metrics that need every label (true accuracy of the labels used, confident-wrong rate,
     stage-1 AUROC, recall of the oracle top-CAG set); computed after the labels are fixed."""
     a, r, b = record.aux, record.rollout, record.batch
-    everything = jnp.ones((b.num_prompts,), bool)
-    gt_all = host_call(self.oracle, jax.ShapeDtypeStruct((b.num_prompts,), jnp.int32), r.response_tokens_BxN,
-                       r.response_valid_BxN, a["codes_PxG"], b.example_id_P, everything)
+    # Queried prompts were labelled in the label phase: ask the oracle for the rest only (for
+    # full_gt nothing), so no answer is decoded and matched against its gold twice.
+    rest = host_call(self.oracle, jax.ShapeDtypeStruct((b.num_prompts,), jnp.int32), r.response_tokens_BxN,
+                     r.response_valid_BxN, a["codes_PxG"], b.example_id_P, ~a["query_P"])
+    gt_all = jnp.where(a["query_P"], a["gt_P"], rest)
     codes, valid = a["codes_PxG"], a["answer_valid_PxG"]
     has = valid.any(1)
     majority_right = has & (a["pseudo_P"] == gt_all)
