@@ -21,6 +21,18 @@ def load_config(path: pathlib.Path, arg: str | None = None):
   return module.get_config(arg)
 
 
+def one_real_gsm8k_step(cfg):
+  """A paper-scale config reduced to one real-model RL step on GSM8K prompts on CPU: float32, no
+  evaluation during training, one held-out prompt at the end, a row of metrics every step. The
+  caller sets the batch and buffer sizes its algorithm needs (inside `cfg.unlocked()`)."""
+  cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
+  cfg.task.name = "gsm8k"
+  cfg.train.num_steps, cfg.train.eval_every, cfg.train.log_every = 1, 0, 1
+  cfg.train.eval_size, cfg.train.eval_batch_size = 1, 1
+  cfg.train.progress = False
+  return cfg
+
+
 def shrink(cfg):
   """Same experiment, tiny sizes: a fresh tiny model and a few prompts, so one step compiles fast.
 

@@ -8,21 +8,17 @@ import os
 
 from selfrl_jax.train.loop import train
 from selfrl_jax.train.metrics import read_jsonl
-from test_configs import CONFIG_DIR, load_config
+from test_configs import CONFIG_DIR, load_config, one_real_gsm8k_step
 
 
 def test_rlavr_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data):
   del shared_data  # skips when ../shared/data is missing
   cfg = load_config(CONFIG_DIR / "rlavr" / "math.py", "care")
   with cfg.unlocked():
-    cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
-    cfg.task.name = "gsm8k"                # same chat prompt, \boxed{} extraction and math-verify clustering
+    one_real_gsm8k_step(cfg)               # same chat prompt, \boxed{} extraction and math-verify clustering
     cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 2, 2, 4
     cfg.rl.max_prompt_len, cfg.rl.max_new_tokens = 256, 16
     cfg.rl.num_epochs = 1                  # the config's 2 epochs double a CPU step; tested on tiny models
-    cfg.train.num_steps, cfg.train.eval_every, cfg.train.log_every = 1, 0, 1
-    cfg.train.eval_size, cfg.train.eval_batch_size = 1, 1
-    cfg.train.progress = False
   summary = train(cfg, str(tmp_path))
   assert summary["compilations"] == 1
   row = next(r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in r)

@@ -7,7 +7,7 @@ import os
 
 from selfrl_jax.train.loop import train
 from selfrl_jax.train.metrics import read_jsonl
-from test_configs import CONFIG_DIR, load_config
+from test_configs import CONFIG_DIR, load_config, one_real_gsm8k_step
 
 
 def test_score_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data):
@@ -15,14 +15,10 @@ def test_score_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data)
   cfg = load_config(CONFIG_DIR / "score" / "math.py")
   with cfg.unlocked():
     cfg.model.source = "smollm2"
-    cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
-    cfg.task.name = "gsm8k"               # same prompts, chat template, instruction and math reward path
+    one_real_gsm8k_step(cfg)                # same prompts, chat template, instruction and math reward path
     cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 1, 2, 2
     cfg.rl.max_prompt_len, cfg.rl.max_new_tokens = 384, 12
     cfg.score.stage1_steps = 1              # the step runs Stage I: beta2 KL on turn 1, reward on turn 2
-    cfg.train.num_steps, cfg.train.eval_every, cfg.train.log_every = 1, 0, 1
-    cfg.train.eval_size, cfg.train.eval_batch_size = 1, 1
-    cfg.train.progress = False
   summary = train(cfg, str(tmp_path))
   assert summary["compilations"] == 1
   row = next(r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in r)
