@@ -66,11 +66,26 @@ def test_rloo_sums_to_zero_and_vanishes_on_equal_rewards():
   np.testing.assert_allclose(adv, 4 / 3 * numpy_advantages("dr_grpo", r), rtol=1e-5, atol=1e-6)
 
 
-def test_equal_rewards_give_zero_not_nan():
-  r = np.ones((2, 4), np.float32)
-  for name in ADVANTAGES:
-    adv = np.asarray(compute_advantages(name, r))
-    np.testing.assert_array_equal(adv, 0.0)
+@pytest.mark.parametrize("name", sorted(EXPECTED_2x3))
+def test_equal_rewards_give_exactly_zero(name):
+  # Issue 14.1: the float32 mean of 8 x 10.1 is off by an ulp and the std is ~1 ulp, so grpo gave
+  # +0.488 for every member (2/3 x 8: +0.056; 3.3 x 8: +0.19) while the group counted as flat.
+  values = [10.1, 2 / 3, 3.3, 0.1, 1e-3, 1.0, 0.0, -7.7, 1e4, 123456.79]
+  for g in (2, 3, 5, 8, 16, 64):
+    r = np.repeat(np.asarray(values, np.float32)[:, None], g, axis=1)
+    adv = np.asarray(jax.jit(compute_advantages, static_argnums=0)(name, r))
+    assert not np.isnan(adv).any()
+    if name == "reinforce":  # one baseline over the batch: flat only when the batch is
+      np.testing.assert_array_equal(np.asarray(compute_advantages(name, r[:1])), 0.0)
+    else:
+      np.testing.assert_array_equal(adv, 0.0, err_msg=f"G={g}")
+    assert float(zero_std_group_fraction(r)) == 1.0
+  # Flat among the valid members, with garbage in the padding.
+  r = np.array([[10.1, 10.1, np.nan, 10.1], [0.3, 0.3, 0.3, 5.0]], np.float32)
+  valid = np.array([[1, 1, 0, 1], [1, 1, 1, 0]], bool)
+  np.testing.assert_array_equal(np.asarray(compute_advantages(name, r[:1], valid_PxG=valid[:1])), 0.0)
+  if name != "reinforce":
+    np.testing.assert_array_equal(np.asarray(compute_advantages(name, r, valid_PxG=valid)), 0.0)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_2x3))

@@ -61,6 +61,10 @@ def test_closed_form_equals_the_vector_form_for_every_valid_pair(n):
 def test_grpo_adv_population_std_and_constant_groups():
   np.testing.assert_allclose(np.asarray(L.grpo_adv(jnp.asarray([[1.0, 1.0, 0.0, 0.0]]))), [[1, 1, -1, -1]])
   assert not np.asarray(L.grpo_adv(jnp.ones((2, 5)))).any()
+  # Equal non-dyadic rewards: the float32 std is rounding noise above 1e-8 (issue 14.1).
+  for v in (10.1, 2 / 3, 3.3):
+    assert not np.asarray(L.grpo_adv(jnp.full((1, 8), v))).any()
+    assert not np.asarray(L.grpo_adv(jnp.full((1, 8), v), "unbiased")).any()
   unbiased = np.asarray(L.grpo_adv(jnp.asarray([[1.0, 1.0, 0.0, 0.0]]), "unbiased"))
   np.testing.assert_allclose(unbiased, [[1, 1, -1, -1]] / np.std([1, 1, 0, 0], ddof=1) * 0.5, rtol=1e-6)
   with pytest.raises(ValueError, match="std_kind"):

@@ -90,6 +90,11 @@ def test_baselines_and_std_norm():
   np.testing.assert_allclose(np.asarray(score.baseline_advantage(R, 4, "batch_mean")), np.asarray(R) - 2.0)
   a = np.asarray(score.normalize_advantage(score.baseline_advantage(R, 4, "batch_mean"), "std"))
   np.testing.assert_allclose(a, (np.asarray(R) - 2.0) / np.asarray(R).std(), rtol=1e-5)
+  # Equal returns with no baseline (every row solved): std is 0 or rounding noise, so the
+  # advantages stay as they are instead of being multiplied by up to 1/eps (issue 14.1).
+  for v in (1.0, 10.1):
+    flat = jnp.full((8,), v)
+    np.testing.assert_array_equal(np.asarray(score.normalize_advantage(flat, "std")), np.asarray(flat))
   with pytest.raises(ValueError, match="valid keys"):
     score.baseline_advantage(R, 4, "ema")
 

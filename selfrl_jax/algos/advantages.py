@@ -6,6 +6,13 @@
 Every estimator takes an optional `valid_PxG` mask for groups padded to a static size G (e.g. a
 group that gains or loses rollouts): invalid rollouts get advantage 0 and are left out of every
 mean, std and count. All functions are pure and jittable; math is float32.
+
+A group whose valid rewards are all equal gets advantage exactly 0 for every member, whatever the
+estimator, group size or reward magnitude. Without that, the float32 mean of equal non-dyadic
+rewards (10.1, 2/3) differs from them by an ulp, the std is ~1 ulp, and GRPO's
+(r - mean) / (std + eps) turns rounding noise into advantages near ±1 (a bias of up to 0.5 per
+token). `zero_std_group_fraction` uses the same flatness test, so the metric and the advantages
+agree on which groups carry no signal.
 """
 
 from __future__ import annotations
@@ -36,13 +43,26 @@ def _prepare(rewards_PxG: jax.Array, valid_PxG: jax.Array | None) -> tuple[jax.A
   return jnp.where(valid_PxG, rewards_PxG.astype(jnp.float32), 0.0), valid_PxG
 
 
+def flat_groups(rewards_PxG, valid_PxG=None) -> jax.Array:
+  """bool [P, 1]: the group's valid rewards are all exactly equal (or it has < 2 valid rollouts)."""
+  r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
+  hi_Px1 = jnp.where(valid_PxG, r_PxG, -jnp.inf).max(axis=1, keepdims=True)
+  lo_Px1 = jnp.where(valid_PxG, r_PxG, jnp.inf).min(axis=1, keepdims=True)
+  return (valid_PxG.sum(axis=1, keepdims=True) < 2) | (hi_Px1 == lo_Px1)
+
+
 def _group_stats(r_PxG: jax.Array, valid_PxG: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-group count, mean and population std (ddof=0) over valid rollouts, each [P, 1]."""
+  """Per-group count, centred rewards r - mean and population std (ddof=0), over valid rollouts.
+
+  Returns n_Px1, centred_PxG, std_Px1. A flat group (see `flat_groups`) has centred rewards and
+  std exactly 0, not the ulp-sized rounding of its float32 mean.
+  """
   n_Px1 = valid_PxG.sum(axis=1, keepdims=True).astype(jnp.float32)
   mean_Px1 = r_PxG.sum(axis=1, keepdims=True) / jnp.maximum(n_Px1, 1.0)
-  sq_PxG = jnp.where(valid_PxG, (r_PxG - mean_Px1) ** 2, 0.0)
-  std_Px1 = jnp.sqrt(sq_PxG.sum(axis=1, keepdims=True) / jnp.maximum(n_Px1, 1.0))
-  return n_Px1, mean_Px1, std_Px1
+  flat_Px1 = flat_groups(r_PxG, valid_PxG)
+  centred_PxG = jnp.where(valid_PxG & ~flat_Px1, r_PxG - mean_Px1, 0.0)
+  std_Px1 = jnp.sqrt((centred_PxG ** 2).sum(axis=1, keepdims=True) / jnp.maximum(n_Px1, 1.0))
+  return n_Px1, centred_PxG, std_Px1
 
 
 def grpo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
@@ -51,16 +71,15 @@ def grpo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
   `std` is the population std (ddof=0); with G=2 and rewards {0, 1} this gives A = +-1.
   """
   r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
-  _, mean_Px1, std_Px1 = _group_stats(r_PxG, valid_PxG)
-  return jnp.where(valid_PxG, (r_PxG - mean_Px1) / (std_Px1 + eps), 0.0)
+  _, centred_PxG, std_Px1 = _group_stats(r_PxG, valid_PxG)
+  return centred_PxG / (std_Px1 + eps)
 
 
 def dr_grpo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
   """Dr. GRPO (Liu et al. 2025): A_j = r_j - mean(r); no std division (removes difficulty bias)."""
   del eps
   r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
-  _, mean_Px1, _ = _group_stats(r_PxG, valid_PxG)
-  return jnp.where(valid_PxG, r_PxG - mean_Px1, 0.0)
+  return _group_stats(r_PxG, valid_PxG)[1]
 
 
 def rloo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
@@ -74,17 +93,19 @@ def rloo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
   if r_PxG.shape[1] < 2:
     raise ValueError(f"rloo needs group_size >= 2 (leave-one-out baseline), got rewards_PxG shape "
                      f"{tuple(r_PxG.shape)}.")
-  n_Px1, mean_Px1, _ = _group_stats(r_PxG, valid_PxG)
+  n_Px1, centred_PxG, _ = _group_stats(r_PxG, valid_PxG)
   scale_Px1 = jnp.where(n_Px1 >= 2, n_Px1 / jnp.maximum(n_Px1 - 1.0, 1.0), 0.0)
-  return jnp.where(valid_PxG, scale_Px1 * (r_PxG - mean_Px1), 0.0)
+  return scale_Px1 * centred_PxG
 
 
 def reinforce(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
-  """REINFORCE with a batch-mean baseline: A_j = r_j - mean over all valid P*G rollouts."""
+  """REINFORCE with a batch-mean baseline: A_j = r_j - mean over all valid P*G rollouts.
+
+  The whole batch is one group here: equal rewards everywhere give exactly 0."""
   del eps
   r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
-  mean = r_PxG.sum() / jnp.maximum(valid_PxG.sum(), 1).astype(jnp.float32)
-  return jnp.where(valid_PxG, r_PxG - mean, 0.0)
+  r_1xB, valid_1xB = r_PxG.reshape(1, -1), valid_PxG.reshape(1, -1)
+  return _group_stats(r_1xB, valid_1xB)[1].reshape(r_PxG.shape)
 
 
 ADVANTAGES: dict[str, AdvantageFn] = {
@@ -111,10 +132,7 @@ def zero_std_group_fraction(rewards_PxG, valid_PxG=None) -> jax.Array:
   """Fraction of groups whose valid rewards are all equal (no learning signal for group baselines).
 
   A group with fewer than two valid rollouts counts as zero-std. Exact equality (max == min), so
-  float rewards that differ by rounding noise count as different.
+  float rewards that differ by rounding noise count as different; these are exactly the groups the
+  estimators give advantage 0.
   """
-  r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
-  hi_P = jnp.where(valid_PxG, r_PxG, -jnp.inf).max(axis=1)
-  lo_P = jnp.where(valid_PxG, r_PxG, jnp.inf).min(axis=1)
-  flat_P = (valid_PxG.sum(axis=1) < 2) | (hi_P == lo_P)
-  return flat_P.astype(jnp.float32).mean()
+  return flat_groups(rewards_PxG, valid_PxG).astype(jnp.float32).mean()

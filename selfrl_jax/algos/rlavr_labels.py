@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selfrl_jax.algos.advantages import flat_groups
+
 NO_LABEL = -1  # label code of a group without any valid answer (every reward is then 0)
 
 
@@ -83,7 +85,9 @@ def grpo_adv(r_BxN: jax.Array, std_kind: str = "pop") -> jax.Array:
   r = jnp.asarray(r_BxN, jnp.float32)
   std_B1 = jnp.std(r, axis=1, keepdims=True, ddof=0 if std_kind == "pop" else 1)
   centred = r - r.mean(axis=1, keepdims=True)
-  return jnp.where(std_B1 < 1e-8, 0.0, centred / jnp.where(std_B1 < 1e-8, 1.0, std_B1))
+  # Equal rewards are 0 exactly: their float32 std is rounding noise that can exceed 1e-8.
+  zero_B1 = (std_B1 < 1e-8) | flat_groups(r)
+  return jnp.where(zero_B1, 0.0, centred / jnp.where(zero_B1, 1.0, std_B1))
 
 
 def cag(r_pseudo_BxN: jax.Array, r_true_BxN: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from selfrl_jax.algos import score_config
-from selfrl_jax.algos.advantages import reinforce, rloo
+from selfrl_jax.algos.advantages import flat_groups, reinforce, rloo
 from selfrl_jax.algos.base import Algorithm, Rewards, TokenTerms
 from selfrl_jax.algos.losses import KL_ESTIMATORS
 from selfrl_jax.algos.registry import AlgorithmSpec
@@ -83,9 +83,15 @@ def baseline_advantage(returns_B: jax.Array, group_size: int, baseline: str) -> 
 
 
 def normalize_advantage(adv_B: jax.Array, adv_norm: str, eps: float = 1e-6) -> jax.Array:
-  """`std`: divide by the batch std of this turn's advantages (population std); `none`: identity."""
+  """`std`: divide by the batch std of this turn's advantages (population std); `none`: identity.
+
+  Equal advantages (e.g. raw returns with `baseline=none`) are left unscaled: their std is 0 or
+  float32 rounding noise, and dividing by it would multiply them by up to 1/eps."""
   _check_choice("adv_norm", adv_norm, ADV_NORMS)
-  return adv_B if adv_norm == "none" else adv_B / (adv_B.std() + eps)
+  if adv_norm == "none":
+    return adv_B
+  flat = flat_groups(adv_B.reshape(1, -1))[0, 0]
+  return adv_B / jnp.where(flat, 1.0, adv_B.std() + eps)
 
 
 def turn_advantages(R1_B: jax.Array, R2_B: jax.Array, *, group_size: int, turn_credit: str, baseline: str,
