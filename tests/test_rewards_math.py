@@ -70,6 +70,26 @@ def test_extraction_formats():
     extract_answer("x", style="bogus")
 
 
+# (completion, gold, score): a marker with no answer in it must not hide a real one (issue 14.2).
+MARKER_CASES = [
+    ("Thus, the final answer is:\n\\[\n\\boxed{12}\n\\]", "12", 1.0),
+    ("Thus, the final answer is:\n\n\\[\\boxed{12}\\]", "12", 1.0),
+    ("The final answer is:\n12", "12", 1.0),
+    ("The final answer is tricky here. Adding up, we get \\boxed{7}.", "7", 1.0),
+    ("The final answer is tricky here: 3 + 4 = 7", "7", 1.0),
+    ("First \\boxed{3}; on reflection the final answer is $5$. I hope it is correct.", "5", 1.0),
+    ("The final answer is $5$. I hope it is correct. Wait, recheck: \\boxed{6}", "6", 1.0),
+    ("So \\boxed{4}, and the template \\boxed{} is left empty", "4", 1.0),
+    ("#### \nthe answer is 9", "9", 1.0),
+    ("The final answer is 8, not 12", "8", 1.0),
+]
+
+
+@pytest.mark.parametrize("completion,gold,score", MARKER_CASES)
+def test_marker_without_answer_never_hides_a_later_one(completion, gold, score):
+  assert score_completion(completion, gold) == score, extract_answer(completion)
+
+
 def test_gsm8k_real_rows(shared_data):
   rows = [json.loads(line) for line in open(shared_data / "gsm8k" / "test.jsonl")]
   answers = [extract_gsm8k(r["answer"]) for r in rows]
@@ -104,10 +124,10 @@ def test_math_verifier_batch_and_timeouts(shared_data):
   rows = [json.loads(line) for line in open(shared_data / "math500" / "test.jsonl")][:6]
   completions = [f"Final Answer: The final answer is ${p}$. I hope it is correct." for p, _ in TABLE]
   golds = [g for _, g in TABLE]
-  completions += [r["solution"] for r in rows] + ["I think \\boxed{-1}", "no answer at all"]
-  golds += [r["answer"] for r in rows] + ["-1", "3"]
+  completions += [r["solution"] for r in rows] + [MARKER_CASES[0][0], "I think \\boxed{-1}", "no answer at all"]
+  golds += [r["answer"] for r in rows] + ["12", "-1", "3"]
   expected = np.array([score_completion(c, g) for c, g in zip(completions, golds)], np.float32)
-  assert expected[:4].tolist() == [1, 1, 1, 1] and expected[-2:].tolist() == [1, 0]
+  assert expected[:4].tolist() == [1, 1, 1, 1] and expected[-3:].tolist() == [1, 1, 0]
   assert expected[len(TABLE):len(TABLE) + 6].all()
 
   with MathVerifier(num_workers=2, timeout_s=1.0, grace_s=1.0, item_fn=_choose) as verifier:

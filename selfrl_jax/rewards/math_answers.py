@@ -29,7 +29,7 @@ EXTRACTION_STYLES = ("auto", "final_answer", "boxed", "gsm8k", "last_number")
 
 _FINAL_ANSWER_RE = re.compile(
     r"final answer is\s*(.*?)\s*(?:\.\s*)?I hope it is correct", re.IGNORECASE | re.DOTALL)
-_FINAL_ANSWER_LINE_RE = re.compile(r"final answer is\s*([^\n]*)", re.IGNORECASE)
+_FINAL_ANSWER_OPEN_RE = re.compile(r"final answer is", re.IGNORECASE)
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K_RE = re.compile(r"####\s*([^\n]*)")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -59,21 +59,28 @@ def _braced(text: str, start: int) -> str | None:
   return None
 
 
-def extract_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} or \\fbox{...} (nested braces allowed; also '\\boxed 5')."""
-  for m in reversed(list(_BOX_RE.finditer(text))):
+def _boxed_matches(text: str) -> list[tuple[int, str]]:
+  """(start, content) of every non-empty \\boxed{...} / \\fbox{...} / '\\boxed 5', in text order."""
+  found = []
+  for m in _BOX_RE.finditer(text):
     i = m.end()
     while i < len(text) and text[i] == " ":
       i += 1
+    content = None
     if i < len(text) and text[i] == "{":
       content = _braced(text, i)
-      if content is not None:
-        return content.strip()
     elif i > m.end():  # '\boxed 5': one bare token.
       token = re.match(r"[^\s$]+", text[i:])
-      if token:
-        return token.group(0).rstrip(".")
-  return None
+      content = token.group(0).rstrip(".") if token else None
+    if content is not None and content.strip():  # '\boxed{}' is a placeholder, not an answer.
+      found.append((m.start(), content.strip()))
+  return found
+
+
+def extract_boxed(text: str) -> str | None:
+  """Content of the last non-empty \\boxed{...} or \\fbox{...} (nested braces allowed; also '\\boxed 5')."""
+  found = _boxed_matches(text)
+  return found[-1][1] if found else None
 
 
 def _strip_math(answer: str) -> str:
@@ -87,24 +94,61 @@ def _strip_math(answer: str) -> str:
   return (boxed if boxed is not None else s).rstrip(".").strip()
 
 
+def _is_prose(answer: str) -> bool:
+  """Words, not an answer: 'tricky here', 'as follows' (no digit, no math, two or more words)."""
+  return (not re.search(r"[\d\\$^_{}=()<>+*/]", answer)) and len(re.findall(r"[A-Za-z]+", answer)) >= 2
+
+
+def _answer_clause(raw: str) -> str:
+  """The answer at the start of `raw`: a leading $...$ / \\(...\\) / \\[...\\] / \\boxed{} span, else the text
+  up to the first sentence end or a ', ' / '; ' before a word ('8, not 12' -> '8'; '1, 2, 3' stays)."""
+  raw = raw.strip()
+  for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    if raw.startswith(left):
+      end = raw.find(right, len(left))
+      return raw[:end + len(right)] if end >= 0 else raw
+  if _BOX_RE.match(raw):
+    return raw
+  return re.split(r"\.\s|[,;]\s+(?=[A-Za-z]{2,})", raw, maxsplit=1)[0]
+
+
+def _final_answer_matches(text: str) -> list[tuple[int, str]]:
+  """(start, answer) of every 'final answer is X', in text order.
+
+  X is the full Minerva sentence ('... is $X$. I hope it is correct.') when present, else the rest
+  of the line; when that is empty or only ':' (the answer set on the next lines, e.g. a display-math
+  \\boxed{12}), the text up to the next blank line. Prose after 'is' ('the final answer is tricky
+  here') is not an answer and is skipped.
+  """
+  sentences = {m.start(): m.group(1) for m in _FINAL_ANSWER_RE.finditer(text)}
+  found = []
+  for m in _FINAL_ANSWER_OPEN_RE.finditer(text):
+    if m.start() in sentences:
+      raw = sentences[m.start()]
+    else:
+      rest = text[m.end():]
+      line, _, after = rest.partition("\n")
+      raw = line.strip().lstrip(":").strip()
+      if not raw:
+        raw = " ".join(after.strip().split("\n\n", 1)[0].split())
+      raw = _answer_clause(raw)
+    answer = _strip_math(raw)
+    if answer and not _is_prose(answer):
+      found.append((m.start(), answer))
+  return found
+
+
 def extract_final_answer(text: str) -> str | None:
-  """X from the last 'Final Answer: The final answer is $X$. I hope it is correct.' sentence."""
-  matches = _FINAL_ANSWER_RE.findall(text)
-  if not matches:  # Truncated sentence: take the rest of the line.
-    matches = _FINAL_ANSWER_LINE_RE.findall(text)
-  if not matches:
-    return None
-  answer = _strip_math(matches[-1])
-  return answer or None
+  """X from the last 'Final Answer: The final answer is $X$. I hope it is correct.' sentence (or a
+  truncated / reworded 'final answer is X'; see `_final_answer_matches`)."""
+  found = _final_answer_matches(text)
+  return found[-1][1] if found else None
 
 
 def extract_gsm8k(text: str) -> str | None:
   """The GSM8K reference answer after the last '####', without thousands commas or '$'."""
-  matches = _GSM8K_RE.findall(text)
-  if not matches:
-    return None
-  answer = matches[-1].strip().replace(",", "").replace("$", "").strip()
-  return answer or None
+  found = _gsm8k_matches(text)
+  return found[-1][1] if found else None
 
 
 def extract_last_number(text: str) -> str | None:
@@ -115,27 +159,37 @@ def extract_last_number(text: str) -> str | None:
   return matches[-1].replace(",", "").rstrip(".")
 
 
+def _gsm8k_matches(text: str) -> list[tuple[int, str]]:
+  found = []
+  for m in _GSM8K_RE.finditer(text):
+    answer = m.group(1).strip().replace(",", "").replace("$", "").strip()
+    if answer:
+      found.append((m.start(), answer))
+  return found
+
+
 def extract_answer(text: str, style: str = "auto") -> str | None:
   """Extracts the final answer string from a completion or a reference solution.
 
   Styles: 'final_answer' (SCoRe/Minerva sentence), 'boxed' (last \\boxed/\\fbox), 'gsm8k' ('#### X'),
-  'last_number', or 'auto' (those four in that order, first hit wins). Returns None if none is found.
+  'last_number', or 'auto': of every answer marker in the text (final-answer sentence, \\boxed,
+  '####'), the one that starts last wins — the model's last word, so a marker that holds no answer
+  ('final answer is:' before a display-math \\boxed{}) never hides a real one later — and the last
+  number only when there is no marker. Returns None if nothing is found.
   """
-  extractors: dict[str, Callable[[str], str | None]] = {
-      "final_answer": extract_final_answer,
-      "boxed": extract_boxed,
-      "gsm8k": extract_gsm8k,
-      "last_number": extract_last_number,
-  }
+  markers: dict[str, Callable[[str], list[tuple[int, str]]]] = {
+      "final_answer": _final_answer_matches, "boxed": _boxed_matches, "gsm8k": _gsm8k_matches}
   if style == "auto":
-    for fn in extractors.values():
-      answer = fn(text)
-      if answer is not None:
-        return answer
-    return None
-  if style not in extractors:
+    found = [hit for fn in markers.values() for hit in fn(text)]
+    if found:
+      return max(found, key=lambda hit: hit[0])[1]
+    return extract_last_number(text)
+  if style == "last_number":
+    return extract_last_number(text)
+  if style not in markers:
     raise ValueError(f"unknown extraction style {style!r}; valid: {list(EXTRACTION_STYLES)}")
-  return extractors[style](text)
+  found = markers[style](text)
+  return found[-1][1] if found else None
 
 
 # ---------------------------------------------------------------------------------------------
