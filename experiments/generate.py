@@ -22,12 +22,31 @@ _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, or a 
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "User message.")
 _SYSTEM = flags.DEFINE_string("system", None, "Optional system message.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Response length limit.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k truncation (0 = off).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus truncation (1 = off).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "0 = greedy. Unset: the checkpoint's "
+                                   "generation_config.json (its temperature when do_sample, else greedy).")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Top-k truncation (0 = off). Unset: generation_config.json or off.")
+_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus truncation (1 = off). Unset: generation_config.json or off.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Completions for the prompt (group sampling).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+
+
+def sampling_settings(generation_defaults: dict, **flag_values) -> dict[str, tuple[float, str]]:
+  """{name: (value, source)} for temperature / top_k / top_p: the flag when set, else the
+  checkpoint's generation_config.json (as transformers would: its values apply only when
+  do_sample is true), else greedy / off. Unlike transformers, a field the file leaves out is off
+  (transformers would sample with top_k=50)."""
+  off = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+  sampling = bool(generation_defaults.get("do_sample"))
+  out = {}
+  for name, value in flag_values.items():
+    if value is not None:
+      out[name] = (value, "flag")
+    elif sampling and name in generation_defaults:
+      out[name] = (generation_defaults[name], "generation_config.json")
+    else:
+      out[name] = (off[name], "default")
+  return out
 
 
 def main(argv):
@@ -38,8 +57,11 @@ def main(argv):
   messages.append({"role": "user", "content": _PROMPT.value})
   prompt_ids = tokenizer.apply_chat_template(messages)
   print(f"loaded {_MODEL.value} in {time.perf_counter() - t0:.1f}s; prompt {len(prompt_ids)} tokens")
-  params = SamplingParams(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-                          top_p=_TOP_P.value, stop_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id)
+  decoding = sampling_settings(tokenizer.generation_defaults, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                               top_p=_TOP_P.value)
+  print("decoding: " + ", ".join(f"{k}={v} ({src})" for k, (v, src) in decoding.items()))
+  params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id,
+                          **{k: v for k, (v, _) in decoding.items()})
   graphdef, state = nnx.split(model)
   sampler = Sampler(graphdef, params, group_size=_NUM_SAMPLES.value)
   t0 = time.perf_counter()

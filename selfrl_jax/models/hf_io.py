@@ -141,7 +141,8 @@ def save_hf(model: Decoder, directory: str, tokenizer=None, extra_config: Mappin
   Args:
     model: the Decoder to export.
     directory: output folder (created).
-    tokenizer: optional `HFTokenizer`; its files are saved alongside so the folder is self-contained.
+    tokenizer: optional `HFTokenizer`; its files are saved alongside so the folder is self-contained,
+      and generation_config.json gets every stop id (`eos_ids`) and its sampling defaults.
     extra_config: extra config.json fields (e.g. bos/eos token ids).
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
@@ -154,6 +155,12 @@ def save_hf(model: Decoder, directory: str, tokenizer=None, extra_config: Mappin
     if tokenizer.bos_id is not None:
       hf_cfg.setdefault("bos_token_id", tokenizer.bos_id)
     tokenizer.hf.save_pretrained(directory)
+    generation = {**tokenizer.generation_defaults, "eos_token_id": list(tokenizer.eos_ids),
+                  "pad_token_id": tokenizer.pad_id}
+    if tokenizer.bos_id is not None:
+      generation["bos_token_id"] = tokenizer.bos_id
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+      json.dump(generation, f, indent=2)
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
   save_file(hf_tensors(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})

@@ -39,29 +39,75 @@ class Tokenizer(abc.ABC):
     """Token ids of a conversation rendered with the model's chat format."""
 
 
-class HFTokenizer(Tokenizer):
-  """A transformers tokenizer loaded from a local directory or from a GGUF file's metadata."""
+# Sampling fields of generation_config.json that `generation_defaults` carries over.
+GENERATION_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
+# End-of-turn markers of common chat formats (ChatML, Llama 3, Qwen/GPT-2), stop ids when present.
+_CHAT_STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+# GGUF metadata keys llama.cpp treats as end of generation.
+_GGUF_STOP_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
-  def __init__(self, hf_tokenizer):
+
+def _id_list(value) -> list[int]:
+  """An `eos_token_id` field (int, list of ints or None) as a list."""
+  if value is None:
+    return []
+  return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _read_json(path: str) -> dict:
+  import json  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def gguf_stop_ids(gguf_path: str) -> list[int]:
+  """The end-of-generation ids a GGUF file declares (eos, eot, eom metadata), in that order."""
+  import gguf  # pylint: disable=import-outside-toplevel
+  fields = gguf.GGUFReader(gguf_path).fields
+  return [int(fields[k].contents()) for k in _GGUF_STOP_KEYS if k in fields]
+
+
+class HFTokenizer(Tokenizer):
+  """A transformers tokenizer loaded from a local directory or from a GGUF file's metadata.
+
+  `eos_ids` are every id that ends generation, in this order and without repeats: the tokenizer's
+  eos token, then the ids the checkpoint declares — generation_config.json and config.json
+  `eos_token_id` (an int or a list, as transformers reads them) for a directory, the GGUF eos / eot /
+  eom ids for a GGUF file — then the chat end-of-turn markers in `_CHAT_STOP_TOKENS` the vocabulary
+  has. `eos_ids[0]` is the tokenizer's own eos (what SFT targets end with).
+
+  `generation_defaults` holds the sampling fields of generation_config.json (do_sample, temperature,
+  top_k, top_p) for entry points to use where their flags are unset; training configs never read it.
+  """
+
+  def __init__(self, hf_tokenizer, extra_eos_ids=(), generation_defaults: dict | None = None):
     self.hf = hf_tokenizer
     self.vocab_size = len(hf_tokenizer)
-    eos = hf_tokenizer.eos_token_id
-    self.eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-    for extra in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-      tid = hf_tokenizer.convert_tokens_to_ids(extra) if extra in hf_tokenizer.get_vocab() else None
-      if tid is not None and tid not in self.eos_ids:
-        self.eos_ids += (tid,)
+    ids = _id_list(hf_tokenizer.eos_token_id) + [int(i) for i in extra_eos_ids]
+    vocab = hf_tokenizer.get_vocab()
+    ids += [vocab[t] for t in _CHAT_STOP_TOKENS if t in vocab]
+    self.eos_ids = tuple(dict.fromkeys(ids))
+    if not self.eos_ids:
+      raise ValueError("The tokenizer declares no end-of-sequence token and the checkpoint lists none.")
     pad = hf_tokenizer.pad_token_id
     self.pad_id = int(pad if pad is not None else self.eos_ids[0])
     self.bos_id = hf_tokenizer.bos_token_id
+    self.generation_defaults = dict(generation_defaults or {})
 
   @classmethod
   def from_directory(cls, path: str) -> "HFTokenizer":
-    """Loads tokenizer files (tokenizer.json / tokenizer_config.json) from a local directory."""
+    """Loads tokenizer files (tokenizer.json / tokenizer_config.json) from a local directory, with
+    the stop ids and sampling defaults of its generation_config.json and config.json."""
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
     if not os.path.isdir(path):
       raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
-    return cls(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    gen = _read_json(os.path.join(path, "generation_config.json"))
+    model_cfg = _read_json(os.path.join(path, "config.json"))
+    extra = _id_list(gen.get("eos_token_id")) + _id_list(model_cfg.get("eos_token_id"))
+    defaults = {k: gen[k] for k in GENERATION_SAMPLING_KEYS if gen.get(k) is not None}
+    return cls(AutoTokenizer.from_pretrained(path, local_files_only=True), extra, defaults)
 
   @classmethod
   def from_gguf(cls, gguf_path: str, cache_dir: str | None = None) -> "HFTokenizer":
@@ -69,22 +115,24 @@ class HFTokenizer(Tokenizer):
 
     Converting GGUF metadata takes ~15 s on CPU, so the converted tokenizer is saved under
     `cache_dir` (default `$SELFRL_CACHE` or ~/.cache/selfrl_jax), keyed by the file's size and mtime.
+    The stop ids (eos, eot, eom) are read from the file's metadata on every load.
     """
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
     gguf_path = os.path.abspath(gguf_path)
     if not os.path.exists(gguf_path):
       raise FileNotFoundError(f"GGUF file {gguf_path!r} does not exist.")
+    stop_ids = gguf_stop_ids(gguf_path)
     stat = os.stat(gguf_path)
     root = cache_dir or os.environ.get("SELFRL_CACHE", os.path.expanduser("~/.cache/selfrl_jax"))
     cached = os.path.join(root, "tokenizers", f"{os.path.basename(gguf_path)}-{stat.st_size}-{int(stat.st_mtime)}")
     if os.path.exists(os.path.join(cached, "tokenizer_config.json")):
-      return cls.from_directory(cached)
+      return cls(AutoTokenizer.from_pretrained(cached, local_files_only=True), stop_ids)
     directory, name = os.path.split(gguf_path)
     hf = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
     tmp = f"{cached}.tmp{os.getpid()}"
     hf.save_pretrained(tmp)
     os.replace(tmp, cached) if not os.path.exists(cached) else None  # atomic: never a half-written cache
-    return cls(hf)
+    return cls(hf, stop_ids)
 
   def encode(self, text: str) -> list[int]:
     return list(self.hf.encode(text, add_special_tokens=False))
