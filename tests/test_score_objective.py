@@ -21,7 +21,7 @@ R2 = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
 
 
 def _algo(**kw):
-  defaults = dict(sampling=SamplingParams(max_new_tokens=2), group_size=4, instr_ids=(3,),
+  defaults = dict(sampling=SamplingParams(max_new_tokens=2), group_size=4, instr_ids=(3,), end_ids=(2,),
                   reward_fn=lambda r, b: None, stage1_steps=0)
   defaults.update(kw)
   return score.SCoRe(**defaults)

@@ -68,7 +68,7 @@ def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
   graphdef, params = nnx.split(model)
   prompts_PxT, valid_PxT = left_padded_prompts([4, 2, 3, 4, 1, 3], 5, vocab, seed=3)
   greedy = SamplingParams(max_new_tokens=n, temperature=0.0, stop_ids=(2,))
-  rollout, extras = jax.jit(lambda p, x, v: two_turn_rollout(nnx.merge(graphdef, p), x, v, (5,), jax.random.key(0),
+  rollout, extras = jax.jit(lambda p, x, v: two_turn_rollout(nnx.merge(graphdef, p), x, v, (5,), (2,), jax.random.key(0),
                                                              greedy, greedy, 1))(params, prompts_PxT, valid_PxT)
   y1, y1_valid = np.asarray(extras.y1_tokens_BxN), np.asarray(extras.y1_valid_BxN)
   y2, y2_valid = np.asarray(rollout.response_tokens_BxN), np.asarray(rollout.response_valid_BxN)

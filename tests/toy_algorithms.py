@@ -2,7 +2,8 @@
 
 `ToyEnvAgent`: a three-turn agent in a toy host environment: after each of the first two turns the
 host computes an observation (per-row ids of different lengths) from the turn's tokens, appended to
-the KV cache token in / token out; a host reward scores the episode. Three host pauses per
+the KV cache token in / token out, after the end-of-turn id where the turn was truncated
+(`segments.after_turn`); a host reward scores the episode. Three host pauses per
 iteration. Turn 2 is sampled at temperature 0.5 and trained with the unclipped `is_weight`
 surrogate, turns 1 and 3 at 1.0 with `ppo_clip`.
 
@@ -22,7 +23,7 @@ import numpy as np
 from selfrl_jax.algos.advantages import compute_advantages
 from selfrl_jax.algos.base import UPDATE, Algorithm, Phase, Rewards, TokenTerms, host_call
 from selfrl_jax.algos.grpo import GRPO
-from selfrl_jax.rollouts.segments import context, generated, pack_segments
+from selfrl_jax.rollouts.segments import after_turn, context, generated, pack_segments
 from selfrl_jax.sampling.sampler import SamplingParams, continue_generation, generate
 
 OBS_WIDTH = 3
@@ -50,6 +51,7 @@ class ToyEnvAgent(Algorithm):
   sampling: SamplingParams
   group_size: int
   digit_ids: tuple[int, ...]
+  end_ids: tuple[int, ...] = (2,)  # CharTokenizer's eos closes a truncated turn
   calls: collections.Counter = dataclasses.field(default_factory=collections.Counter, compare=False)
 
   objectives = ("ppo_clip", "is_weight")
@@ -74,7 +76,8 @@ class ToyEnvAgent(Algorithm):
     b = record.batch
     n = self.sampling.max_new_tokens
     out = generate(ctx.model, b.prompt_tokens_PxT, b.prompt_valid_PxT, jax.random.fold_in(ctx.key, 1),
-                   self.turn_params(1), group_size=self.group_size, extra_capacity=2 * (OBS_WIDTH + n))
+                   self.turn_params(1), group_size=self.group_size,
+                   extra_capacity=2 * (len(self.end_ids) + OBS_WIDTH + n))
     prompt_BxT = jnp.repeat(b.prompt_tokens_PxT, self.group_size, axis=0)
     prompt_valid_BxT = jnp.repeat(b.prompt_valid_PxT, self.group_size, axis=0)
     return record.replace(aux={"cache": out.cache, "turns": ((prompt_BxT, prompt_valid_BxT), out._replace(cache=None))})
@@ -87,7 +90,8 @@ class ToyEnvAgent(Algorithm):
     shape = (jax.ShapeDtypeStruct((last.tokens_BxN.shape[0], OBS_WIDTH), jnp.int32),
              jax.ShapeDtypeStruct((last.tokens_BxN.shape[0], OBS_WIDTH), jnp.bool_))
     obs = host_call(observation, shape, last.tokens_BxN, last.valid_BxN)
-    return record.replace(aux={**record.aux, "turns": record.aux["turns"] + (obs,)})
+    between = after_turn(last.stopped_B, self.end_ids, *obs)
+    return record.replace(aux={**record.aux, "turns": record.aux["turns"] + ((between.tokens_BxN, between.valid_BxN),)})
 
   def act(self, ctx, record):
     turns = record.aux["turns"]

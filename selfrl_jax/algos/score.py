@@ -1,7 +1,7 @@
 """SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn REINFORCE for self-correction.
 
     algo = SCoRe.from_config(cfg, tok, reward_fn, train_sampling)   # or builders.build_algorithm(cfg, tok)
-    rollout = algo.rollout(model, batch, key)            # [prompt | y1 | instr | y2], TwoTurnRollout
+    rollout = algo.rollout(model, batch, key)            # [prompt | y1 | end | instr | y2], TwoTurnRollout
     rewards = algo.rewards(rollout, batch)               # Rewards(reward_B, parts={"r1_B", "r2_B"})
     terms = algo.advantages(rollout, rewards, step)      # TokenTerms: adv_BxS, kl_weight_BxS, metrics
 
@@ -33,6 +33,7 @@ from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
 from selfrl_jax.rewards.registry import RewardFn
 from selfrl_jax.eval.self_correction import multi_attempt_accuracy, self_correction_metrics
+from selfrl_jax.rollouts.segments import turn_end_ids
 from selfrl_jax.rollouts.two_turn import (TwoTurnRollout, attach_extras, correction_instruction_ids,
                                           multi_attempt_rollout, response_view, turn1_view, two_turn_rollout)
 from selfrl_jax.sampling.sampler import SamplingParams
@@ -182,6 +183,7 @@ class SCoRe(Algorithm):
     sampling: turn-1 decoding settings (the evaluator swaps in greedy ones).
     group_size: rollouts per prompt (k); one y2 per y1.
     instr_ids: self-correction instruction ids p, appended after y1.
+    end_ids: ids that close a truncated turn before p (`rollouts.segments.turn_end_ids`).
     reward_fn: single-turn `RewardFn` (scores `rollout.response_*`); applied to y1 and y2.
     max_new_tokens2: turn-2 buffer N2 (0: same as turn 1).
     multi_turn: False => single-turn RL on turn 1 (Eq. 2; the "w/o multi-turn" ablation). y2 is still
@@ -205,6 +207,7 @@ class SCoRe(Algorithm):
   sampling: SamplingParams
   group_size: int
   instr_ids: tuple[int, ...]
+  end_ids: tuple[int, ...]
   reward_fn: RewardFn
   max_new_tokens2: int = 0
   multi_turn: bool = True
@@ -231,8 +234,11 @@ class SCoRe(Algorithm):
     if self.n_attempts_eval < 2:
       raise ValueError(f"SCoRe.n_attempts_eval must be >= 2, got {self.n_attempts_eval}.")
     object.__setattr__(self, "instr_ids", tuple(int(i) for i in self.instr_ids))
+    object.__setattr__(self, "end_ids", tuple(int(i) for i in self.end_ids))
     if not self.instr_ids:
       raise ValueError("SCoRe.instr_ids is empty; the correction instruction needs at least one token.")
+    if not self.end_ids:
+      raise ValueError("SCoRe.end_ids is empty; a truncated turn needs its end-of-turn ids before the instruction.")
     for field in ("stage1_steps", "max_new_tokens2"):
       if getattr(self, field) < 0:
         raise ValueError(f"SCoRe.{field} must be >= 0, got {getattr(self, field)}.")
@@ -248,7 +254,8 @@ class SCoRe(Algorithm):
     c = cfg.score
     return cls(
         sampling=sampling, group_size=cfg.rl.group_size,
-        instr_ids=correction_instruction_ids(tokenizer, c.instruction, c.chat_instruction), reward_fn=reward_fn,
+        instr_ids=correction_instruction_ids(tokenizer, c.instruction, c.chat_instruction),
+        end_ids=turn_end_ids(tokenizer, c.chat_instruction), reward_fn=reward_fn,
         max_new_tokens2=c.max_new_tokens2, multi_turn=c.multi_turn, use_stage1=c.use_stage1,
         stage1_steps=c.stage1_steps, alpha=c.alpha, beta1=c.beta1, beta2=c.beta2,
         first_turn_kl_only=c.first_turn_kl_only, turn_credit=c.turn_credit, baseline=c.baseline,
@@ -277,7 +284,8 @@ class SCoRe(Algorithm):
 
   def rollout(self, model: Decoder, batch: PromptBatch, key: jax.Array) -> TwoTurnRollout:
     rollout, extras = two_turn_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT,
-                                       self.instr_ids, key, self.sampling, self.sampling2, self.group_size)
+                                       self.instr_ids, self.end_ids, key, self.sampling, self.sampling2,
+                                       self.group_size)
     if not self.multi_turn:
       rollout = rollout.replace(loss_mask_BxS=rollout.loss_mask_BxS & (rollout.turn_id_BxS == 1))
     return attach_extras(rollout, extras)
@@ -352,7 +360,7 @@ class SCoRe(Algorithm):
     """
     n = max(self.sampling.max_new_tokens, self.sampling2.max_new_tokens)
     out = multi_attempt_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT, self.instr_ids,
-                                key, dataclasses.replace(self.sampling, max_new_tokens=n), self.group_size,
+                                self.end_ids, key, dataclasses.replace(self.sampling, max_new_tokens=n), self.group_size,
                                 self.n_attempts_eval)
     reward_KxB = jnp.stack([self.reward_fn(response_view(out.tokens_KxBxN[k], out.valid_KxBxN[k],
                                                          out.stopped_KxB[k]), batch)

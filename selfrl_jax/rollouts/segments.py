@@ -1,15 +1,22 @@
 """One helper that builds every rollout's token layout from segments (single-turn, two-turn, agents).
 
+    between = after_turn(turn1_out.stopped_B, end_ids, appended_BxI, appended_valid_BxI)  # also fed to the cache
     rollout = pack_segments([context(prompt_BxT, prompt_valid_BxT),
                              generated(turn1_out, turn=1, params=params1),
-                             context(appended_BxI, appended_valid_BxI),      # per-row ids, any holes
+                             between,                                         # [end of turn | appended]
                              generated(turn2_out, turn=2, params=params2)])
 
-The layout is the KV cache's slot layout: `[prompt | y1 | appended | y2 | ...]`, each segment a
-static slice, with holes (invalid slots) where a row's prompt was padded, a turn stopped early or a
-row appended fewer ids. Generated segments carry the loss mask, sampler log-probs, turn id and
+The layout is the KV cache's slot layout: `[prompt | y1 | end | appended | y2 | ...]`, each segment
+a static slice, with holes (invalid slots) where a row's prompt was padded, a turn stopped early or
+a row appended fewer ids. Generated segments carry the loss mask, sampler log-probs, turn id and
 sampling temperature of their tokens; context segments carry none. The last generated segment is
 the rollout's `response_*` (what a single-turn reward scores).
+
+A turn that hits `max_new_tokens` has no end-of-turn token, so whatever follows it (the next user
+turn, an observation, a hindsight prompt) would sit inside the unfinished assistant turn. Every
+multi-turn layout therefore goes through `after_turn`, which closes truncated rows with the ids the
+chat template writes at the end of an assistant turn (`turn_end_ids`) and leaves a hole on rows
+that stopped (their stop token is already the turn's last generated token).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from selfrl_jax.models.tokenizers import Tokenizer
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SampleOutput, SamplingParams
 
@@ -55,6 +63,46 @@ def generated(out: SampleOutput, turn: int, params: SamplingParams, trained: boo
   """A sampled turn; `trained=False` keeps it out of the loss (e.g. a turn sampled for metrics only)."""
   return Segment(tokens_BxN=out.tokens_BxN, valid_BxN=out.valid_BxN, logp_BxN=out.logp_BxN,
                  stopped_B=out.stopped_B, turn=turn, temperature=params.temperature or 1.0, trained=trained)
+
+
+def turn_end_ids(tokenizer: Tokenizer, chat: bool) -> tuple[int, ...]:
+  """Ids that end an assistant turn: the chat template's end-of-turn token(s) (`chat`), else the
+  tokenizer's eos (the plain format of the synthetic tasks: `x y1 <eos> p y2 <eos>`).
+
+  Found by rendering [user, assistant("2")]: the ids after the content up to and including the last
+  stop id. Raises ValueError when the rendering has no stop id after the content.
+  """
+  if not chat:
+    return (int(tokenizer.eos_ids[0]),)
+  conv = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]
+  rendered = list(tokenizer.apply_chat_template(conv, add_generation_prompt=False))
+  content = list(tokenizer.encode("2"))
+  ends = [i for i, t in enumerate(rendered) if t in tokenizer.eos_ids]
+  starts = [i + len(content) for i in range(len(rendered) - len(content) + 1)
+            if rendered[i:i + len(content)] == content]
+  starts = [i for i in starts if ends and i <= ends[-1]]
+  if not starts:
+    raise ValueError("turn_end_ids: the chat template renders no stop token after the assistant's content; "
+                     "cannot tell how it closes a turn.")
+  return tuple(int(t) for t in rendered[starts[-1]:ends[-1] + 1])
+
+
+def after_turn(stopped_B: jax.Array, end_ids: Sequence[int], appended_BxI: jax.Array,
+               appended_valid_BxI: jax.Array) -> Segment:
+  """The context between a generated turn and the next one, [B, E + I]: `end_ids` on the rows the
+  turn left truncated (`stopped_B` False: no stop token), a hole on the rows that stopped, then the
+  appended ids.
+
+  Feed `tokens_BxN` / `valid_BxN` of the result to `continue_generation` and put the segment in the
+  layout, so the cache and the trainer see the same context.
+  """
+  if len(end_ids) == 0:
+    raise ValueError("after_turn: end_ids is empty; use `turn_end_ids(tokenizer, chat)`.")
+  b = stopped_B.shape[0]
+  end_BxE = jnp.broadcast_to(jnp.asarray(tuple(end_ids), jnp.int32)[None], (b, len(end_ids)))
+  end_valid_BxE = jnp.broadcast_to(~stopped_B.astype(bool)[:, None], end_BxE.shape)
+  return context(jnp.concatenate([end_BxE, appended_BxI.astype(jnp.int32)], axis=1),
+                 jnp.concatenate([end_valid_BxE, appended_valid_BxI.astype(bool)], axis=1))
 
 
 def pack_segments(segments: Sequence[Segment]) -> Rollout:

@@ -1,12 +1,12 @@
 """Two-attempt (and K-attempt) self-correction rollouts, token in, token out (SCoRe, score.md §2.5).
 
-    rollout, extras = two_turn_rollout(model, prompts_PxT, valid_PxT, instr_ids, key, params1, params2, G)
-    rollout.tokens_BxS        # [prompt T | y1 N1 | instr I | y2 N2], holes where a turn stopped early
+    rollout, extras = two_turn_rollout(model, prompts_PxT, valid_PxT, instr_ids, end_ids, key, params1, params2, G)
+    rollout.tokens_BxS        # [prompt T | y1 N1 | end E | instr I | y2 N2], holes where a turn stopped early
     rollout.turn_id_BxS       # 1 on y1 tokens, 2 on y2 tokens, 0 on prompt / instruction / holes
     extras.y1_tokens_BxN      # the first attempt, so rewards of both turns can be computed
 
-Turn 2 continues turn 1's KV cache: the instruction ids (tokenized once, static) are appended to the
-cache and y2 is sampled after them. Nothing is decoded to text and re-tokenized, so the trainer's
+Turn 2 continues turn 1's KV cache: the end-of-turn ids where y1 was truncated (`segments.after_turn`)
+and the instruction ids (tokenized once, static) are appended to the cache and y2 is sampled after them. Nothing is decoded to text and re-tokenized, so the trainer's
 forward pass over `tokens_BxS` sees exactly the context the sampler saw.
 """
 
@@ -20,7 +20,7 @@ from flax import struct
 
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.tokenizers import Tokenizer
-from selfrl_jax.rollouts.segments import context, generated, pack_segments
+from selfrl_jax.rollouts.segments import after_turn, context, generated, pack_segments
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams, continue_generation, generate
 
@@ -77,7 +77,7 @@ def _instruction_BxI(instr_ids: Sequence[int], batch_size: int) -> tuple[jax.Arr
 
 
 def two_turn_rollout(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax.Array,
-                     instr_ids: Sequence[int], key: jax.Array, params1: SamplingParams,
+                     instr_ids: Sequence[int], end_ids: Sequence[int], key: jax.Array, params1: SamplingParams,
                      params2: SamplingParams, group_size: int) -> tuple[Rollout, TwoTurnExtras]:
   """Samples y1 ~ pi(.|x) and y2 ~ pi(.|x, y1, p) for `group_size` rollouts per prompt (§2.5 steps 1–3).
 
@@ -85,32 +85,35 @@ def two_turn_rollout(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_
     model: the decoder.
     prompt_tokens_PxT, prompt_valid_PxT: left-padded prompts.
     instr_ids: static self-correction instruction ids p (see `correction_instruction_ids`).
+    end_ids: ids that close a truncated y1 (`segments.turn_end_ids`), so the context of y2 is the chat
+      template's rendering of [x, y1, p] for truncated and finished rows alike.
     key: PRNG key (split into one key per turn).
     params1, params2: decoding settings of turn 1 (N1 slots) and turn 2 (N2 slots).
     group_size: rollouts per prompt; rows are prompt-major (B = P * G). One y2 per y1 (§7 item 7).
 
   Returns:
-    (Rollout over [prompt | y1 | instr | y2] with loss on y1 and y2 tokens and response = y2,
+    (Rollout over [prompt | y1 | end | instr | y2] with loss on y1 and y2 tokens and response = y2,
      TwoTurnExtras holding y1).
   """
   key1, key2 = jax.random.split(key)
   out1 = generate(model, prompt_tokens_PxT, prompt_valid_PxT, key1, params1, group_size=group_size,
-                  extra_capacity=len(instr_ids) + params2.max_new_tokens)
+                  extra_capacity=len(end_ids) + len(instr_ids) + params2.max_new_tokens)
   b = out1.tokens_BxN.shape[0]
-  instr_BxI, instr_valid_BxI = _instruction_BxI(instr_ids, b)
-  out2 = continue_generation(model, out1.cache, instr_BxI, instr_valid_BxI, key2, params2)
+  between = after_turn(out1.stopped_B, end_ids, *_instruction_BxI(instr_ids, b))
+  out2 = continue_generation(model, out1.cache, between.tokens_BxN, between.valid_BxN, key2, params2)
 
   prompt_BxT = jnp.repeat(prompt_tokens_PxT, group_size, axis=0)
   prompt_valid_BxT = jnp.repeat(prompt_valid_PxT.astype(bool), group_size, axis=0)
   rollout = pack_segments([context(prompt_BxT, prompt_valid_BxT), generated(out1, turn=1, params=params1),
-                           context(instr_BxI, instr_valid_BxI), generated(out2, turn=2, params=params2)])
+                           between, generated(out2, turn=2, params=params2)])
   extras = TwoTurnExtras(y1_tokens_BxN=out1.tokens_BxN, y1_valid_BxN=out1.valid_BxN,
                          y1_stopped_B=out1.stopped_B)
   return rollout, extras
 
 
 class MultiAttemptOutput(NamedTuple):
-  """K sequential attempts per rollout (attempt k sees the prompt and attempts 1..k-1, each + instr).
+  """K sequential attempts per rollout (attempt k sees the prompt and attempts 1..k-1, each closed
+  where truncated and followed by the instruction).
 
   Attributes:
     tokens_KxBxN: ids of each attempt (pad after the stop token).
@@ -126,9 +129,10 @@ class MultiAttemptOutput(NamedTuple):
 
 
 def multi_attempt_rollout(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax.Array,
-                          instr_ids: Sequence[int], key: jax.Array, params: SamplingParams,
-                          group_size: int, num_attempts: int) -> MultiAttemptOutput:
-  """K >= 2 attempts in one cache ([prompt | y1 | p | y2 | p | ... | yK]) for evaluation (App. A.1, Fig. 8).
+                          instr_ids: Sequence[int], end_ids: Sequence[int], key: jax.Array,
+                          params: SamplingParams, group_size: int, num_attempts: int) -> MultiAttemptOutput:
+  """K >= 2 attempts in one cache ([prompt | y1 | end | p | y2 | end | p | ... | yK]) for evaluation
+  (App. A.1, Fig. 8); `end` holds `end_ids` where the attempt before it was truncated.
 
   Attempts 2..K run under one `lax.scan`, so K does not multiply compile time. With K = 2 and the
   same settings for both turns, attempts 1 and 2 equal `two_turn_rollout`'s y1 and y2 under greedy
@@ -136,18 +140,21 @@ def multi_attempt_rollout(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_v
   """
   if num_attempts < 2:
     raise ValueError(f"multi_attempt_rollout: num_attempts must be >= 2, got {num_attempts}.")
-  per_turn = len(instr_ids) + params.max_new_tokens
+  per_turn = len(end_ids) + len(instr_ids) + params.max_new_tokens
   key1, key_rest = jax.random.split(key)
   out1 = generate(model, prompt_tokens_PxT, prompt_valid_PxT, key1, params, group_size=group_size,
                   extra_capacity=(num_attempts - 1) * per_turn)
   instr_BxI, instr_valid_BxI = _instruction_BxI(instr_ids, out1.tokens_BxN.shape[0])
 
-  def attempt(cache, k):
-    out = continue_generation(model, cache, instr_BxI, instr_valid_BxI, jax.random.fold_in(key_rest, k),
-                              params)
-    return out.cache, (out.tokens_BxN, out.valid_BxN, out.logp_BxN, out.stopped_B)
+  def attempt(carry, k):
+    cache, prev_stopped_B = carry
+    between = after_turn(prev_stopped_B, end_ids, instr_BxI, instr_valid_BxI)
+    out = continue_generation(model, cache, between.tokens_BxN, between.valid_BxN,
+                              jax.random.fold_in(key_rest, k), params)
+    return (out.cache, out.stopped_B), (out.tokens_BxN, out.valid_BxN, out.logp_BxN, out.stopped_B)
 
-  _, (tokens, valid, logp, stopped) = jax.lax.scan(attempt, out1.cache, jnp.arange(num_attempts - 1))
+  _, (tokens, valid, logp, stopped) = jax.lax.scan(attempt, (out1.cache, out1.stopped_B),
+                                                   jnp.arange(num_attempts - 1))
   stack = lambda first, rest: jnp.concatenate([first[None], rest], axis=0)  # noqa: E731
   return MultiAttemptOutput(tokens_KxBxN=stack(out1.tokens_BxN, tokens), valid_KxBxN=stack(out1.valid_BxN, valid),
                             logp_KxBxN=stack(out1.logp_BxN, logp), stopped_KxB=stack(out1.stopped_B, stopped))
