@@ -2,14 +2,16 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import jax.numpy as jnp
 
-from hf_reference import VOCAB, make_reference, torch
-from selfrl_jax.models.decoder import forward_full
-from selfrl_jax.models.gguf_io import load_gguf
+from hf_reference import VOCAB, make_reference, torch, transformers
+from selfrl_jax.models.config import RopeScaling, tiny_config, to_hf_config
+from selfrl_jax.models.decoder import forward_full, rope_inv_freq
+from selfrl_jax.models.gguf_io import check_rope_freqs, load_gguf, rope_scaling_from_factors
 from selfrl_jax.models.hf_io import CheckpointError, load_hf
 from selfrl_jax.models.loading import load_model
 
@@ -28,8 +30,40 @@ def _llama_cpp_permute(w, n_heads):
   return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_gguf(ref, path):
-  """Writes a torch Llama model as an F32 GGUF file laid out the way llama.cpp does."""
+def _llama_cpp_rope_freqs(head_dim, theta, factor, low, high, orig):
+  """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py computes it (float32 frequencies)."""
+  freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+  out = []
+  for wavelen in 2 * np.pi / freqs.astype(np.float64):
+    if wavelen < orig / high:
+      out.append(1.0)
+    elif wavelen > orig / low:
+      out.append(factor)
+    else:
+      smooth = (orig / wavelen - low) / (high - low)
+      out.append(1 / ((1 - smooth) / factor + smooth))
+  return np.array(out, np.float32)
+
+
+def _add_metadata(writer, key, value):
+  if isinstance(value, bool):
+    writer.add_bool(key, value)
+  elif isinstance(value, int):
+    writer.add_uint32(key, value)
+  elif isinstance(value, float):
+    writer.add_float32(key, value)
+  elif isinstance(value, str):
+    writer.add_string(key, value)
+  else:
+    writer.add_array(key, list(value))
+
+
+def _write_gguf(ref, path, metadata=None, tensors=None):
+  """Writes a torch Llama model as an F32 GGUF file laid out the way llama.cpp does.
+
+  `metadata` ({key: value}) is added or overrides; `tensors` ({name: array}) come first, as
+  llama.cpp's generated ones (rope_freqs.weight) do.
+  """
   c = ref.config
   writer = gguf.GGUFWriter(str(path), "llama")
   writer.add_block_count(c.num_hidden_layers)
@@ -41,6 +75,10 @@ def _write_gguf(ref, path):
   writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
   writer.add_layer_norm_rms_eps(c.rms_norm_eps)
   writer.add_vocab_size(c.vocab_size)
+  for key, value in (metadata or {}).items():
+    _add_metadata(writer, key, value)
+  for name, value in (tensors or {}).items():
+    writer.add_tensor(name, np.ascontiguousarray(value))
   for name, value in ref.state_dict().items():
     w = value.numpy().astype(np.float32)
     if name == "model.embed_tokens.weight":
@@ -73,6 +111,11 @@ def llama_dir(tmp_path_factory):
   return ref, directory
 
 
+@pytest.fixture(scope="module")
+def tied_ref():
+  return make_reference("llama_tied_gqa2")
+
+
 def _logits(model, tokens):
   return np.asarray(model.logits(forward_full(model, jnp.asarray(tokens), jnp.ones(tokens.shape, bool))))
 
@@ -86,6 +129,129 @@ def test_gguf_import_matches_torch(tmp_path):
   with torch.no_grad():
     expected = ref(torch.tensor(tokens)).logits.numpy()
   assert np.abs(_logits(model, tokens) - expected).max() <= 1e-4
+
+
+def _llama3_rope_freqs(ref):
+  """The reference's llama3 scaling as llama.cpp stores it (no scaling metadata)."""
+  rope = ref.config.rope_parameters
+  return _llama_cpp_rope_freqs(ref.config.head_dim, rope["rope_theta"], rope["factor"], rope["low_freq_factor"],
+                               rope["high_freq_factor"], rope["original_max_position_embeddings"])
+
+
+def _transformers_inv_freq(cfg):
+  """Inverse frequencies transformers computes from our HF export of `cfg`."""
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  hf = transformers.LlamaConfig.from_dict(to_hf_config(cfg))
+  return ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")[0].numpy()
+
+
+def _base_inv_freq(head_dim, theta):
+  return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+
+
+def test_gguf_llama3_rope_scaling_matches_transformers(llama_dir, tmp_path):
+  """Issue 14.3: rope_freqs.weight, as llama.cpp writes it, restores the Llama-3 scaling."""
+  ref = llama_dir[0]
+  factors = _llama3_rope_freqs(ref)
+  _write_gguf(ref, tmp_path / "l3.gguf", tensors={"rope_freqs.weight": factors})
+  _write_gguf(ref, tmp_path / "plain.gguf")
+  tokens = np.random.RandomState(0).randint(0, VOCAB, (2, 40))
+  with torch.no_grad():
+    expected = ref(torch.tensor(tokens)).logits.numpy()
+  model, cfg = load_gguf(str(tmp_path / "l3.gguf"))
+  assert cfg.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 64)
+  assert np.abs(_logits(model, tokens) - expected).max() <= 1e-4
+  # The HF export gives transformers the same frequencies.
+  np.testing.assert_allclose(_transformers_inv_freq(cfg), _base_inv_freq(16, 50000.0) / factors, rtol=1e-6)
+  # Without the scaling (the file minus rope_freqs.weight, i.e. what the old loader built) the logits differ.
+  plain, plain_cfg = load_gguf(str(tmp_path / "plain.gguf"))
+  assert plain_cfg.rope_scaling is None and np.abs(_logits(plain, tokens) - expected).max() > 1e-2
+
+
+def test_gguf_rope_scaling_override_is_checked_against_rope_freqs(llama_dir, tmp_path):
+  ref = llama_dir[0]
+  _write_gguf(ref, tmp_path / "l3.gguf", tensors={"rope_freqs.weight": _llama3_rope_freqs(ref)})
+  path = str(tmp_path / "l3.gguf")
+  _, cfg = load_gguf(path, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64))
+  assert cfg.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 64)
+  for wrong in (None, RopeScaling(8.0, 1.0, 2.0, 64), RopeScaling(4.0, 1.0, 4.0, 64)):
+    with pytest.raises(CheckpointError,
+                       match=r"l3\.gguf: tensor 'rope_freqs\.weight' disagrees .*max relative difference"):
+      load_gguf(path, rope_scaling=wrong)
+
+
+@pytest.mark.parametrize("factor", [8.0, 32.0])  # Llama 3.1 (8B/70B/405B) and Llama 3.2 (1B/3B)
+def test_llama3_scaling_derived_from_rope_freqs_alone(factor):
+  factors = _llama_cpp_rope_freqs(128, 500000.0, factor, 1.0, 4.0, 8192)
+  scaling = rope_scaling_from_factors(factors, 128, 500000.0)
+  assert scaling == RopeScaling(factor, 1.0, 4.0, 8192)
+  cfg = tiny_config(head_dim=128, rope_theta=500000.0, rope_scaling=scaling)
+  target = _base_inv_freq(128, 500000.0) / factors
+  np.testing.assert_allclose(rope_inv_freq(cfg), target, rtol=1e-6)
+  np.testing.assert_allclose(_transformers_inv_freq(cfg), target, rtol=1e-6)
+  check_rope_freqs(cfg, factors)
+
+
+def test_llama3_scaling_is_determined_up_to_scale():
+  """low_freq_factor = 2 is not recoverable from the factors alone (only ratios are); the frequencies are."""
+  factors = _llama_cpp_rope_freqs(128, 500000.0, 8.0, 2.0, 8.0, 8192)
+  scaling = rope_scaling_from_factors(factors, 128, 500000.0)
+  assert scaling == RopeScaling(8.0, 1.0, 4.0, 4096)  # convention: low_freq_factor = 1
+  with_context = rope_scaling_from_factors(factors, 128, 500000.0, original_context_length=8192)
+  assert with_context == RopeScaling(8.0, 2.0, 8.0, 8192)
+  cfg = tiny_config(head_dim=128, rope_theta=500000.0, rope_scaling=scaling)
+  np.testing.assert_allclose(rope_inv_freq(cfg), _base_inv_freq(128, 500000.0) / factors, rtol=1e-6)
+  assert rope_scaling_from_factors(np.ones(64, np.float32), 128, 500000.0) is None
+
+
+def test_corrupted_rope_freqs_is_refused(llama_dir, tmp_path):
+  ref = llama_dir[0]
+  factors = _llama3_rope_freqs(ref)
+  factors[-1] *= 1.01  # one long-wavelength divisor off by 1%
+  _write_gguf(ref, tmp_path / "bad.gguf", tensors={"rope_freqs.weight": factors})
+  with pytest.raises(CheckpointError, match=r"bad\.gguf: tensor 'rope_freqs\.weight'.*max relative difference"):
+    load_gguf(str(tmp_path / "bad.gguf"))
+  factors[-1] = 0.5  # below 1: no Llama-3 scaling multiplies a frequency
+  _write_gguf(ref, tmp_path / "low.gguf", tensors={"rope_freqs.weight": factors})
+  with pytest.raises(CheckpointError, match=r"low\.gguf: tensor 'rope_freqs\.weight'"):
+    load_gguf(str(tmp_path / "low.gguf"))
+  # A Llama-3.1 vector with one smooth-band divisor off by 0.1%: the fit cannot reproduce it.
+  llama31 = _llama_cpp_rope_freqs(128, 500000.0, 8.0, 1.0, 4.0, 8192)
+  llama31[31] *= 1.001
+  cfg = tiny_config(head_dim=128, rope_theta=500000.0, rope_scaling=rope_scaling_from_factors(llama31, 128, 500000.0))
+  with pytest.raises(CheckpointError, match=r"rope_freqs\.weight.*max relative difference"):
+    check_rope_freqs(cfg, llama31)
+
+
+@pytest.mark.parametrize("metadata, key", [
+    ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0}, "llama.rope.scaling.type"),
+    ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+      "llama.rope.scaling.original_context_length": 64}, "llama.rope.scaling.type"),
+    ({"llama.rope.scaling.factor": 4.0}, "llama.rope.scaling.factor"),  # llama.cpp: no type means linear
+    ({"llama.rope.dimension_count": 8}, "llama.rope.dimension_count"),  # partial rotary (head_dim 16)
+    ({"llama.attention.value_length": 32}, "llama.attention.value_length"),
+    ({"llama.expert_count": 4, "llama.expert_used_count": 2}, "llama.expert_count"),
+    ({"llama.attention.sliding_window": 32}, "llama.attention.sliding_window"),
+    ({"llama.attention.causal": False}, "llama.attention.causal"),
+    ({"llama.logit_scale": 0.5}, "llama.logit_scale"),
+    ({"llama.attention.scale": 0.25}, "llama.attention.scale"),  # not understood at all
+    ({"llama.feed_forward_length": [96, 128]}, "llama.feed_forward_length"),  # per-layer widths
+    ({"split.count": 2}, "split.count"),
+])
+def test_unsupported_gguf_metadata_is_refused_by_name(tied_ref, tmp_path, metadata, key):
+  _write_gguf(tied_ref, tmp_path / "m.gguf", metadata=metadata)
+  with pytest.raises(CheckpointError, match=r"m\.gguf: .*" + re.escape(key)):
+    load_gguf(str(tmp_path / "m.gguf"))
+
+
+def test_neutral_gguf_metadata_is_accepted(tied_ref, tmp_path):
+  metadata = {"llama.rope.dimension_count": 16, "llama.attention.key_length": 16, "llama.attention.value_length": 16,
+              "llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 8.0, "llama.expert_count": 0,
+              "llama.attention.sliding_window": 0, "llama.attention.causal": True,
+              "llama.feed_forward_length": [96, 96]}
+  _write_gguf(tied_ref, tmp_path / "m.gguf", metadata=metadata)
+  _, cfg = load_gguf(str(tmp_path / "m.gguf"))
+  assert cfg.rope_scaling is None and cfg.head_dim == 16 and cfg.d_ff == 96
 
 
 def test_truncated_gguf_is_a_clear_error(tmp_path):
