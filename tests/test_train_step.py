@@ -103,6 +103,23 @@ def test_nonfinite_loss_skips_update_and_counts(batch):
   assert int(state.nonfinite_streak) == 2
 
 
+def test_damaged_optimizer_state_is_never_applied(batch):
+  """Issue 15.1: finite loss and gradients, but a NaN in one Adam first moment (what a damaged
+  checkpoint restored): the update would write NaN weights, so it is skipped and counted."""
+  fns, state, _ = _setup(num_minibatches=1, micro_batch_size=P * G)
+  mu = state.opt_state[0].mu
+  first = jax.tree.leaves(mu)[0]
+  damaged = jax.tree.unflatten(jax.tree.structure(mu), [first.at[(0,) * first.ndim].set(jnp.nan)]
+                               + jax.tree.leaves(mu)[1:])
+  state = state.replace(opt_state=(state.opt_state[0]._replace(mu=damaged),) + tuple(state.opt_state[1:]))
+  before = _leaves(state)
+  state, metrics = fns(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert int(metrics["nonfinite_skipped"]) == 1 and int(state.nonfinite_streak) == 1
+  for x, y in zip(before, _leaves(state)):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_kl_term_uses_frozen_reference(batch):
   fns, state, _ = _setup(kl_coef=0.1)
   state, metrics = fns(state, batch)

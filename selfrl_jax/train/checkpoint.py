@@ -13,10 +13,16 @@
 Each step directory holds four Orbax items: `state` (any pytree of arrays; typed PRNG keys are
 stored as their uint32 key data and re-wrapped on restore with the dtype of the abstract leaf),
 `data` (iterator state: JSON value or bytes), `config` (JSON dict) and `meta` (step, wall time,
-user metrics). Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames on commit, so a
-half-written step is never listed. A committed step that fails to restore (truncated or missing
-file) is skipped with a warning, the next older step is used, and the bad step is moved to
-`<directory>/corrupt/` so later saves at that step number are possible.
+user metrics, and the state's integrity record). Orbax writes into `<step>.orbax-checkpoint-tmp-*`
+and renames on commit, so a half-written step is never listed.
+
+Integrity: compressed array chunks can be damaged without the reader noticing (overwritten bytes
+in the middle of a chunk restore as NaNs or garbage), so `save` records two position-weighted
+uint32 checksums of every state array's bits in `meta` — committed atomically with the arrays —
+and every restore recomputes and compares them. A committed step that fails to restore (truncated
+or missing file, or a checksum mismatch) is skipped with a warning naming the arrays, the next
+older step is used, and the bad step is moved to `<directory>/corrupt/` so later saves at that
+step number are possible. Steps saved before integrity records existed restore with a warning.
 
 Multi-host: every process calls `save`/`restore*`; Orbax coordinates the writes, and the fallback
 only accepts a step that restored on every process.
@@ -33,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -40,6 +47,7 @@ from etils import epath
 
 ITEMS = ("state", "data", "config", "meta")
 CORRUPT_SUBDIR = "corrupt"
+INTEGRITY_KEY = "state_checksums"  # reserved meta field: {array path: [c1, c2]}
 
 
 class Restored(NamedTuple):
@@ -54,6 +62,54 @@ class Restored(NamedTuple):
 
 class CheckpointError(RuntimeError):
   """No checkpoint in the directory could be restored."""
+
+
+class IntegrityError(ValueError):
+  """A restored step's arrays do not match the checksums saved with them."""
+
+
+# --- integrity record --------------------------------------------------------------------------
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The bits of `x` as a flat uint32 vector (16- and 8-bit types widened, 64-bit split in two)."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(x, width) if x.dtype != width else x
+  return bits.astype(jnp.uint32).reshape(-1)
+
+
+@jax.jit
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """[2] uint32: sums of the bits weighted by odd position multipliers (wrapping, so exact in any
+  reduction order or sharding); any change of one word changes both, a swap of two words the first."""
+  bits = _as_uint32(x)
+  i = jnp.arange(bits.shape[0], dtype=jnp.uint32)
+  c1 = jnp.sum(bits * (2 * i + 1), dtype=jnp.uint32)
+  c2 = jnp.sum((bits ^ (i * jnp.uint32(0x9E3779B9))) * jnp.uint32(0x85EBCA6B), dtype=jnp.uint32)
+  return jnp.stack([c1, c2])
+
+
+def state_checksums(tree) -> dict[str, list[int]]:
+  """{array path: [c1, c2]} for every array leaf of `tree` (typed keys as key data), computed where
+  the arrays live (sharded arrays included), for the integrity record of a checkpoint."""
+  leaves = jax.tree.leaves_with_path(keys_to_data(tree))
+  sums = jax.device_get([_leaf_checksum(jnp.asarray(x)) for _, x in leaves])
+  return {jax.tree_util.keystr(path): [int(v) for v in c] for (path, _), c in zip(leaves, sums)}
+
+
+def verify_checksums(tree, record: Mapping[str, Any] | None, where: str) -> None:
+  """Raises IntegrityError naming the arrays of `tree` whose checksums differ from `record`.
+
+  A missing record (a step saved before integrity records existed) is logged, not an error."""
+  if record is None:
+    logging.warning("%s has no integrity record (saved by an older version); restored unverified", where)
+    return
+  got = state_checksums(tree)
+  bad = sorted(k for k in set(got) | set(record) if got.get(k) != record.get(k))
+  if bad:
+    raise IntegrityError(f"{where}: {len(bad)} of {len(record)} arrays do not match the checksums saved "
+                         f"with them (damaged bytes): {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}")
 
 
 # --- typed PRNG keys ---------------------------------------------------------------------------
@@ -237,9 +293,13 @@ class CheckpointManager:
     user_meta = to_jsonable(dict(meta or {}), "meta")
     if "step" in user_meta and user_meta["step"] != step:
       raise ValueError(f"meta['step']={user_meta['step']!r} disagrees with step={step}")
-    meta_record = {**user_meta, "step": step, "wall_time": time.time()}
+    if INTEGRITY_KEY in user_meta:
+      raise ValueError(f"meta[{INTEGRITY_KEY!r}] is reserved for the checkpoint's integrity record")
+    state_data = keys_to_data(state)
+    meta_record = {**user_meta, "step": step, "wall_time": time.time(),
+                   INTEGRITY_KEY: state_checksums(state_data)}
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(keys_to_data(state)),
+        state=ocp.args.StandardSave(state_data),
         data=ocp.args.JsonSave(encode_data_state(data_state)),
         config=ocp.args.JsonSave(config_to_dict(config)),
         meta=ocp.args.JsonSave(meta_record))
@@ -256,7 +316,10 @@ class CheckpointManager:
       step: step to restore; None for the newest committed step.
 
     Returns:
-      (state, data_state, config_dict, meta).
+      (state, data_state, config_dict, meta); meta without the integrity record.
+
+    Raises:
+      IntegrityError: an array does not match the checksum saved with it.
     """
     self._mngr.wait_until_finished()  # never read a step that is still being written
     if step is None:
@@ -270,9 +333,11 @@ class CheckpointManager:
     out = self._mngr.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
         config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    meta = dict(out.meta)
+    verify_checksums(out.state, meta.pop(INTEGRITY_KEY, None), f"checkpoint step {step} in {self.directory}")
     state = data_to_keys(out.state, abstract_state)
     self.last_restored_step = int(step)
-    return state, decode_data_state(out.data), dict(out.config), dict(out.meta)
+    return state, decode_data_state(out.data), dict(out.config), meta
 
   def saved_config(self) -> dict[str, Any] | None:
     """The config saved with the newest committed step (None: no checkpoint yet); reads nothing else."""

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteAbort(RuntimeError):
-  """Too many consecutive non-finite updates; the last good checkpoint is intact."""
+  """Too many consecutive non-finite updates in a row (none of them was applied)."""
 
 
 def make_evaluator(cfg, graphdef, tok, source, size: int) -> Evaluator:
@@ -182,9 +182,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
         if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
           ckpt.wait_until_finished()
           raise NonFiniteAbort(
-              f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss or gradient (limit "
-              f"train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); the last checkpoint "
-              f"(step {ckpt.latest_step()}) is intact.")
+              f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss, gradient or update "
+              f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); none was applied, so "
+              f"every checkpoint holds finite weights (newest: step {ckpt.latest_step()}). Resuming repeats "
+              "the same data and updates: change the config first (e.g. a lower optim.learning_rate).")
         if step % cfg.train.log_every == 0:
           writer.write(step, metrics)
         bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)

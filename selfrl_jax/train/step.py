@@ -171,9 +171,12 @@ def _optimize(state: TrainState, graphdef, tx: optax.GradientTransformation, ub:
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grads, metrics = jax.lax.scan(micro_step, zeros, index_AxM)
-    finite = _all_finite(grads) & jnp.all(jnp.isfinite(metrics["loss"]))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # The new parameters and optimizer state too: finite gradients can still give a non-finite
+    # update (a damaged Adam moment, an overflowing second moment), which must never be applied.
+    finite = (_all_finite(grads) & jnp.all(jnp.isfinite(metrics["loss"])) & _all_finite(params)
+              & _all_finite(opt_state))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     state = state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state))
     metrics = jax.tree.map(jnp.mean, metrics)
