@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from typing import Callable
 
 import numpy as np
 
 from selfrl_jax.train.loop import train
+from selfrl_jax.train.preemption import EXIT_PREEMPTED
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -36,7 +38,8 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
     edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
 
   Raises:
-    SystemExit: a run was preempted (SIGTERM); rerunning the same command resumes it.
+    SystemExit: a run was preempted (SIGTERM / Ctrl-C), with status `EXIT_PREEMPTED`; rerunning
+      the same command resumes it.
   """
   module = load_config_module(config_path)
   runs, seconds = {}, {}
@@ -52,7 +55,8 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
       runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
                               sft_cache_dir=os.path.join(workdir, "warm_start"))
       if runs[arm][seed]["preempted"]:
-        raise SystemExit("Preempted: rerun the same command to resume.")
+        print("Preempted: rerun the same command to resume.", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED)
     seconds[arm] = time.perf_counter() - t_arm
   return {"runs": runs, "seconds": seconds}
 

@@ -37,6 +37,7 @@ from ml_collections import config_flags  # noqa: E402
 from experiments import rlavr_toy, score_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.metrics import read_jsonl  # noqa: E402
+from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmetic.py", "Experiment config.",
                                           lock_config=True)
@@ -136,8 +137,8 @@ def main(argv):
     runs[seed] = train(cfg, os.path.join(workdir, f"seed_{seed}"), sft_cache_dir=os.path.join(workdir, "warm_start"))
     runs[seed]["seconds"] = time.perf_counter() - t0
     if runs[seed]["preempted"]:
-      print("Preempted: rerun the same command to resume.")
-      return
+      print("Preempted: rerun the same command to resume.", file=sys.stderr)
+      sys.exit(EXIT_PREEMPTED)
   before = np.array([r["initial"]["eval/accuracy"] for r in runs.values()])
   after = np.array([r["final"]["eval/accuracy"] for r in runs.values()])
   total = time.perf_counter() - t_start

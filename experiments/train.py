@@ -3,6 +3,9 @@ r"""Train with any experiment config; resumes automatically from the newest chec
   python experiments/train.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo
   python experiments/train.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/grpo \
       --config.rl.advantage=rloo --config.train.num_steps=200
+
+Exit status: 0 finished; 75 stopped early by SIGTERM / Ctrl-C after saving (rerun to resume);
+anything else, an error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from selfrl_jax.train.loop import train  # noqa: E402
+from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:arg).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
@@ -28,6 +32,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   summary = train(_CONFIG.value, _WORKDIR.value)
   print(json.dumps({k: summary[k] for k in ("initial", "final", "preempted", "resumed_from", "compilations")}))
+  if summary["preempted"]:
+    print(f"Stopped early in the {summary['stopped_in'].replace('_', ' ')}, progress saved: rerun the same "
+          f"command to resume (exit status {EXIT_PREEMPTED}).", file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

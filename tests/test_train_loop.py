@@ -13,12 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs.tiny.grpo_arithmetic import get_config
 from selfrl_jax.rewards import registry
 from selfrl_jax.train.builders import ConfigError, validate_config
 from selfrl_jax.train.loop import NonFiniteAbort, train
 from selfrl_jax.train.metrics import read_jsonl
+from selfrl_jax.train.preemption import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.sft.steps=10", "--config.train.num_steps=8", "--config.train.checkpoint_every=2",
@@ -86,11 +88,70 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0
+  assert proc.returncode == EXIT_PREEMPTED  # stopped early and resumable, not "finished" (issue 15.3)
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary["preempted"] is True
   saved = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
   assert saved and 3 <= saved[-1] < 500  # the step it stopped at, not a periodic checkpoint
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_path):
+  """Issue 15.2: SIGTERM in the SFT warm start used to exit silently and lose it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SELFRL_CACHE=str(tmp_path / "cache"))
+  cmd = _train_cmd(tmp_path / "run") + ["--config.sft.steps=400", "--config.train.num_steps=2"]
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  warm = tmp_path / "run" / "warm_start"
+  deadline = time.time() + 300
+  while time.time() < deadline and not list(warm.glob("sft_*.partial/[0-9]*")):  # a periodic SFT save
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+  assert "Stopped early in the warm start" in err and json.loads(out.strip().splitlines()[-1])["preempted"]
+  stopped = [int(p.name) for p in warm.glob("sft_*.partial/[0-9]*")]
+  assert len(stopped) == 1 and 2 <= stopped[0] < 400, stopped
+  assert not list(warm.glob("sft_*[0-9a-f]/model.safetensors"))  # no finished warm start yet
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"resuming from step {stopped[0]} of 400" in out.stderr
+  assert list(warm.glob("sft_*[0-9a-f]/model.safetensors")) and not list(warm.glob("*.partial"))
+
+
+def _sft_demos(seed=0, batch=4, length=6, vocab=20):
+  rng = np.random.default_rng(seed)
+  while True:
+    tokens = rng.integers(3, vocab, (batch, length)).astype(np.int32)
+    yield {"tokens_BxS": tokens, "valid_BxS": np.ones(tokens.shape, bool),
+           "loss_mask_BxS": np.arange(length)[None].repeat(batch, 0) >= length // 2}
+
+
+def test_interrupted_warm_start_resumes_bit_exact(tmp_path):
+  """A stop request after step 7 saves and raises; a crash after step 13 keeps the periodic save at
+  10; each resumed run ends bit-identical to an uninterrupted one (the stream is replayed)."""
+  from selfrl_jax.models.config import tiny_config
+  from selfrl_jax.models.decoder import init_model
+  from selfrl_jax.train.sft import WarmStartPreempted, train_sft
+  kw = dict(steps=16, learning_rate=1e-2, progress=False, checkpoint_every=5)
+  model = lambda: init_model(tiny_config(vocab_size=20, d_model=16, d_ff=32, n_heads=2, n_kv_heads=1, head_dim=8))  # noqa: E731
+  want = nnx.state(train_sft(model(), _sft_demos(), **kw), nnx.Param)
+
+  calls = iter(range(100))
+  with pytest.raises(WarmStartPreempted, match="step 7"):
+    train_sft(model(), _sft_demos(), checkpoint_dir=str(tmp_path / "a"), should_stop=lambda: next(calls) == 6, **kw)
+  got = nnx.state(train_sft(model(), _sft_demos(), checkpoint_dir=str(tmp_path / "a"), **kw), nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+  def crashing(after):
+    for i, demo in enumerate(_sft_demos()):
+      if i == after:
+        raise RuntimeError("environment died")
+      yield demo
+  with pytest.raises(RuntimeError, match="environment died"):
+    train_sft(model(), crashing(13), checkpoint_dir=str(tmp_path / "b"), **kw)
+  assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.name.isdigit()) == ["10"]
+  got = nnx.state(train_sft(model(), _sft_demos(), checkpoint_dir=str(tmp_path / "b"), **kw), nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
 from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.metrics import MetricWriter
 from selfrl_jax.train.preemption import PreemptionHandler
-from selfrl_jax.train.sft import cached_warm_start, noisy_demonstrations, train_sft
+from selfrl_jax.train.sft import WarmStartPreempted, cached_warm_start, noisy_demonstrations, train_sft
 from selfrl_jax.train.state import create_train_state, make_optimizer
 from selfrl_jax.train.step import make_train_step
 
@@ -62,12 +62,14 @@ def _sft_seed(cfg) -> int:
   return cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed
 
 
-def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_source, cache_dir: str):
+def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_source, cache_dir: str,
+               should_stop=None):
   """Returns the SFT warm-started model (cached by settings) or `model` when `sft.steps == 0`.
 
   With `sft.target_accuracy > 0`, SFT stops as soon as `sft.target_metric` of greedy evaluation on
   the validation split reaches it (checked every `sft.check_every` steps), so every seed starts RL
-  from a base of the same, deliberately imperfect quality.
+  from a base of the same, deliberately imperfect quality. Progress is checkpointed every
+  `train.checkpoint_every` steps and when `should_stop()` turns true (`sft.WarmStartPreempted`).
   """
   if cfg.sft.steps == 0:
     return model
@@ -76,14 +78,15 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
               "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg),
               **demo_settings}
 
-  def build(m):
+  def build(m, checkpoint_dir):
     stop_when = None
     if cfg.sft.target_accuracy > 0:
       check = make_evaluator(cfg, nnx.graphdef(m), tok, valid_source, cfg.task.valid_size)
       stop_when = lambda params: check(params)[cfg.sft.target_metric] >= cfg.sft.target_accuracy  # noqa: E731
     return train_sft(m, demos, steps=cfg.sft.steps,
                      learning_rate=cfg.sft.learning_rate, progress=cfg.train.progress, stop_when=stop_when,
-                     check_every=cfg.sft.check_every)
+                     check_every=cfg.sft.check_every, checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=cfg.train.checkpoint_every, should_stop=should_stop)
   return cached_warm_start(model, cache_dir, settings, build)
 
 
@@ -97,15 +100,30 @@ def _record(history: dict, step: int, result: dict) -> None:
 def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | None = None) -> dict:
   """Runs an RL experiment, resuming from the newest good checkpoint in `workdir` if there is one.
 
+  SIGTERM / SIGINT at any stage (data preparation, warm start, RL, evaluation) request a stop: the
+  warm start or the RL loop saves its progress at the next step boundary and the run returns with
+  "preempted" set (entry points then exit with `preemption.EXIT_PREEMPTED`).
+
   Returns:
     {"initial": eval before RL, "final": eval after, "history": eval curve, "compilations": number of
-    train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "resumed_from": step,
-    "already_complete": the workdir's run had reached train.num_steps, nothing was trained or written}.
+    train-step programs compiled, "preempted": stopped early by SIGTERM/SIGINT, "stopped_in":
+    "warm_start" or "rl" when preempted, "resumed_from": step, "already_complete": the workdir's
+    run had reached train.num_steps, nothing was trained or written}.
 
   Raises:
     ConfigError: the workdir holds a run trained with a different config (see
       `builders.check_resume_config`), before anything is built or compiled.
   """
+  with PreemptionHandler() as preemption:
+    try:
+      return _train(cfg, workdir, sft_cache_dir, preemption)
+    except WarmStartPreempted as e:
+      log.warning("%s: rerun the same command to resume.", e)
+      return {"initial": None, "final": None, "history": {"step": []}, "preempted": True,
+              "stopped_in": "warm_start", "resumed_from": None, "compilations": 0, "already_complete": False}
+
+
+def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionHandler) -> dict:
   maybe_initialize_distributed()
   builders.validate_config(cfg)
   workdir = os.path.abspath(workdir)
@@ -118,7 +136,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   model = warm_start(cfg, model, tok, train_source, valid_source,
-                     sft_cache_dir or os.path.join(workdir, "warm_start"))
+                     sft_cache_dir or os.path.join(workdir, "warm_start"), should_stop=preemption.should_stop)
 
   tx = make_optimizer(cfg.optim)
   algorithm = builders.build_algorithm(cfg, tok, train_source)
@@ -156,8 +174,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
       log.warning("The run in %s is already complete (step %d, train.num_steps=%d): nothing to train; raise "
                   "train.num_steps to continue it.", workdir, start, cfg.train.num_steps)
       final = {k: v[-1] for k, v in history.items() if k != "step"} if history["step"][-1:] == [start] else None
-      return {"initial": initial, "final": final, "history": history, "preempted": False, "resumed_from": start,
-              "compilations": 0, "already_complete": True}
+      return {"initial": initial, "final": final, "history": history, "preempted": False, "stopped_in": None,
+              "resumed_from": start, "compilations": 0, "already_complete": True}
     writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress)
     log.info("Resumed from step %d", start)
 
@@ -169,37 +187,36 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   bar = tqdm.trange(start, cfg.train.num_steps, initial=start, total=cfg.train.num_steps, desc="RL",
                     disable=not cfg.train.progress)
   try:
-    with PreemptionHandler() as preemption:
-      for i in bar:
-        t0 = time.perf_counter()
-        batch = sharding.shard_batch(next(batches), mesh)
-        state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
-        metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
-        step = i + 1
-        if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
-          ckpt.wait_until_finished()
-          raise NonFiniteAbort(
-              f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss, gradient or update "
-              f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); none was applied, so "
-              f"every checkpoint holds finite weights (newest: step {ckpt.latest_step()}). Resuming repeats "
-              "the same data and updates: change the config first (e.g. a lower optim.learning_rate).")
-        if step % cfg.train.log_every == 0:
-          writer.write(step, metrics)
-        bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
-          result = evaluator(state.params)
-          writer.write(step, result)
-          _record(history, step, result)
-        if preemption.should_stop(step):
-          log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
-          save(step, force=True)
-          preempted = True
-          break
-        if ckpt.should_save(step) and step < cfg.train.num_steps:
-          save(step)
+    for i in bar:
+      t0 = time.perf_counter()
+      batch = sharding.shard_batch(next(batches), mesh)
+      state, metrics = train_step(state, batch)
+      metrics = jax.device_get(metrics)
+      metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
+      metrics["time/step_s"] = time.perf_counter() - t0
+      metrics["tokens_per_s"] = float(metrics["generated_tokens"]) / metrics["time/step_s"]
+      step = i + 1
+      if int(state.nonfinite_streak) >= cfg.train.max_nonfinite_in_row:
+        ckpt.wait_until_finished()
+        raise NonFiniteAbort(
+            f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss, gradient or update "
+            f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); none was applied, so "
+            f"every checkpoint holds finite weights (newest: step {ckpt.latest_step()}). Resuming repeats "
+            "the same data and updates: change the config first (e.g. a lower optim.learning_rate).")
+      if step % cfg.train.log_every == 0:
+        writer.write(step, metrics)
+      bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
+      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
+        result = evaluator(state.params)
+        writer.write(step, result)
+        _record(history, step, result)
+      if preemption.should_stop(step):
+        log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
+        save(step, force=True)
+        preempted = True
+        break
+      if ckpt.should_save(step) and step < cfg.train.num_steps:
+        save(step)
   except BaseException:
     # A crash (a raising environment, out of memory) leaves the checkpoints it started complete.
     ckpt.wait_until_finished()
@@ -214,5 +231,5 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
   ckpt.wait_until_finished()
   writer.close()
   return {"initial": initial, "final": final, "history": history, "preempted": preempted,
-          "resumed_from": None if restored is None else restored.step,
+          "stopped_in": "rl" if preempted else None, "resumed_from": None if restored is None else restored.step,
           "compilations": train_step.compilations(), "already_complete": False}

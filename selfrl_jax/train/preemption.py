@@ -58,6 +58,11 @@ def reached_preemption_sync_point(step: int) -> bool:
     return False
 
 
+# Exit status of an entry point that stopped early on request after saving (resumable): EX_TEMPFAIL
+# from sysexits.h, "temporary failure, retry". 0 means finished; anything else, an error.
+EXIT_PREEMPTED = 75
+
+
 class PreemptionHandler:
   """Turns the first SIGTERM/SIGINT into a stop request checked at step boundaries.
 

@@ -4,6 +4,12 @@ RL needs a base policy that is imperfect but not hopeless (the role a pretrained
 short SFT run on demonstrations, a fraction `error_rate` of which have one answer token replaced by
 a random one, gives exactly that. The result is saved as a Hugging Face directory under the
 workdir and reused by later runs with the same settings.
+
+An interrupted warm start is not lost: `train_sft` checkpoints (parameters, Adam state, step) under
+`<cache>/sft_<key>.partial/` every `checkpoint_every` steps and when `should_stop()` turns true
+(SIGTERM / Ctrl-C), then raises `WarmStartPreempted`; the next run with the same settings resumes
+from there. The demonstration stream is a deterministic function of the seed, so resuming replays
+(without training) the batches already used and the result is bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from typing import Callable, Iterator
 
 import jax
@@ -23,9 +30,19 @@ from flax import nnx
 
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.hf_io import load_hf, save_hf
+from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.step import sequence_logprobs
 
 log = logging.getLogger(__name__)
+
+
+class WarmStartPreempted(Exception):
+  """The warm start stopped on request after saving its progress; rerun to resume it."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"SFT warm start stopped at step {step}; progress saved in {directory}")
+    self.step = step
+    self.directory = directory
 
 
 def demonstrations(batch: dict[str, np.ndarray], rng: np.random.Generator, error_rate: float,
@@ -76,45 +93,80 @@ def noisy_demonstrations(batches: Iterator[dict[str, np.ndarray]], *, error_rate
 
 def train_sft(model: Decoder, demos: Iterator[dict[str, np.ndarray]], *, steps: int, learning_rate: float,
               progress: bool = True, stop_when: Callable[[nnx.State], bool] | None = None,
-              check_every: int = 50) -> Decoder:
+              check_every: int = 50, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+              should_stop: Callable[[], bool] | None = None) -> Decoder:
   """Runs up to `steps` SFT updates with Adam and returns the trained model.
 
   Args:
     demos: batches of {tokens_BxS, valid_BxS, loss_mask_BxS} (`noisy_demonstrations`, or a stream
-      an algorithm offers through `AlgorithmSpec.sft_demos`).
+      an algorithm offers through `AlgorithmSpec.sft_demos`); must be a deterministic stream for
+      a resumed run to equal an uninterrupted one.
     stop_when: optional early stop, called with the parameters every `check_every` steps (e.g.
       "held-out accuracy reached the target"), so the warm start has a chosen quality whatever
       the seed.
+    checkpoint_dir: where progress is saved and resumed from (None: no checkpoints).
+    checkpoint_every: steps between periodic saves (0: only when stopped).
+    should_stop: polled after every step; when it returns True the progress is saved and
+      `WarmStartPreempted` raised.
+
+  Raises:
+    WarmStartPreempted: `should_stop()` returned True (needs `checkpoint_dir`).
   """
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.adam(learning_rate)
   opt_state = tx.init(params)
+  start = 0
+  ckpt = None
+  if checkpoint_dir is not None:
+    ckpt = CheckpointManager(checkpoint_dir, max_to_keep=1, save_every=checkpoint_every)
+    restored = ckpt.restore_or_none({"params": params, "opt_state": opt_state})
+    if restored is not None:
+      start, params, opt_state = restored.step, restored.state["params"], restored.state["opt_state"]
+      for _ in range(start):  # replay the stream to where the interrupted run stopped
+        next(demos)
+      log.warning("SFT warm start: resuming from step %d of %d (%s)", start, steps, checkpoint_dir)
   step = make_sft_step(graphdef, tx)
-  bar = tqdm.trange(steps, desc="SFT warm start", disable=not progress, leave=False)
-  for i in bar:
-    params, opt_state, loss = step(params, opt_state, next(demos))
-    bar.set_postfix(nll=f"{float(loss):.3f}", refresh=False)
-    if stop_when is not None and (i + 1) % check_every == 0 and stop_when(params):
-      log.info("SFT warm start reached its target after %d steps", i + 1)
-      break
+  bar = tqdm.trange(start, steps, initial=start, total=steps, desc="SFT warm start", disable=not progress,
+                    leave=False)
+  try:
+    for i in bar:
+      params, opt_state, loss = step(params, opt_state, next(demos))
+      bar.set_postfix(nll=f"{float(loss):.3f}", refresh=False)
+      if stop_when is not None and (i + 1) % check_every == 0 and stop_when(params):
+        log.warning("SFT warm start: reached its target after %d of %d steps", i + 1, steps)
+        break
+      if should_stop is not None and should_stop():
+        if ckpt is None:
+          raise ValueError("train_sft: should_stop needs a checkpoint_dir to save the progress in.")
+        ckpt.save(i + 1, {"params": params, "opt_state": opt_state}, force=True)
+        ckpt.wait_until_finished()
+        raise WarmStartPreempted(i + 1, checkpoint_dir)
+      if ckpt is not None and ckpt.should_save(i + 1) and i + 1 < steps:
+        ckpt.save(i + 1, {"params": params, "opt_state": opt_state})
+  finally:
+    if ckpt is not None:
+      ckpt.close()
   return nnx.merge(graphdef, params)
 
 
-def cached_warm_start(model: Decoder, cache_root: str, settings: dict, build: Callable[[Decoder], Decoder]) -> Decoder:
+def cached_warm_start(model: Decoder, cache_root: str, settings: dict,
+                      build: Callable[[Decoder, str], Decoder]) -> Decoder:
   """Returns the SFT model for `settings`, training it with `build` only if not cached yet.
 
   Args:
     model: the freshly initialised model (its config names the architecture).
     cache_root: directory holding one sub-directory per distinct settings hash.
     settings: JSON-able description of everything that determines the result (model, task, SFT, seed).
-    build: trains the warm start from `model`.
+    build: `build(model, checkpoint_dir)` trains the warm start from `model`, saving and resuming
+      its progress in `checkpoint_dir` (removed once the result is saved).
   """
   key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
   directory = os.path.join(cache_root, f"sft_{key}")
   if os.path.exists(os.path.join(directory, "model.safetensors")):
-    log.info("Reusing SFT warm start %s", directory)
+    log.warning("SFT warm start: reusing %s", directory)
     return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
-  trained = build(model)
+  partial = f"{directory}.partial"
+  trained = build(model, partial)
   tmp = f"{directory}.tmp{os.getpid()}"
   save_hf(trained, tmp)
   with open(os.path.join(tmp, "sft_settings.json"), "w") as f:
@@ -122,4 +174,5 @@ def cached_warm_start(model: Decoder, cache_root: str, settings: dict, build: Ca
   os.makedirs(cache_root, exist_ok=True)
   if not os.path.exists(directory):
     os.replace(tmp, directory)  # atomic: a crash never leaves a half-written warm start behind
+  shutil.rmtree(partial, ignore_errors=True)
   return trained
