@@ -50,6 +50,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.rl.top_k = 0                   # 0 = off
   c.rl.top_p = 1.0                 # 1.0 = off
   c.rl.reward = "exact_match"      # exact_match (synthetic tasks, jittable) | math (math-verify, host) | code (sandboxed tests, host)
+  c.rl.truncated_reward = "score"  # completions that hit max_new_tokens without a stop token: score (like any other) | zero (DAPO's overlong choice: no reward); applies to every reward rl.reward computes, training and evaluation
   c.rl.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce (algorithms with their own credit assignment reject it)
   c.rl.clip_low = 0.2              # ratio clip 1 - clip_low
   c.rl.clip_high = 0.28            # ratio clip 1 + clip_high (DAPO clip-higher)

@@ -16,10 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from experiments import cli  # noqa: E402
 from selfrl_jax.train import builders  # noqa: E402
 from selfrl_jax.train.checkpoint import CheckpointManager  # noqa: E402
 from selfrl_jax.train.loop import make_evaluator  # noqa: E402
@@ -53,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

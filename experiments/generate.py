@@ -7,16 +7,21 @@ r"""Sample from any supported checkpoint with a chat prompt.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
-from absl import app, flags
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selfrl_jax.models.loading import load_model
-from selfrl_jax.sampling.sampler import Sampler, SamplingParams
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from experiments import cli  # noqa: E402
+from selfrl_jax.models.loading import load_model  # noqa: E402
+from selfrl_jax.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, or a Hugging Face directory.")
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "User message.")
@@ -76,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

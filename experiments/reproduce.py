@@ -30,11 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/selfrl_jax/jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import rlavr_toy, score_toy  # noqa: E402
+from experiments import cli, rlavr_toy, score_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.metrics import read_jsonl  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
@@ -120,7 +120,6 @@ def reproduce_rlavr(workdir: str) -> None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
   if _METHOD.value in ("score", "rlavr"):
@@ -156,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

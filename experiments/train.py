@@ -16,9 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ imports
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from experiments import cli  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -29,7 +30,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   summary = train(_CONFIG.value, _WORKDIR.value)
   print(json.dumps({k: summary[k] for k in ("initial", "final", "preempted", "resumed_from", "compilations")}))
   if summary["preempted"]:
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -306,6 +306,14 @@ def test_unknown_model_type(llama_dir, tmp_path):
     load_hf(_copy_with(llama_dir[1], tmp_path / "m", gpt2))
 
 
+def test_config_json_missing_a_required_field_names_it(llama_dir, tmp_path):
+  def drop(cfg, t):
+    del cfg["num_attention_heads"]
+    return cfg, t
+  with pytest.raises(CheckpointError, match=r"config.json: required field 'num_attention_heads' is missing"):
+    load_hf(_copy_with(llama_dir[1], tmp_path / "m", drop))
+
+
 def test_missing_files(tmp_path):
   with pytest.raises(CheckpointError, match="config.json not found"):
     load_hf(str(tmp_path))

@@ -172,7 +172,8 @@ def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
     ("rl.num_minibatches", 3, "not divisible by num_minibatches=3"),
     ("rl.micro_batch_size", 48, "not divisible by micro_batch_size=48"),
     ("rl.advantage", "ppo", "rl.advantage"),
-    ("rl.group_size", 1, "rloo needs group_size"),
+    ("rl.group_size", 1, r"config.rl.group_size: rl.advantage='grpo' compares rollouts .* every advantage is 0"),
+    ("rl.kl_estimator", "k1", r"config.rl.kl_estimator: k1 .* zero expected gradient"),
     ("rl.algorithm", "ppo", r"config.rl.algorithm: unknown algorithm 'ppo'; available: \[.*'grpo'.*'score'"),
     ("sft.task_params", {"digits": 1}, r"config.sft.task_params: Unknown arithmetic config fields \['digits'\]"),
     ("sft.task_params", {"num_digits": 0}, "config.sft.task_params: arithmetic: num_digits must be >= 1"),
@@ -183,8 +184,8 @@ def test_inconsistent_config_names_the_field(field, value, message):
   with cfg.unlocked():
     section, name = field.split(".")
     cfg[section][name] = value
-    if name == "group_size":
-      cfg.rl.advantage, cfg.rl.micro_batch_size = "rloo", 16
+    if name == "kl_estimator":
+      cfg.rl.kl_coef = 0.04
   with pytest.raises(ConfigError, match=message):
     validate_config(cfg)
 
@@ -232,6 +233,47 @@ def test_unknown_key_and_wrong_type_fail_on_the_command_line(tmp_path):
   base = [sys.executable, os.path.join(REPO, "experiments", "train.py"),
           "--config=" + os.path.join(REPO, "configs", "tiny", "grpo_arithmetic.py"), f"--workdir={tmp_path}"]
   out = subprocess.run(base + ["--config.rl.lerning_rate=0.1"], capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0 and "lerning_rate" in out.stderr
+  # Issue 15.6: one line with the full dotted path and the field meant, not a 53-line traceback.
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: config.rl.lerning_rate: no such field in config.rl; did you mean config.optim.learning_rate "
+      "or config.sft.error_rate or config.sft.learning_rate?"]
+  out = subprocess.run(base + ["--config.rl.group_size=1"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: config.rl.group_size: ")
+  assert "Traceback" not in out.stderr
   out = subprocess.run(base + ["--config.rl.group_size=eight"], capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "group_size" in out.stderr
+
+
+def test_response_buffer_shorter_than_every_answer_is_refused():
+  """Issue 15.6: rl.max_new_tokens=2 on 2-digit sums (answers of 3-4 tokens with EOS) used to run
+  200 steps with every completion clipped."""
+  from selfrl_jax.train import builders
+  cfg = get_config()
+  _, tok = builders.build_model(cfg)
+  train_source = builders.build_sources(cfg)[0]
+  builders.check_answers_fit(cfg, tok, train_source)  # the shipped config fits
+  with cfg.unlocked():
+    cfg.rl.max_new_tokens = 2
+  with pytest.raises(ConfigError, match=r"config.rl.max_new_tokens: .*up to 4 tokens.*set it to >= 4"):
+    builders.check_answers_fit(cfg, tok, train_source)
+
+
+@pytest.mark.parametrize("policy,expected", [("score", [1.0, 1.0]), ("zero", [1.0, 0.0])])
+def test_truncated_reward_knob(monkeypatch, policy, expected):
+  """rl.truncated_reward: a response that never emitted a stop token keeps its reward (score) or
+  gets 0 (zero, DAPO's overlong choice), whatever the verifier says about its text."""
+  from selfrl_jax.rollouts.two_turn import response_view
+  from selfrl_jax.train import builders
+  monkeypatch.setitem(registry.REWARDS, "one_for_test", lambda stop_ids: lambda r, b: jnp.ones((r.batch_size,)))
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.rl.reward, cfg.rl.truncated_reward = "one_for_test", policy
+  validate_config(cfg)
+  reward_fn = builders.build_reward(cfg, builders.build_model(cfg)[1], None)
+  tokens = jnp.ones((2, 3), jnp.int32)
+  rollout = response_view(tokens, jnp.ones((2, 3), bool), jnp.asarray([True, False]))
+  np.testing.assert_array_equal(np.asarray(reward_fn(rollout, None)), expected)
+  with cfg.unlocked():
+    cfg.rl.truncated_reward = "mask"
+  with pytest.raises(ConfigError, match="config.rl.truncated_reward"):
+    validate_config(cfg)

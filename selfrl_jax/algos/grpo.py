@@ -15,6 +15,7 @@ import numpy as np
 
 from selfrl_jax.algos.advantages import ADVANTAGES, compute_advantages
 from selfrl_jax.algos.base import Algorithm, Rewards, TokenTerms
+from selfrl_jax.algos.losses import kl_loss_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import Decoder
@@ -79,8 +80,12 @@ class GRPO(Algorithm):
 def _validate(cfg, check) -> None:
   rl = cfg.rl
   check(rl.advantage in ADVANTAGES, "rl.advantage", f"{rl.advantage!r} is not one of {sorted(ADVANTAGES)}")
-  check(rl.advantage != "rloo" or rl.group_size >= 2, "rl.group_size", "rloo needs group_size >= 2")
+  check(rl.advantage == "reinforce" or rl.group_size >= 2, "rl.group_size",
+        f"rl.advantage={rl.advantage!r} compares rollouts within a prompt's group: with group_size=1 every "
+        "advantage is 0 and nothing is learned (use group_size >= 2, or advantage='reinforce')")
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
+  problem = kl_loss_problem(rl.kl_estimator)
+  check(rl.kl_coef == 0 or problem is None, "rl.kl_estimator", f"{problem} (rl.kl_coef={rl.kl_coef})")
 
 
 def _build(cfg, tokenizer, reward_fn: RewardFn, sampling: SamplingParams, records=None) -> GRPO:

@@ -42,6 +42,19 @@ def _k3(logr):
 KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _k2, "k3": _k3}
 
 
+def kl_loss_problem(estimator: str) -> str | None:
+  """Why `estimator` cannot work as a KL *loss* term (None when it can), for config validation.
+
+  The KL term is minimised as a loss on samples of the current policy. k1 = log pi - log ref has
+  gradient grad log pi, whose expectation under pi is 0: it adds noise and no penalty at all.
+  k2 and k3 have the gradient of KL(pi || ref) in expectation (k2 to first order).
+  """
+  if estimator == "k1":
+    return ("k1 = log pi - log ref as a loss term has zero expected gradient (E_pi[grad log pi] = 0), so "
+            "the KL weight would only add noise: use 'k3' (GRPO) or 'k2'")
+  return None
+
+
 def kl_estimate(logp_BxT, ref_logp_BxT, estimator: str) -> jax.Array:
   """Per-token KL(pi || ref) estimate for sampled tokens.
 

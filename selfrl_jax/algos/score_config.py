@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from selfrl_jax.algos.registry import CheckFn
+from selfrl_jax.algos.losses import kl_loss_problem
 
 TURN_CREDITS = ("per_turn", "episode")
 BASELINES = ("rloo", "batch_mean", "none")
@@ -51,6 +52,9 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(0 <= sc.stage1_steps <= cfg.train.num_steps, "score.stage1_steps",
         f"must be in [0, train.num_steps={cfg.train.num_steps}], got {sc.stage1_steps}")
   check(sc.beta1 >= 0 and sc.beta2 >= 0, "score.beta1", "KL weights beta1 and beta2 must be >= 0")
+  problem = kl_loss_problem(rl.kl_estimator)
+  check(sc.beta1 == 0 and sc.beta2 == 0 or problem is None, "rl.kl_estimator",
+        f"{problem} (score.beta1={sc.beta1}, score.beta2={sc.beta2})")
   check(sc.n_attempts_eval >= 2, "score.n_attempts_eval", f"must be >= 2, got {sc.n_attempts_eval}")
   check(sc.max_new_tokens2 >= 0, "score.max_new_tokens2", f"must be >= 0, got {sc.max_new_tokens2}")
   check(bool(sc.instruction), "score.instruction", "the self-correction instruction is empty")

@@ -112,7 +112,12 @@ def load_hf(directory: str, **config_overrides) -> tuple[Decoder, ModelConfig]:
     **config_overrides: ModelConfig fields to override, e.g. param_dtype="bfloat16".
   """
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-  cfg = from_hf_config(read_hf_config(directory), **config_overrides)
+  try:
+    cfg = from_hf_config(read_hf_config(directory), **config_overrides)
+  except KeyError as e:
+    raise CheckpointError(f"{directory}/config.json: required field {e.args[0]!r} is missing.") from None
+  except ValueError as e:
+    raise CheckpointError(f"{directory}/config.json: {e}") from None
   handles = {}
   for file in _safetensor_files(directory):
     try:

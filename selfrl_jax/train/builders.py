@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -19,6 +21,7 @@ from selfrl_jax.algos.registry import get_algorithm_spec
 from selfrl_jax.data import benchmarks
 from selfrl_jax.data.builders import load_task_split
 from selfrl_jax.data.pipeline import make_prompt_iterator
+from selfrl_jax.data.records import normalize_record
 from selfrl_jax.data.tasks import TASKS, make_task
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import Decoder, init_model
@@ -40,6 +43,10 @@ BENCHMARK_TASKS = {
     "mbpp": (lambda c: benchmarks.load_mbpp("train"), lambda c: benchmarks.load_mbpp("test")),
     "mbpp_humaneval": (lambda c: benchmarks.load_mbpp("train"), lambda c: benchmarks.load_humaneval()),
 }
+
+
+log = logging.getLogger(__name__)
+TRUNCATED_REWARDS = ("score", "zero")
 
 
 class ConfigError(ValueError):
@@ -89,6 +96,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"{cfg.task.name!r} is neither a synthetic task {sorted(TASKS)} nor a benchmark {sorted(BENCHMARK_TASKS)}")
   _check(rl.reward in REWARDS or rl.reward in HOST_REWARDS, "rl.reward",
          f"{rl.reward!r} is not one of {sorted(REWARDS) + sorted(HOST_REWARDS)}")
+  _check(rl.truncated_reward in TRUNCATED_REWARDS, "rl.truncated_reward",
+         f"{rl.truncated_reward!r} is not one of {TRUNCATED_REWARDS}")
   _check(rl.reward not in HOST_REWARDS or cfg.task.name in BENCHMARK_TASKS, "rl.reward",
          f"host reward {rl.reward!r} needs a benchmark task ({sorted(BENCHMARK_TASKS)})")
   sft_overrides = cfg.sft.task_params.to_dict()
@@ -195,10 +204,44 @@ def eval_sampling(cfg, tok: Tokenizer) -> SamplingParams:
 
 
 def build_reward(cfg: ml_collections.ConfigDict, tok: Tokenizer, records) -> RewardFn:
-  """The configured reward; host verifiers look examples up in `records` (the split being scored)."""
+  """The configured reward; host verifiers look examples up in `records` (the split being scored).
+
+  With `rl.truncated_reward="zero"` a response without a stop token (`rollout.stopped_B` False:
+  it hit max_new_tokens) scores 0 whatever it contains, so truncated answers are never reinforced.
+  """
   if cfg.rl.reward in HOST_REWARDS:
-    return host_reward_callback(HOST_REWARDS[cfg.rl.reward](tok, records))
-  return get_reward_fn(cfg.rl.reward, stop_ids=tuple(tok.eos_ids))
+    reward_fn = host_reward_callback(HOST_REWARDS[cfg.rl.reward](tok, records))
+  else:
+    reward_fn = get_reward_fn(cfg.rl.reward, stop_ids=tuple(tok.eos_ids))
+  if cfg.rl.truncated_reward == "score":
+    return reward_fn
+  return lambda rollout, batch: jnp.where(rollout.stopped_B, reward_fn(rollout, batch), 0.0)
+
+
+def check_answers_fit(cfg: ml_collections.ConfigDict, tok: Tokenizer, source, sample: int = 512) -> None:
+  """Refuses a response buffer no reference answer fits in, before anything compiles.
+
+  Looks at the first `sample` training records: an answer needs len(tokens) + 1 (the stop token)
+  slots. With a token-level reward (`exact_match`) every answer must fit; with a verifier that
+  reads the answer out of free text (math, code) a shorter reference may exist, so only "none
+  fits" is an error and "some do not fit" a warning.
+
+  Raises:
+    ConfigError: naming rl.max_new_tokens and the lengths that would fit.
+  """
+  n = min(sample, len(source))
+  lengths = np.array([len(tok.encode(normalize_record(source[i])["answer"])) + 1 for i in range(n)])
+  if n == 0:
+    return
+  fits = float((lengths <= cfg.rl.max_new_tokens).mean())
+  exact = cfg.rl.reward not in HOST_REWARDS
+  message = (f"rl.max_new_tokens={cfg.rl.max_new_tokens} leaves no room for {1 - fits:.0%} of the reference answers "
+             f"(up to {lengths.max()} tokens with the stop token, median {int(np.median(lengths))}, in the first "
+             f"{n} training examples): those completions are always clipped")
+  _check(fits == 1.0 or (not exact and fits > 0), "rl.max_new_tokens",
+         f"{message}, so nothing can be learned from them; set it to >= {lengths.max()}")
+  if fits < 1.0:
+    log.warning("config.%s: %s.", "rl.max_new_tokens", message)
 
 
 def build_algorithm(cfg: ml_collections.ConfigDict, tok: Tokenizer, records=None):

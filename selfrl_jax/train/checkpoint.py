@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 import time
@@ -42,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 ITEMS = ("state", "data", "config", "meta")
 CORRUPT_SUBDIR = "corrupt"
@@ -103,7 +105,7 @@ def verify_checksums(tree, record: Mapping[str, Any] | None, where: str) -> None
 
   A missing record (a step saved before integrity records existed) is logged, not an error."""
   if record is None:
-    logging.warning("%s has no integrity record (saved by an older version); restored unverified", where)
+    log.warning("%s has no integrity record (saved by an older version); restored unverified", where)
     return
   got = state_checksums(tree)
   bad = sorted(k for k in set(got) | set(record) if got.get(k) != record.get(k))
@@ -283,7 +285,7 @@ class CheckpointManager:
     if not force and not self.should_save(step):
       return False
     if step in self._mngr.all_steps():
-      logging.info("checkpoint step %d already exists in %s; not saving again", step,
+      log.info("checkpoint step %d already exists in %s; not saving again", step,
                    self.directory)
       return False
     latest = self._mngr.latest_step()
@@ -374,7 +376,7 @@ class CheckpointManager:
           self._quarantine(skipped)
         return Restored(step, *result, skipped=skipped)
       skipped[step] = error or "failed on another process"
-      logging.warning("checkpoint step %d in %s cannot be restored (%s); falling back to an older "
+      log.warning("checkpoint step %d in %s cannot be restored (%s); falling back to an older "
                       "step", step, self.directory, skipped[step][:2000])
     self.last_skipped = skipped
     raise CheckpointError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(
@@ -399,7 +401,7 @@ class CheckpointManager:
         target = root / CORRUPT_SUBDIR / f"{step}-{int(time.time())}"
         (root / str(step)).rename(target)
         (target / "RESTORE_ERROR.txt").write_text(bad[step])
-        logging.warning("moved unreadable checkpoint step %d to %s", step, target)
+        log.warning("moved unreadable checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("selfrl_checkpoint_quarantine")

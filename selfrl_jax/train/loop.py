@@ -133,8 +133,12 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   saved_config = ckpt.saved_config()
   if saved_config is not None:  # before any warm start or compile: a changed run fails at once
     builders.check_resume_config(saved_config, cfg)
+    log.info("Resuming the run in %s (newest checkpoint: step %d)", workdir, ckpt.latest_step())
+  else:
+    log.info("Starting fresh in %s (no checkpoint yet)", workdir)
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
+  builders.check_answers_fit(cfg, tok, train_source)
   model = warm_start(cfg, model, tok, train_source, valid_source,
                      sft_cache_dir or os.path.join(workdir, "warm_start"), should_stop=preemption.should_stop)
 
@@ -177,7 +181,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
       return {"initial": initial, "final": final, "history": history, "preempted": False, "stopped_in": None,
               "resumed_from": start, "compilations": 0, "already_complete": True}
     writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress)
-    log.info("Resumed from step %d", start)
+    log.info("RL resumes at step %d of %d", start, cfg.train.num_steps)
 
   def save(step: int, force: bool = False) -> None:
     ckpt.save(step, state.replace(ref_params=None), batches.get_state(), cfg,

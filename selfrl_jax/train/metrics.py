@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -23,8 +24,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 JSONL_NAME = "metrics.jsonl"
 TB_SUBDIR = "tb"
@@ -51,7 +53,7 @@ def _parse_jsonl(path: str) -> list[dict[str, Any]]:
       row = json.loads(line)
     except json.JSONDecodeError as e:
       if i == last:
-        logging.warning("%s: dropping torn last line %d (%s)", path, i + 1, e)
+        log.warning("%s: dropping torn last line %d (%s)", path, i + 1, e)
         continue
       raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}): {line[:200]!r}") from e
     if not isinstance(row, dict) or "step" not in row:

@@ -24,6 +24,7 @@ Without a coordinator that call returns False, so the single-host path is just t
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -31,7 +32,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from absl import logging
+log = logging.getLogger(__name__)
+
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -87,12 +89,12 @@ class PreemptionHandler:
     for sig in self.signals:
       if sig == signal.SIGTERM and _jax_preemption_service_active():
         # Replacing JAX's C++ SIGTERM notifier would break the cross-host sync point.
-        logging.info("PreemptionHandler: SIGTERM left to the JAX preemption service")
+        log.info("PreemptionHandler: SIGTERM left to the JAX preemption service")
         continue
       if signal.getsignal(sig) == signal.SIG_IGN:
         # The launcher asked for this signal to be ignored (nohup, a background job's SIGINT):
         # respect it, as Python does for SIGINT, rather than turn it into a stop request.
-        logging.info("PreemptionHandler: %s is ignored by the launcher; left ignored", signal.Signals(sig).name)
+        log.info("PreemptionHandler: %s is ignored by the launcher; left ignored", signal.Signals(sig).name)
         continue
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -128,10 +130,10 @@ class PreemptionHandler:
     name = signal.Signals(signum).name
     if not self._stop.is_set():
       self.request_stop(name)
-      logging.warning("Received %s: will save a checkpoint and stop after the current step "
+      log.warning("Received %s: will save a checkpoint and stop after the current step "
                       "(send it again to stop immediately)", name)
       return
-    logging.warning("Received %s again: stopping immediately", name)
+    log.warning("Received %s again: stopping immediately", name)
     prev = self._previous.pop(signum, signal.SIG_DFL)
     prev = signal.SIG_DFL if prev is None else prev
     signal.signal(signum, prev)

@@ -133,7 +133,7 @@ def train_sft(model: Decoder, demos: Iterator[dict[str, np.ndarray]], *, steps: 
       params, opt_state, loss = step(params, opt_state, next(demos))
       bar.set_postfix(nll=f"{float(loss):.3f}", refresh=False)
       if stop_when is not None and (i + 1) % check_every == 0 and stop_when(params):
-        log.warning("SFT warm start: reached its target after %d of %d steps", i + 1, steps)
+        log.warning("SFT warm start: stopped at step %d of %d, the validation target is reached", i + 1, steps)
         break
       if should_stop is not None and should_stop():
         if ckpt is None:
@@ -143,6 +143,9 @@ def train_sft(model: Decoder, demos: Iterator[dict[str, np.ndarray]], *, steps: 
         raise WarmStartPreempted(i + 1, checkpoint_dir)
       if ckpt is not None and ckpt.should_save(i + 1) and i + 1 < steps:
         ckpt.save(i + 1, {"params": params, "opt_state": opt_state})
+    else:
+      log.warning("SFT warm start: ran all %d steps%s", steps, "" if stop_when is None else
+                  " without reaching the validation target")
   finally:
     if ckpt is not None:
       ckpt.close()
