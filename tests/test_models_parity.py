@@ -1,5 +1,7 @@
 """Logit and greedy-decoding parity with transformers (torch, CPU) on tiny random models."""
 
+import os
+
 import numpy as np
 import pytest
 import jax
@@ -61,6 +63,8 @@ def test_greedy_kv_cache_matches_transformers_generate(pair):
 def test_export_roundtrip_through_transformers(pair, tmp_path):
   name, _, model, _ = pair
   save_hf(model, str(tmp_path))
+  # Every exported file has the same permissions (safetensors alone would write 0600).
+  assert len({os.stat(p).st_mode for p in tmp_path.iterdir()}) == 1, {p.name: oct(os.stat(p).st_mode) for p in tmp_path.iterdir()}
   torch_model = __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
   tokens = np.random.RandomState(3).randint(0, VOCAB, (2, 16))
   ours = np.asarray(model.logits(forward_full(model, jnp.asarray(tokens), jnp.ones(tokens.shape, bool))))

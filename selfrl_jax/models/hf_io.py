@@ -168,4 +168,9 @@ def save_hf(model: Decoder, directory: str, tokenizer=None, extra_config: Mappin
       json.dump(generation, f, indent=2)
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2)
-  save_file(hf_tensors(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  weights = os.path.join(directory, "model.safetensors")
+  save_file(hf_tensors(model), weights, metadata={"format": "pt"})
+  # safetensors writes the file owner-only (0600); give it the permissions of every other file.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(weights, 0o666 & ~umask)
