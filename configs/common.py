@@ -50,7 +50,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.rl.top_k = 0                   # 0 = off
   c.rl.top_p = 1.0                 # 1.0 = off
   c.rl.reward = "exact_match"      # exact_match (synthetic tasks, jittable) | math (math-verify, host) | code (sandboxed tests, host)
-  c.rl.truncated_reward = "score"  # completions that hit max_new_tokens without a stop token: score (like any other) | zero (DAPO's overlong choice: no reward); applies to every reward rl.reward computes, training and evaluation
+  c.rl.truncated_reward = "keep"   # completions that hit max_new_tokens without a stop token: keep (their reward, like any other) | zero (DAPO's overlong choice: no reward); applies to every reward rl.reward computes, training and evaluation
   c.rl.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce (algorithms with their own credit assignment reject it)
   c.rl.clip_low = 0.2              # ratio clip 1 - clip_low
   c.rl.clip_high = 0.28            # ratio clip 1 + clip_high (DAPO clip-higher)
@@ -88,11 +88,12 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.train.eval_every = 25          # iterations between held-out evaluations (0 = only at the end)
   c.train.eval_size = 256          # held-out prompts per evaluation (greedy)
   c.train.eval_batch_size = 128    # prompts per compiled eval call
-  c.train.log_every = 1            # iterations between metric rows
+  c.train.log_every = 10           # iterations between full metric rows on the console (metrics.jsonl and TensorBoard get every iteration; the progress bar shows reward, held-out metric, KL and step time)
   c.train.checkpoint_every = 50    # iterations between checkpoints (0 = only at the end)
   c.train.keep_checkpoints = 3     # checkpoints kept (oldest deleted)
   c.train.max_nonfinite_in_row = 5  # abort after this many consecutive non-finite steps
   c.train.progress = True          # tqdm progress bars
+  c.train.warm_start_cache = ""    # directory of SFT warm starts, keyed by warm-start settings and base weights; share one across the runs of an ablation ("" = <workdir>/warm_start)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                 # data-parallel axis size (-1 = all remaining devices)

@@ -34,9 +34,8 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import cli, rlavr_toy, score_toy  # noqa: E402
+from experiments import cli, plots, rlavr_toy, score_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
-from selfrl_jax.train.metrics import read_jsonl  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmetic.py", "Experiment config.",
@@ -47,31 +46,6 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps."
 _METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr"],
                             "grpo: --config x seeds; score / rlavr: that paper's toy arms x seeds.")
 _ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr: arms to run (default: every arm).")
-
-
-def plot_curves(runs: dict[int, dict], workdir: str, path: str) -> None:
-  """Held-out accuracy and training reward against RL step, one line per seed."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, (ax_eval, ax_reward) = plt.subplots(1, 2, figsize=(10, 4))
-  for seed, summary in runs.items():
-    hist = summary["history"]
-    ax_eval.plot(hist["step"], hist["eval/accuracy"], marker="o", label=f"seed {seed}")
-    rows = [r for r in read_jsonl(os.path.join(workdir, f"seed_{seed}", "metrics.jsonl")) if "reward_mean" in r]
-    steps = np.array([r["step"] for r in rows])
-    reward = np.array([r["reward_mean"] for r in rows])
-    window = min(10, len(reward))
-    smooth = np.convolve(reward, np.ones(window) / window, mode="valid")
-    ax_reward.plot(steps[window - 1:], smooth, label=f"seed {seed}")
-  ax_eval.set(xlabel="RL step", ylabel="held-out accuracy (greedy)", title="Evaluation")
-  ax_reward.set(xlabel="RL step", ylabel="training reward (T=1, 10-step mean)", title="Training")
-  for ax in (ax_eval, ax_reward):
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def reproduce_score(workdir: str) -> None:
@@ -147,7 +121,8 @@ def main(argv):
   for (seed, run), b, a in zip(runs.items(), before, after):
     print(f"{seed:>6} | {b:>9.3f} | {a:>8.3f} | {run['seconds']:>7.0f}")
   print(f"{'mean':>6} | {before.mean():>5.3f}±{before.std():.3f} | {after.mean():>4.3f}±{after.std():.3f} | {total:>7.0f}")
-  plot_curves(runs, workdir, os.path.join(workdir, "learning_curve.png"))
+  plots.plot_curves({f"seed {seed}": (run["history"], os.path.join(workdir, f"seed_{seed}", "metrics.jsonl"))
+                     for seed, run in runs.items()}, os.path.join(workdir, "learning_curve.png"))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"before": before.tolist(), "after": after.tolist(), "seconds": total,
                "runs": {str(k): v for k, v in runs.items()}}, f, indent=2)

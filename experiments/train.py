@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import cli  # noqa: E402
+from experiments import cli, plots  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -31,6 +31,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   summary = train(_CONFIG.value, _WORKDIR.value)
+  if summary["history"]["step"]:
+    workdir = os.path.abspath(_WORKDIR.value)
+    path = os.path.join(workdir, "learning_curve.png")
+    plots.plot_curves({"run": (summary["history"], os.path.join(workdir, "metrics.jsonl"))}, path)
+    print(f"wrote {path}", file=sys.stderr)
   print(json.dumps({k: summary[k] for k in ("initial", "final", "preempted", "resumed_from", "compilations")}))
   if summary["preempted"]:
     print(f"Stopped early in the {summary['stopped_in'].replace('_', ' ')}, progress saved: rerun the same "

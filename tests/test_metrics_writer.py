@@ -134,12 +134,16 @@ def test_tensorboard_scalars_histograms_and_nonfinite(tmp_path):
 
 
 def test_console_line_uses_keys_and_precision(tmp_path, capsys):
-  writer = MetricWriter(tmp_path, console_keys=("reward/mean", "kl", "missing"), console_precision=3,
-                        console_every=2, jsonl=False, tensorboard=False)
-  writer.write(1, {"reward/mean": 0.123456, "kl": 1e-5, "other": 3.0})
-  writer.write(2, {"reward/mean": 0.123456, "kl": 1e-5, "other": 3.0})
+  writer = MetricWriter(tmp_path, console_keys=("time/step_s", "kl", "reward/mean", "missing", "loss"),
+                        console_precision=3, console_every=2, jsonl=False, tensorboard=False)
+  row = {"reward/mean": 0.123456, "kl": 1e-5, "other": 3.0, "time/step_s": 0.5, "loss": -0.25}
+  writer.write(1, row)
+  writer.write(2, row)
   writer.close()
-  assert capsys.readouterr().out.splitlines() == ["step 2 | reward/mean 0.123 | kl 1e-05"]
+  # Grouped (reward / policy / timing), in the keys' order within a group.
+  assert capsys.readouterr().out.splitlines() == ["step 2 | reward  reward/mean 0.123",
+                                                  "       | policy  kl 1e-05  loss -0.25",
+                                                  "       | timing  time/step_s 0.5"]
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

@@ -96,8 +96,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_path):
-  """Issue 15.2: SIGTERM in the SFT warm start used to exit silently and lose it."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_path, sig):
+  """Issue 15.2: SIGTERM in the SFT warm start used to exit silently (SIGINT: a traceback, exit
+  130) and lose it. (SIGKILL: `test_interrupted_warm_start_resumes_bit_exact`'s crash case.)"""
   env = dict(os.environ, JAX_PLATFORMS="cpu", SELFRL_CACHE=str(tmp_path / "cache"))
   cmd = _train_cmd(tmp_path / "run") + ["--config.sft.steps=400", "--config.train.num_steps=2"]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -105,17 +107,21 @@ def test_sigterm_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_path):
   deadline = time.time() + 300
   while time.time() < deadline and not list(warm.glob("sft_*.partial/[0-9]*")):  # a periodic SFT save
     time.sleep(0.1)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
   assert "Stopped early in the warm start" in err and json.loads(out.strip().splitlines()[-1])["preempted"]
+  assert "Traceback" not in err
   stopped = [int(p.name) for p in warm.glob("sft_*.partial/[0-9]*")]
   assert len(stopped) == 1 and 2 <= stopped[0] < 400, stopped
   assert not list(warm.glob("sft_*[0-9a-f]/model.safetensors"))  # no finished warm start yet
+  if sig == signal.SIGINT:
+    return  # the same handler as SIGTERM: resuming is shown once
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
   assert out.returncode == 0, out.stderr[-2000:]
   assert f"resuming from step {stopped[0]} of 400" in out.stderr
   assert list(warm.glob("sft_*[0-9a-f]/model.safetensors")) and not list(warm.glob("*.partial"))
+  assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 0  # issue 15.8, like reproduce.py
 
 
 def _sft_demos(seed=0, batch=4, length=6, vocab=20):
@@ -258,9 +264,9 @@ def test_response_buffer_shorter_than_every_answer_is_refused():
     builders.check_answers_fit(cfg, tok, train_source)
 
 
-@pytest.mark.parametrize("policy,expected", [("score", [1.0, 1.0]), ("zero", [1.0, 0.0])])
+@pytest.mark.parametrize("policy,expected", [("keep", [1.0, 1.0]), ("zero", [1.0, 0.0])])
 def test_truncated_reward_knob(monkeypatch, policy, expected):
-  """rl.truncated_reward: a response that never emitted a stop token keeps its reward (score) or
+  """rl.truncated_reward: a response that never emitted a stop token keeps its reward (keep) or
   gets 0 (zero, DAPO's overlong choice), whatever the verifier says about its text."""
   from selfrl_jax.rollouts.two_turn import response_view
   from selfrl_jax.train import builders
@@ -277,3 +283,77 @@ def test_truncated_reward_knob(monkeypatch, policy, expected):
     cfg.rl.truncated_reward = "mask"
   with pytest.raises(ConfigError, match="config.rl.truncated_reward"):
     validate_config(cfg)
+
+
+def _tree_snapshot(root):
+  """{relative path: (size, mtime_ns, sha256)} of every file and directory under root."""
+  import hashlib
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      st = os.stat(path)
+      digest = hashlib.sha256(open(path, "rb").read()).hexdigest() if name in filenames else "dir"
+      out[os.path.relpath(path, root)] = (st.st_size if name in filenames else 0, st.st_mtime_ns, digest)
+  return out
+
+
+def test_eval_is_read_only_uses_the_saved_config_and_names_the_field(tmp_path):
+  """Issue 15.4: eval.py created checkpoints/ in a missing path, moved steps it could not restore
+  into checkpoints/corrupt/ and ignored the saved config (a 93-line Orbax tree diff)."""
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.sft.steps, cfg.train.num_steps, cfg.train.progress, cfg.train.eval_every = 0, 2, False, 0
+    cfg.train.eval_size, cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 128, 4, 4, 16
+    cfg.model.n_layers = 1
+  train(cfg, str(tmp_path / "run"))
+  before = _tree_snapshot(tmp_path / "run")
+  base = [sys.executable, os.path.join(REPO, "experiments", "eval.py"), f"--workdir={tmp_path / 'run'}"]
+  out = subprocess.run(base, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2  # the saved 1-layer config, no --config
+  # The shipped config has 4 layers: the message names the field, and nothing is moved aside.
+  out = subprocess.run(base + ["--config=" + os.path.join(REPO, "configs", "tiny", "grpo_arithmetic.py")],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "model.n_layers: saved 1, now 4" in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+  assert _tree_snapshot(tmp_path / "run") == before
+  out = subprocess.run(base[:2] + [f"--workdir={tmp_path / 'missing'}"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and "no checkpoint directory" in out.stderr and not (tmp_path / "missing").exists()
+
+
+def test_a_shared_warm_start_cache_builds_once_under_concurrent_runs(tmp_path):
+  """Issue 15.5: the runs of an ablation share `train.warm_start_cache`; two starting together with
+  the same settings train the warm start once (the other waits and reuses it)."""
+  import threading
+  from selfrl_jax.models.config import tiny_config
+  from selfrl_jax.models.decoder import init_model
+  from selfrl_jax.train.sft import cached_warm_start
+  calls = []
+
+  def build(model, checkpoint_dir):
+    calls.append(checkpoint_dir)
+    time.sleep(0.5)
+    return model
+  make = lambda: init_model(tiny_config(vocab_size=20, d_model=16, d_ff=32, n_heads=2, n_kv_heads=1, head_dim=8))  # noqa: E731
+  results = [None, None]
+  threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, cached_warm_start(make(), str(tmp_path), {"a": 1}, build)))
+             for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(calls) == 1
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(results[0], nnx.Param), nnx.state(results[1], nnx.Param))
+  assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [os.path.basename(calls[0])[:-len(".partial")]]
+
+
+def test_warm_start_key_includes_the_base_weights(tmp_path):
+  from selfrl_jax.train import builders
+  cfg = get_config()
+  assert builders.base_weights_fingerprint(cfg) == {"source": "tiny"}
+  (tmp_path / "a.gguf").write_bytes(b"x" * 10)
+  with cfg.unlocked():
+    cfg.model.source = str(tmp_path / "a.gguf")
+  first = builders.base_weights_fingerprint(cfg)
+  (tmp_path / "a.gguf").write_bytes(b"y" * 11)  # other weights at the same path
+  assert builders.base_weights_fingerprint(cfg) != first

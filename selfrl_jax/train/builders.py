@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ from selfrl_jax.data.records import normalize_record
 from selfrl_jax.data.tasks import TASKS, make_task
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import Decoder, init_model
-from selfrl_jax.models.loading import load_model, load_tokenizer
+from selfrl_jax.models.loading import load_model, load_tokenizer, resolve_checkpoint
 from selfrl_jax.models.tokenizers import CharTokenizer, Tokenizer
 from selfrl_jax.rewards.host import CodeTestReward, MathAnswerReward
 from selfrl_jax.rewards.registry import REWARDS, RewardFn, get_reward_fn, host_reward_callback
@@ -46,7 +47,7 @@ BENCHMARK_TASKS = {
 
 
 log = logging.getLogger(__name__)
-TRUNCATED_REWARDS = ("score", "zero")
+TRUNCATED_REWARDS = ("keep", "zero")
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,17 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
   return init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed), tok
 
 
+def base_weights_fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What identifies the weights a run starts from, for cache keys: the tiny init (architecture and
+  seed are in the config) or the checkpoint's files by path, size and modification time."""
+  if cfg.model.source == "tiny":
+    return {"source": "tiny"}
+  path = os.path.abspath(resolve_checkpoint(cfg.model.source))
+  files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+  return {"source": path, "files": [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                                    for f in files if os.path.isfile(f)]}
+
+
 def build_task(cfg: ml_collections.ConfigDict, overrides: dict | None = None):
   """The synthetic task of `cfg.task`, with `overrides` replacing some of `task.params`."""
   t = cfg.task
@@ -213,7 +225,7 @@ def build_reward(cfg: ml_collections.ConfigDict, tok: Tokenizer, records) -> Rew
     reward_fn = host_reward_callback(HOST_REWARDS[cfg.rl.reward](tok, records))
   else:
     reward_fn = get_reward_fn(cfg.rl.reward, stop_ids=tuple(tok.eos_ids))
-  if cfg.rl.truncated_reward == "score":
+  if cfg.rl.truncated_reward == "keep":
     return reward_fn
   return lambda rollout, batch: jnp.where(rollout.stopped_B, reward_fn(rollout, batch), 0.0)
 
@@ -278,17 +290,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def config_differences(saved: dict, cfg: ml_collections.ConfigDict, ignore: tuple[str, ...] = ()) -> str:
+  """'field: saved X, now Y; ...' for every field whose value differs ('' when none), skipping
+  fields that start with a prefix in `ignore`."""
+  old, new = _flatten(saved), _flatten(config_json(cfg))
+  diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(ignore)]
+  return "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in diff)
+
+
 def check_resume_config(saved: dict, cfg: ml_collections.ConfigDict) -> None:
   """A workdir's run resumes only with the config it was trained with (up to RESUMABLE_CHANGES).
 
   Raises:
     ConfigError: naming every field whose value differs, with both values.
   """
-  old, new = _flatten(saved), _flatten(config_json(cfg))
-  diff = [k for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
-  if diff:
-    changes = "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in diff)
+  changes = config_differences(saved, cfg, RESUMABLE_CHANGES)
+  if changes:
     raise ConfigError(f"config: the workdir holds a run trained with a different config ({changes}). Resume with "
                       f"the saved values, or start the changed run in a new --workdir.")
 

@@ -227,7 +227,10 @@ class CheckpointManager:
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
-               save_every: int = 100, async_save: bool = True, quarantine_corrupt: bool = True):
+               save_every: int = 100, async_save: bool = True, quarantine_corrupt: bool = True,
+               read_only: bool = False):
+    """`read_only=True` (evaluation) never writes: no directory created, no temporary directories
+    cleaned, no step quarantined, `save` refused; a missing directory is a FileNotFoundError."""
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
     if save_every < 0:
@@ -235,12 +238,16 @@ class CheckpointManager:
     path = os.fspath(directory)
     self.directory = path if "://" in path else os.path.abspath(path)  # Orbax needs absolute
     self.save_every = int(save_every)
-    self.quarantine_corrupt = quarantine_corrupt
+    self.read_only = read_only
+    self.quarantine_corrupt = quarantine_corrupt and not read_only
     self.last_restored_step: int | None = None
     self.last_skipped: dict[int, str] = {}
+    if read_only and not epath.Path(self.directory).is_dir():
+      raise FileNotFoundError(f"no checkpoint directory {self.directory}")
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        enable_async_checkpointing=async_save, create=not read_only, cleanup_tmp_directories=not read_only,
+        read_only=read_only)
     self._mngr = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
 
   # -- bookkeeping --
@@ -282,6 +289,8 @@ class CheckpointManager:
     saved (e.g. a preemption save right after a periodic one). All processes must call this.
     """
     step = int(step)
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only; not saving step {step}")
     if not force and not self.should_save(step):
       return False
     if step in self._mngr.all_steps():

@@ -74,7 +74,8 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
   if cfg.sft.steps == 0:
     return model
   demos, demo_settings = _sft_demos(cfg, tok, train_source)
-  settings = {"model": model.cfg.__dict__, "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
+  settings = {"model": model.cfg.__dict__, "base": builders.base_weights_fingerprint(cfg),
+              "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
               "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg),
               **demo_settings}
 
@@ -88,6 +89,18 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
                      check_every=cfg.sft.check_every, checkpoint_dir=checkpoint_dir,
                      checkpoint_every=cfg.train.checkpoint_every, should_stop=should_stop)
   return cached_warm_start(model, cache_dir, settings, build)
+
+
+def _bar_numbers(metrics: dict, history: dict) -> dict[str, str]:
+  """What a researcher watches, on the progress bar: reward, the newest held-out metric, KL, step time."""
+  out = {"reward": f"{float(metrics['reward_mean']):.3f}"}
+  held_out = next((k for k in ("eval/accuracy", *history) if k.startswith("eval/") and k in history), None)
+  if held_out is not None and history[held_out]:
+    out[held_out.removeprefix("eval/")] = f"{history[held_out][-1]:.3f}"
+  if "kl" in metrics:
+    out["kl"] = f"{float(metrics['kl']):.2g}"
+  out["s/step"] = f"{metrics['time/step_s']:.2f}"
+  return out
 
 
 def _record(history: dict, step: int, result: dict) -> None:
@@ -140,7 +153,8 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
   model = warm_start(cfg, model, tok, train_source, valid_source,
-                     sft_cache_dir or os.path.join(workdir, "warm_start"), should_stop=preemption.should_stop)
+                     sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start"),
+                     should_stop=preemption.should_stop)
 
   tx = make_optimizer(cfg.optim)
   algorithm = builders.build_algorithm(cfg, tok, train_source)
@@ -165,9 +179,9 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   restored = ckpt.restore_or_none(abstract)
   if restored is None:
     start, history = 0, {"step": []}
-    writer = MetricWriter(workdir, console=cfg.train.progress)
+    writer = MetricWriter(workdir, console=cfg.train.progress, console_every=cfg.train.log_every)
     initial = evaluator(state.params)
-    writer.write(0, initial)
+    writer.write(0, initial, console=True)
     _record(history, 0, initial)
   else:
     start = restored.step
@@ -180,7 +194,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
       final = {k: v[-1] for k, v in history.items() if k != "step"} if history["step"][-1:] == [start] else None
       return {"initial": initial, "final": final, "history": history, "preempted": False, "stopped_in": None,
               "resumed_from": start, "compilations": 0, "already_complete": True}
-    writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress)
+    writer = MetricWriter(workdir, resume_step=start, console=cfg.train.progress, console_every=cfg.train.log_every)
     log.info("RL resumes at step %d of %d", start, cfg.train.num_steps)
 
   def save(step: int, force: bool = False) -> None:
@@ -207,13 +221,12 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
             f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); none was applied, so "
             f"every checkpoint holds finite weights (newest: step {ckpt.latest_step()}). Resuming repeats "
             "the same data and updates: change the config first (e.g. a lower optim.learning_rate).")
-      if step % cfg.train.log_every == 0:
-        writer.write(step, metrics)
-      bar.set_postfix(reward=f"{float(metrics['reward_mean']):.3f}", refresh=False)
+      writer.write(step, metrics)
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:
         result = evaluator(state.params)
-        writer.write(step, result)
+        writer.write(step, result, console=True)
         _record(history, step, result)
+      bar.set_postfix(_bar_numbers(metrics, history), refresh=False)
       if preemption.should_stop(step):
         log.warning("Stop requested (%s) at step %d: saving and exiting.", preemption.received, step)
         save(step, force=True)
@@ -229,7 +242,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   final = None
   if not preempted:
     final = evaluator(state.params)
-    writer.write(cfg.train.num_steps, final)
+    writer.write(cfg.train.num_steps, final, console=True)
     _record(history, cfg.train.num_steps, final)
     save(cfg.train.num_steps, force=True)
   ckpt.wait_until_finished()

@@ -96,6 +96,25 @@ class Timer:
     return out
 
 
+# Console groups, in order: what the policy earns, how the update moved it, what it cost.
+_GROUP_ORDER = ("reward", "eval", "policy", "timing", "other")
+_GROUP_PREFIXES = {
+    "reward": ("reward", "zero_std_group_frac", "completion_", "host/"),
+    "eval": ("eval/",),
+    "policy": ("loss", "pg_", "kl", "entropy", "ratio_", "adv", "grad_norm", "logp_gap", "objective_frac",
+               "nonfinite"),
+    "timing": ("time/", "tokens_per_s", "generated_tokens"),
+}
+
+
+def console_group(key: str) -> str:
+  """The console group of a metric name (reward, eval, policy, timing, other)."""
+  for group, prefixes in _GROUP_PREFIXES.items():
+    if key.startswith(prefixes):
+      return group
+  return "other"
+
+
 class MetricWriter:
   """Writes per-step metrics to the console, `<workdir>/metrics.jsonl` and TensorBoard.
 
@@ -199,8 +218,10 @@ class MetricWriter:
       self._purge_step = None
     return self._tb
 
-  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-    """Writes one step's metrics (floats, NumPy or device arrays) to every enabled sink."""
+  def write(self, step: int, metrics: Mapping[str, Any], console: bool | None = None) -> None:
+    """Writes one step's metrics (floats, NumPy or device arrays) to every enabled sink.
+
+    `console=True` prints them whatever `console_every` says (e.g. an evaluation); False never."""
     if not self.enabled:
       return
     step = int(step)
@@ -221,7 +242,7 @@ class MetricWriter:
       self._write_jsonl(step, scalars, arrays)
     if self._tb_on:
       self._write_tb(step, scalars, arrays)
-    if self._console and step % self._console_every == 0:
+    if self._console and (console if console is not None else step % self._console_every == 0):
       self._write_console(step, scalars)
 
   def _write_jsonl(self, step: int, scalars: dict[str, float], arrays: dict[str, np.ndarray]) -> None:
@@ -261,10 +282,14 @@ class MetricWriter:
         tb.add_histogram(k, finite, step)
 
   def _write_console(self, step: int, scalars: dict[str, float]) -> None:
-    keys = self._console_keys if self._console_keys is not None else tuple(scalars)
-    parts = [f"step {step}"]
-    parts += [f"{k} {scalars[k]:.{self._precision}g}" for k in keys if k in scalars]
-    tqdm.write(" | ".join(parts))  # Prints above any active progress bar instead of through it.
+    keys = [k for k in (self._console_keys if self._console_keys is not None else scalars) if k in scalars]
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+      groups.setdefault(console_group(k), []).append(f"{k} {scalars[k]:.{self._precision}g}")
+    head = f"step {step}"
+    lines = [f"{head if i == 0 else ' ' * len(head)} | {name:<7} {'  '.join(items)}"
+             for i, (name, items) in enumerate(sorted(groups.items(), key=lambda g: _GROUP_ORDER.index(g[0])))]
+    tqdm.write("\n".join(lines or [head]))  # Prints above any active progress bar instead of through it.
 
   def flush(self) -> None:
     if self._jsonl_file is not None:

@@ -14,6 +14,7 @@ from there. The demonstration stream is a deterministic function of the seed, so
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -156,26 +157,37 @@ def cached_warm_start(model: Decoder, cache_root: str, settings: dict,
                       build: Callable[[Decoder, str], Decoder]) -> Decoder:
   """Returns the SFT model for `settings`, training it with `build` only if not cached yet.
 
+  Safe when several runs share `cache_root` (the arms of an ablation): an exclusive lock per
+  settings key makes one run build the warm start while the others wait for it and reuse it, and
+  the result appears atomically.
+
   Args:
     model: the freshly initialised model (its config names the architecture).
     cache_root: directory holding one sub-directory per distinct settings hash.
-    settings: JSON-able description of everything that determines the result (model, task, SFT, seed).
+    settings: JSON-able description of everything that determines the result (model, base weights,
+      task, SFT, seed).
     build: `build(model, checkpoint_dir)` trains the warm start from `model`, saving and resuming
       its progress in `checkpoint_dir` (removed once the result is saved).
   """
   key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
   directory = os.path.join(cache_root, f"sft_{key}")
-  if os.path.exists(os.path.join(directory, "model.safetensors")):
-    log.warning("SFT warm start: reusing %s", directory)
-    return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
-  partial = f"{directory}.partial"
-  trained = build(model, partial)
-  tmp = f"{directory}.tmp{os.getpid()}"
-  save_hf(trained, tmp)
-  with open(os.path.join(tmp, "sft_settings.json"), "w") as f:
-    json.dump(settings, f, indent=2, sort_keys=True, default=str)
   os.makedirs(cache_root, exist_ok=True)
-  if not os.path.exists(directory):
+  with open(f"{directory}.lock", "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.warning("SFT warm start: another run is building %s; waiting for it", directory)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(directory, "model.safetensors")):
+      log.warning("SFT warm start: reusing %s", directory)
+      return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
+    partial = f"{directory}.partial"
+    trained = build(model, partial)
+    tmp = f"{directory}.tmp{os.getpid()}"
+    save_hf(trained, tmp)
+    with open(os.path.join(tmp, "sft_settings.json"), "w") as f:
+      json.dump(settings, f, indent=2, sort_keys=True, default=str)
+    shutil.rmtree(directory, ignore_errors=True)  # a leftover without model.safetensors
     os.replace(tmp, directory)  # atomic: a crash never leaves a half-written warm start behind
-  shutil.rmtree(partial, ignore_errors=True)
-  return trained
+    shutil.rmtree(partial, ignore_errors=True)
+    return trained
