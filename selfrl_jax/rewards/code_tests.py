@@ -8,7 +8,9 @@ own `check_correctness` would exec the code in-process. The tests (MBPP asserts,
 forge a pass (exit early, print a marker, tamper with the harness); it can only return values.
 What stays possible is gaming weak tests (e.g. hard-coding the asserts' answers, or shadowing a
 builtin the tests use); an object whose `__eq__` always returns True equals nothing (see
-`sandbox_bootstrap.Remote`).
+`sandbox_bootstrap.Remote`). Plain values cross between the two processes as copies, so a test
+that checks an argument the solution changed in place (`a = [0]; f(a); assert a == [0, 1]`) fails
+a correct solution; MBPP's and HumanEval's tests assert on return values only.
 """
 
 from __future__ import annotations
