@@ -81,11 +81,13 @@ def _override_error(argv: list[str]) -> str | None:
 
 def _parse(argv: list[str]) -> list[str]:
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # a value of the wrong type, an unknown --flag, a missing required flag
+    message = _override_error(argv) or str(e)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = _override_error(argv) or f"{type(e).__name__}: {e}"
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USAGE)
 
 
 def setup_console() -> None:

@@ -78,7 +78,8 @@ def _unpermute_rope(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
   return w_OxI.reshape(n_heads, out // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(w_OxI.shape)
 
 
-def _read(path: str):
+def read_gguf(path: str):
+  """The parsed GGUF file (`gguf.GGUFReader`); CheckpointError if it is missing or unreadable."""
   import gguf  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise CheckpointError(f"GGUF file {path!r} does not exist.")
@@ -330,14 +331,17 @@ def gguf_config(reader, source: str, **overrides) -> ModelConfig:
   return cfg
 
 
-def load_gguf(path: str, **config_overrides) -> tuple[Decoder, ModelConfig]:
+def load_gguf(path: str, reader=None, **config_overrides) -> tuple[Decoder, ModelConfig]:
   """Loads and dequantises a GGUF checkpoint into a float Decoder.
+
+  `reader` is the file opened by `read_gguf(path)` when the caller needs its metadata too (the
+  tokenizer's stop ids): parsing a large vocabulary's metadata takes seconds, so it is done once.
 
   Raises:
     CheckpointError: unreadable/truncated file, unsupported architecture or metadata (see
       gguf_config), rope_freqs.weight not reproduced, missing or mis-shaped tensor.
   """
-  reader = _read(path)
+  reader = reader if reader is not None else read_gguf(path)
   cfg = gguf_config(reader, path, **config_overrides)
   tensors = {}
   for t in reader.tensors:

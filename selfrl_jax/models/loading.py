@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from selfrl_jax.models.decoder import Decoder
-from selfrl_jax.models.gguf_io import load_gguf, smollm2_gguf_path
+from selfrl_jax.models.gguf_io import load_gguf, read_gguf, smollm2_gguf_path
 from selfrl_jax.models.hf_io import CheckpointError, load_hf
-from selfrl_jax.models.tokenizers import HFTokenizer
+from selfrl_jax.models.tokenizers import HFTokenizer, gguf_stop_ids
 
 PACKAGED_MODELS = {"smollm2": smollm2_gguf_path}
 
@@ -34,8 +34,9 @@ def load_model(spec: str, **config_overrides) -> tuple[Decoder, HFTokenizer]:
     model, _ = load_hf(path, **config_overrides)
     return model, HFTokenizer.from_directory(path)
   if path.endswith(".gguf"):
-    model, _ = load_gguf(path, **config_overrides)
-    return model, HFTokenizer.from_gguf(path)
+    reader = read_gguf(path)  # parsed once: the weights and the tokenizer's stop ids
+    model, _ = load_gguf(path, reader, **config_overrides)
+    return model, HFTokenizer.from_gguf(path, stop_ids=gguf_stop_ids(reader))
   raise CheckpointError(
       f"Cannot load {spec!r}: expected one of {sorted(PACKAGED_MODELS)}, a .gguf file, or a Hugging Face "
       "directory (config.json + model.safetensors). Nothing is downloaded: pass a local path.")

@@ -62,10 +62,15 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
-def gguf_stop_ids(gguf_path: str) -> list[int]:
-  """The end-of-generation ids a GGUF file declares (eos, eot, eom metadata), in that order."""
+def gguf_stop_ids(gguf_file) -> list[int]:
+  """The end-of-generation ids a GGUF file declares (eos, eot, eom metadata), in that order.
+
+  `gguf_file` is a path or an open `gguf.GGUFReader` (parsing a file's metadata takes seconds for a
+  large vocabulary, so a caller that already holds the reader passes it).
+  """
   import gguf  # pylint: disable=import-outside-toplevel
-  fields = gguf.GGUFReader(gguf_path).fields
+  reader = gguf_file if isinstance(gguf_file, gguf.GGUFReader) else gguf.GGUFReader(gguf_file)
+  fields = reader.fields
   return [int(fields[k].contents()) for k in _GGUF_STOP_KEYS if k in fields]
 
 
@@ -110,18 +115,19 @@ class HFTokenizer(Tokenizer):
     return cls(AutoTokenizer.from_pretrained(path, local_files_only=True), extra, defaults)
 
   @classmethod
-  def from_gguf(cls, gguf_path: str, cache_dir: str | None = None) -> "HFTokenizer":
+  def from_gguf(cls, gguf_path: str, cache_dir: str | None = None, stop_ids=None) -> "HFTokenizer":
     """Builds the tokenizer stored in a GGUF file's metadata (vocab, merges, chat template).
 
     Converting GGUF metadata takes ~15 s on CPU, so the converted tokenizer is saved under
     `cache_dir` (default `$SELFRL_CACHE` or ~/.cache/selfrl_jax), keyed by the file's size and mtime.
-    The stop ids (eos, eot, eom) are read from the file's metadata on every load.
+    The stop ids (eos, eot, eom) are read from the file's metadata on every load, unless the caller
+    passes them (`stop_ids`, e.g. from the reader it loaded the weights with).
     """
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
     gguf_path = os.path.abspath(gguf_path)
     if not os.path.exists(gguf_path):
       raise FileNotFoundError(f"GGUF file {gguf_path!r} does not exist.")
-    stop_ids = gguf_stop_ids(gguf_path)
+    stop_ids = gguf_stop_ids(gguf_path) if stop_ids is None else list(stop_ids)
     stat = os.stat(gguf_path)
     root = cache_dir or os.environ.get("SELFRL_CACHE", os.path.expanduser("~/.cache/selfrl_jax"))
     cached = os.path.join(root, "tokenizers", f"{os.path.basename(gguf_path)}-{stat.st_size}-{int(stat.st_mtime)}")
