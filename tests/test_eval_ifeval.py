@@ -1,0 +1,82 @@
+"""IFEval evaluation: the four accuracies against if-verifiable's own per-sample evaluation over all 541
+prompts, and batched greedy generation that equals generating each prompt alone."""
+
+import random
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from if_verifiable.common import evaluate_instructions
+from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+from selfrl_jax.data.benchmarks import load_ifeval
+from selfrl_jax.data.records import record_meta
+from selfrl_jax.eval.ifeval import generate_ifeval_responses, ifeval_report
+from selfrl_jax.models.config import tiny_config
+from selfrl_jax.models.decoder import init_model
+from selfrl_jax.models.tokenizers import CharTokenizer
+from selfrl_jax.sampling.sampler import Sampler, SamplingParams
+from selfrl_jax.sampling.texts import generate_texts
+
+CANNED = [
+    "THIS IS MY ANSWER IN CAPITALS. IT HAS NO COMMA AT ALL",
+    "Sure, here it is:\n\n*highlighted* and *another* and *third*\n\nP.S. thanks",
+    '```json\n{"answer": "yes"}\n```',
+    "",  # an empty response follows nothing
+    "My answer is yes.",
+    "\"a quoted reply with [placeholder] and [another]\"",
+]
+
+
+def test_report_equals_the_package_evaluation_on_all_541_prompts(shared_data):
+  records = load_ifeval(root=str(shared_data))
+  responses = [CANNED[i % len(CANNED)] if i % 7 else rec["prompt"] for i, rec in enumerate(records)]
+  report = ifeval_report(responses, records)
+  strict, loose, prompt_strict, prompt_loose = [], [], [], []
+  per_type = {}
+  for response, rec in zip(responses, records):
+    meta = record_meta(rec)
+    if "keywords:letter_frequency" in meta["instruction_id_list"]:
+      # Two of these rows ask for '#' and '!', which the package swaps for a random letter on each
+      # call; ours is built under a fixed seed. Seeding the package's draw the same way makes its
+      # verdicts comparable (keywords:letter_frequency is each such row's only random builder).
+      random.seed(0)
+    results, scores = evaluate_instructions(response, meta["instruction_id_list"], meta["kwargs"], rec["prompt"],
+                                            INSTRUCTION_DICT)
+    if not results:  # the package returns nothing for an empty response: every instruction failed
+      results_strict = results_loose = [False] * len(meta["instruction_id_list"])
+    else:
+      results_strict, results_loose = [r.strict_pass for r in results], [r.loose_pass for r in results]
+    strict += results_strict
+    loose += results_loose
+    prompt_strict.append(scores.binary_strict)
+    prompt_loose.append(scores.binary_loose)
+    for i, s in zip(meta["instruction_id_list"], results_strict):
+      per_type.setdefault(i, []).append(s)
+  assert report["num_prompts"] == 541 and report["num_instructions"] == len(strict) == 834
+  assert report["prompt_level_strict"] == pytest.approx(np.mean(prompt_strict))
+  assert report["prompt_level_loose"] == pytest.approx(np.mean(prompt_loose))
+  assert report["instruction_level_strict"] == pytest.approx(np.mean(strict))
+  assert report["instruction_level_loose"] == pytest.approx(np.mean(loose))
+  for i, verdicts in per_type.items():
+    assert report["per_instruction"][i]["strict"] == pytest.approx(np.mean(verdicts))
+    assert report["per_instruction"][i]["count"] == len(verdicts)
+  assert report["checker_errors"] == report["checker_timeouts"] == 0
+  # Not a degenerate comparison: some prompts pass, most do not, and loose is looser.
+  assert 0 < report["prompt_level_strict"] < report["prompt_level_loose"] < 0.5
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time():
+  tok = CharTokenizer()
+  model = init_model(tiny_config(vocab_size=tok.vocab_size, d_model=32, d_ff=64))
+  records = [{"prompt": p} for p in ("12+30=", "7+5=", "100+1=", "9+9=", "3+4=")]
+  texts, stopped = generate_ifeval_responses(model, tok, records, max_new_tokens=4, batch_size=2)
+  graphdef, state = nnx.split(model)
+  params = SamplingParams(max_new_tokens=4, temperature=0.0, stop_ids=tok.eos_ids, pad_id=tok.pad_id)
+  sampler = Sampler(graphdef, params)
+  for rec, text, stop in zip(records, texts, stopped):
+    prompt = tok.apply_chat_template([{"role": "user", "content": rec["prompt"]}])
+    [[(alone, _, alone_stopped)]] = generate_texts(sampler, state, tok, [prompt], jax.random.key(0))
+    assert (text, stop) == (alone, alone_stopped)
