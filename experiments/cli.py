@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 _USER_ERRORS = (ConfigError, ModelCheckpointError, TrainCheckpointError, FileNotFoundError)
 # Library INFO/WARNING lines that say nothing to a researcher: Orbax progress and tfds builder set-up
 # go through absl's logger (our own modules log through their module loggers, which stay on).
-_QUIET_LOGGERS = ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge")
+_QUIET_LOGGERS = ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge", "datasets")
 
 
 def _load_config(argv: list[str]):

