@@ -51,11 +51,11 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.rl.top_p = 1.0                 # 1.0 = off
   c.rl.reward = "exact_match"      # exact_match (synthetic tasks, jittable) | math (math-verify, host) | code (sandboxed tests, host)
   c.rl.truncated_reward = "keep"   # completions that hit max_new_tokens without a stop token: keep (their reward, like any other) | zero (DAPO's overlong choice: no reward); applies to every reward rl.reward computes, training and evaluation
-  c.rl.advantage = "grpo"          # grpo | dr_grpo | rloo | reinforce (algorithms with their own credit assignment reject it)
+  c.rl.advantage = "grpo"          # grpo | grpo_sample_std (ddof=1, verl/EasyR1) | dr_grpo | rloo | reinforce (algorithms with their own credit assignment reject it)
   c.rl.clip_low = 0.2              # ratio clip 1 - clip_low
   c.rl.clip_high = 0.28            # ratio clip 1 + clip_high (DAPO clip-higher)
   c.rl.kl_coef = 0.0               # beta; 0 skips the reference forward pass
-  c.rl.kl_estimator = "k3"         # k1 | k2 | k3
+  c.rl.kl_estimator = "k3"         # k1 | k2 | k3 | low_var_kl (k3 clamped to [-10, 10], verl)
   c.rl.loss_agg = "token_mean"     # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
   c.rl.num_epochs = 1              # mu, passes over one batch of rollouts
   c.rl.num_minibatches = 1         # optimizer updates per epoch

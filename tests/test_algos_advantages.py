@@ -13,6 +13,8 @@ REWARDS_2x3 = np.array([[1.0, 0.0, 0.0], [3.0, 1.0, 2.0]], np.float32)
 EXPECTED_2x3 = {
     "grpo": [[2 / 3 / np.sqrt(2 / 9), -1 / 3 / np.sqrt(2 / 9), -1 / 3 / np.sqrt(2 / 9)],
              [1 / np.sqrt(2 / 3), -1 / np.sqrt(2 / 3), 0.0]],
+    # Sample stds (ddof=1, verl/EasyR1's torch.std): sqrt(1/3) and 1.
+    "grpo_sample_std": [[2 / 3 / np.sqrt(1 / 3), -1 / 3 / np.sqrt(1 / 3), -1 / 3 / np.sqrt(1 / 3)], [1.0, -1.0, 0.0]],
     "dr_grpo": [[2 / 3, -1 / 3, -1 / 3], [1.0, -1.0, 0.0]],
     "rloo": [[1.0, -0.5, -0.5], [1.5, -1.5, 0.0]],
     "reinforce": [[-1 / 6, -7 / 6, -7 / 6], [11 / 6, -1 / 6, 5 / 6]],
@@ -25,6 +27,8 @@ def numpy_advantages(name, r, eps=1e-6):
   mean = r.mean(axis=1, keepdims=True)
   if name == "grpo":
     return (r - mean) / (r.std(axis=1, ddof=0, keepdims=True) + eps)
+  if name == "grpo_sample_std":
+    return (r - mean) / (r.std(axis=1, ddof=1, keepdims=True) + eps)
   if name == "dr_grpo":
     return r - mean
   if name == "rloo":
@@ -36,7 +40,7 @@ def numpy_advantages(name, r, eps=1e-6):
 
 
 def test_registry_keys():
-  assert sorted(ADVANTAGES) == ["dr_grpo", "grpo", "reinforce", "rloo"]
+  assert sorted(ADVANTAGES) == ["dr_grpo", "grpo", "grpo_sample_std", "reinforce", "rloo"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_2x3))

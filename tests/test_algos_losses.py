@@ -19,7 +19,8 @@ def test_kl_closed_forms_vs_numpy():
   logp = rng.normal(-2.0, 1.0, size=(3, 7)).astype(np.float32)
   ref = rng.normal(-2.0, 1.0, size=(3, 7)).astype(np.float32)
   d = logp.astype(np.float64) - ref
-  expected = {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(-d) + d - 1.0}
+  expected = {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(-d) + d - 1.0,
+              "low_var_kl": np.clip(np.exp(-d) + d - 1.0, -10, 10)}
   assert sorted(KL_ESTIMATORS) == sorted(expected)
   for name, want in expected.items():
     got = np.asarray(kl_estimate(logp, ref, name))
@@ -28,6 +29,9 @@ def test_kl_closed_forms_vs_numpy():
   assert (np.asarray(kl_estimate(logp, ref, "k3")) >= 0).all()
   with pytest.raises(ValueError, match="k3"):
     kl_estimate(logp, ref, "k4")
+  # verl's low_var_kl: a token far below the reference (k3 = e^4 - 5 = 49.6) contributes 10.
+  far = np.asarray(kl_estimate(np.float32([[-6.0]]), np.float32([[-2.0]]), "low_var_kl"))
+  assert far[0, 0] == pytest.approx(10.0)
 
 
 def test_kl_monte_carlo_matches_exact_categorical_kl():
@@ -216,8 +220,9 @@ def test_policy_loss_with_kl(estimator):
   (loss0, _), grad0 = fn(logp, jnp.float32(0.0))
 
   d = logp.astype(np.float64) - ref
-  kl_np = {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(-d) + d - 1}[estimator]
-  dkl_np = {"k1": np.ones_like(d), "k2": d, "k3": 1 - np.exp(-d)}[estimator]
+  kl_np = {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(-d) + d - 1, "low_var_kl": np.exp(-d) + d - 1}[estimator]
+  dkl_np = {"k1": np.ones_like(d), "k2": d, "k3": 1 - np.exp(-d), "low_var_kl": 1 - np.exp(-d)}[estimator]
+  assert (kl_np[mask] < 10).all()  # low_var_kl's clamp does not bind here: it equals k3
   w = mask / mask.sum(axis=1, keepdims=True) / b  # seq_mean_token_mean weights, all rows non-empty
   kl_np, dkl_np = np.where(mask, kl_np, 0), np.where(mask, dkl_np, 0)
   assert float(metrics["kl"]) == pytest.approx(kl_np.sum() / mask.sum(), rel=1e-4)

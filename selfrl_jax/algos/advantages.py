@@ -75,6 +75,16 @@ def grpo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
   return centred_PxG / (std_Px1 + eps)
 
 
+def grpo_sample_std(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
+  """GRPO as verl / EasyR1 compute it: A_j = (r_j - mean(r)) / (std(r) + eps) with the sample std
+  (ddof=1, torch.std's default); a group with one valid rollout gets std 1 (mean 0 and A = 0 here,
+  since a one-rollout group is flat)."""
+  r_PxG, valid_PxG = _prepare(rewards_PxG, valid_PxG)
+  n_Px1, centred_PxG, std_Px1 = _group_stats(r_PxG, valid_PxG)
+  sample_std_Px1 = jnp.where(n_Px1 >= 2, std_Px1 * jnp.sqrt(n_Px1 / jnp.maximum(n_Px1 - 1.0, 1.0)), 1.0)
+  return centred_PxG / (sample_std_Px1 + eps)
+
+
 def dr_grpo(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
   """Dr. GRPO (Liu et al. 2025): A_j = r_j - mean(r); no std division (removes difficulty bias)."""
   del eps
@@ -110,6 +120,7 @@ def reinforce(rewards_PxG, *, eps: float = 1e-6, valid_PxG=None) -> jax.Array:
 
 ADVANTAGES: dict[str, AdvantageFn] = {
     "grpo": grpo,
+    "grpo_sample_std": grpo_sample_std,
     "dr_grpo": dr_grpo,
     "rloo": rloo,
     "reinforce": reinforce,

@@ -32,7 +32,7 @@ class GRPO(Algorithm):
   Attributes:
     sampling: decoding settings for training rollouts.
     group_size: completions per prompt (G).
-    advantage: registry key in `algos.advantages` ("grpo", "dr_grpo", "rloo", "reinforce").
+    advantage: registry key in `algos.advantages` ("grpo", "grpo_sample_std", "dr_grpo", "rloo", "reinforce").
     kl_coef: beta, KL weight on every response token (0: no reference model needed).
     reward_fn: `reward_fn(rollout, batch) -> rewards_B` (jittable, or a host reward through a callback).
   """

@@ -39,7 +39,13 @@ def _k3(logr):
   return jnp.expm1(logr) - logr
 
 
-KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+def _low_var_kl(logr):
+  # verl / EasyR1 `low_var_kl`: k3 clamped to [-10, 10] (only the upper bound can bind, k3 >= 0).
+  return jnp.clip(_k3(logr), -10.0, 10.0)
+
+
+KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _k2, "k3": _k3,
+                                                              "low_var_kl": _low_var_kl}
 
 
 def kl_loss_problem(estimator: str) -> str | None:
@@ -59,7 +65,8 @@ def kl_estimate(logp_BxT, ref_logp_BxT, estimator: str) -> jax.Array:
   """Per-token KL(pi || ref) estimate for sampled tokens.
 
   k1 = logp - ref (unbiased, can be negative); k2 = 0.5 (logp - ref)^2 (biased, low variance);
-  k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased and >= 0; used by GRPO, eq. 4).
+  k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased and >= 0; used by GRPO, eq. 4); low_var_kl =
+  k3 clamped to [-10, 10] (verl / EasyR1: a token far from the reference adds at most 10).
   """
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"Unknown kl_estimator {estimator!r}; valid keys: {sorted(KL_ESTIMATORS)}.")

@@ -35,6 +35,12 @@ class AlgorithmSpec:
       instead); any other value fails validation, e.g. {"rl.kl_coef": (0.0, "score.beta1 / score.beta2")}.
     sft_demos: extra `sft.demos` streams: name -> `demos(cfg, algorithm, batches, tokenizer, seed)
       -> (iterator of SFT demonstrations, settings dict that keys the warm-start cache)`.
+    prepare: optional stage between the warm start and RL (`train/prepare.py`):
+      `prepare(cfg, algorithm, algo_state, model, tokenizer, train_source) -> (algo_state, report)`
+      fills part of the algorithm's state from the warm-started policy `model` (e.g. a reward
+      classifier trained on the policy's own responses); `report` maps names to scalars.
+    prepare_settings: `prepare_settings(cfg) -> dict`, everything besides the policy that
+      determines `prepare`'s result (keys its cache).
   """
 
   name: str
@@ -43,6 +49,8 @@ class AlgorithmSpec:
   validate: Callable[[ml_collections.ConfigDict, CheckFn], None] | None = None
   replaces: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
   sft_demos: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+  prepare: Callable[..., Any] | None = None
+  prepare_settings: Callable[[ml_collections.ConfigDict], dict] | None = None
 
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}

@@ -26,6 +26,7 @@ from selfrl_jax.train.evaluation import Evaluator, fixed_eval_batches
 from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.metrics import MetricWriter
 from selfrl_jax.train.preemption import PreemptionHandler
+from selfrl_jax.train.prepare import run_prepare
 from selfrl_jax.train.sft import WarmStartPreempted, cached_warm_start, noisy_demonstrations, train_sft
 from selfrl_jax.train.state import create_train_state, make_optimizer
 from selfrl_jax.train.step import make_train_step
@@ -152,9 +153,8 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
-  model = warm_start(cfg, model, tok, train_source, valid_source,
-                     sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start"),
-                     should_stop=preemption.should_stop)
+  cache_root = sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start")
+  model = warm_start(cfg, model, tok, train_source, valid_source, cache_root, should_stop=preemption.should_stop)
 
   tx = make_optimizer(cfg.optim)
   algorithm = builders.build_algorithm(cfg, tok, train_source)
@@ -180,9 +180,13 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   if restored is None:
     start, history = 0, {"step": []}
     writer = MetricWriter(workdir, console=cfg.train.progress, console_every=cfg.train.log_every)
+    algo_state, prepared = run_prepare(get_algorithm_spec(cfg.rl.algorithm), cfg, algorithm, state.algo_state,
+                                       state.params, model, tok, train_source, cache_root)
+    state = state.replace(algo_state=jax.device_put(algo_state, state_sharding.algo_state))
     initial = evaluator(state.params)
+    _record(history, 0, initial)  # the eval curve; the preparation report is logged once, with step 0
+    initial.update(prepared)
     writer.write(0, initial, console=True)
-    _record(history, 0, initial)
   else:
     start = restored.step
     state = restored.state.replace(ref_params=ref_params)

@@ -14,12 +14,7 @@ from there. The demonstration stream is a deterministic function of the seed, so
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import logging
-import os
-import shutil
 from typing import Callable, Iterator
 
 import jax
@@ -31,6 +26,7 @@ from flax import nnx
 
 from selfrl_jax.models.decoder import Decoder
 from selfrl_jax.models.hf_io import load_hf, save_hf
+from selfrl_jax.train.cache import cached_build
 from selfrl_jax.train.checkpoint import CheckpointManager
 from selfrl_jax.train.step import sequence_logprobs
 
@@ -169,25 +165,14 @@ def cached_warm_start(model: Decoder, cache_root: str, settings: dict,
     build: `build(model, checkpoint_dir)` trains the warm start from `model`, saving and resuming
       its progress in `checkpoint_dir` (removed once the result is saved).
   """
-  key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-  directory = os.path.join(cache_root, f"sft_{key}")
-  os.makedirs(cache_root, exist_ok=True)
-  with open(f"{directory}.lock", "a+") as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      log.warning("SFT warm start: another run is building %s; waiting for it", directory)
-      fcntl.flock(lock, fcntl.LOCK_EX)
-    if os.path.exists(os.path.join(directory, "model.safetensors")):
-      log.warning("SFT warm start: reusing %s", directory)
-      return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
-    partial = f"{directory}.partial"
-    trained = build(model, partial)
-    tmp = f"{directory}.tmp{os.getpid()}"
-    save_hf(trained, tmp)
-    with open(os.path.join(tmp, "sft_settings.json"), "w") as f:
-      json.dump(settings, f, indent=2, sort_keys=True, default=str)
-    shutil.rmtree(directory, ignore_errors=True)  # a leftover without model.safetensors
-    os.replace(tmp, directory)  # atomic: a crash never leaves a half-written warm start behind
-    shutil.rmtree(partial, ignore_errors=True)
-    return trained
+  trained = []
+
+  def build_into(tmp: str, partial: str) -> None:
+    trained.append(build(model, partial))
+    save_hf(trained[0], tmp)
+
+  directory, built = cached_build(cache_root, "sft", settings, build_into, "model.safetensors",
+                                  what="SFT warm start")
+  if built:
+    return trained[0]
+  return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
