@@ -21,6 +21,7 @@ from absl import app, flags
 from selfrl_jax.models.hf_io import CheckpointError as ModelCheckpointError
 from selfrl_jax.train.builders import ConfigError
 from selfrl_jax.train.checkpoint import CheckpointError as TrainCheckpointError
+from selfrl_jax.train.loop import NonFiniteAbort
 
 EXIT_USAGE = 2
 _USER_ERRORS = (ConfigError, ModelCheckpointError, TrainCheckpointError, FileNotFoundError)
@@ -79,7 +80,21 @@ def _override_error(argv: list[str]) -> str | None:
   return None
 
 
+def _config_file_error(argv: list[str]) -> str | None:
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    return f"--config={spec}: no such file {path!r} (relative paths start at {os.getcwd()})"
+  return None
+
+
 def _parse(argv: list[str]) -> list[str]:
+  missing = _config_file_error(argv)
+  if missing:
+    print(f"error: {missing}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # a value of the wrong type, an unknown --flag, a missing required flag
@@ -107,4 +122,7 @@ def run(main) -> None:
     except _USER_ERRORS as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(EXIT_USAGE)
+    except NonFiniteAbort as e:  # a run that failed, not a usage error: status 1, but no traceback
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
   app.run(guarded, flags_parser=_parse)

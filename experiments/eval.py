@@ -21,6 +21,7 @@ workdir is created, moved or modified. Prints one JSON line: the algorithm's eva
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -74,6 +75,8 @@ def _restore(workdir: str):
   if _EVAL_SIZE.value:
     with cfg.unlocked():
       cfg.train.eval_size = _EVAL_SIZE.value
+      # A quick look at 16 prompts must not fail on the run's batch of 128: the largest batch that divides it.
+      cfg.train.eval_batch_size = math.gcd(_EVAL_SIZE.value, cfg.train.eval_batch_size)
   builders.validate_config(cfg)
   model, tok = builders.build_model(cfg)
   train_source, _, test_source = builders.build_sources(cfg)

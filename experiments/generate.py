@@ -70,6 +70,8 @@ def _show(samples, max_new_tokens: int) -> None:
 
 def main(argv):
   del argv
+  if _PROMPTS_FILE.value and not os.path.isfile(_PROMPTS_FILE.value):  # before the model load, not after
+    raise FileNotFoundError(f"--prompts_file={_PROMPTS_FILE.value}: no such file")
   t0 = time.perf_counter()
   model, tokenizer = load_model(_MODEL.value, param_dtype=_DTYPE.value, compute_dtype=_DTYPE.value)
   print(f"loaded {_MODEL.value} in {time.perf_counter() - t0:.1f}s")

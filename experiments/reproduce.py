@@ -7,11 +7,14 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py --method=score --arms=score,naive_multi_turn --seeds=0
   python experiments/reproduce.py --method=rlavr                   # RLAVR toy: six arms x 3 seeds, ~15 min
   python experiments/reproduce.py --method=rlavr --arms=ttrl,care,entropy,avg_prob --seeds=0
+  python experiments/reproduce.py --method=ssrl_if                 # SSRL-IF toy: arms A-F x 3 seeds
 
 `--method=score` runs the arms of configs/score/tiny_arithmetic.py (see experiments/score_toy.py)
 and writes <workdir>/score_table.md, score_results.json and score_curves.png; `--method=rlavr` the
 arms of configs/rlavr/tiny_arithmetic.py (experiments/rlavr_toy.py): rlavr_table.md (table and the
-§10 claims, each checked on the numbers), rlavr_results.json and rlavr_curves.png.
+§10 claims, each checked on the numbers), rlavr_results.json and rlavr_curves.png; `--method=ssrl_if`
+the arms of configs/ssrl_if/tiny_constraints.py (experiments/ssrl_if_toy.py): ssrl_if_table.md (table,
+the §9.6 preconditions and claims checked on the numbers), ssrl_if_results.json and ssrl_if_curves.png.
 
 For every seed: SFT warm start (cached under <workdir>/warm_start), GRPO for `train.num_steps`
 iterations, greedy held-out accuracy before and after. Prints a before/after table (mean ± std
@@ -34,7 +37,7 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import cli, plots, rlavr_toy, score_toy  # noqa: E402
+from experiments import cli, plots, rlavr_toy, score_toy, ssrl_if_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -43,9 +46,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmeti
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Output directory (resumable).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps.")
-_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr"],
-                            "grpo: --config x seeds; score / rlavr: that paper's toy arms x seeds.")
-_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr: arms to run (default: every arm).")
+_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if"],
+                            "grpo: --config x seeds; score / rlavr / ssrl_if: that paper's toy arms x seeds.")
+_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if: arms to run (default: every arm).")
 
 
 def reproduce_score(workdir: str) -> None:
@@ -92,12 +95,34 @@ def reproduce_rlavr(workdir: str) -> None:
   print(f"wrote {workdir}/rlavr_table.md, rlavr_results.json and rlavr_curves.png")
 
 
+def reproduce_ssrl_if(workdir: str) -> None:
+  """Every SSRL-IF toy arm x seed; prints and saves the table, the §9.6 claims checked, the curves."""
+  seeds = [int(s) for s in _SEEDS.value]
+  t0 = time.perf_counter()
+  out = ssrl_if_toy.run(_ARMS.value or list(ssrl_if_toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
+  total = time.perf_counter() - t0
+  rows = ssrl_if_toy.summarize(out["runs"], workdir)
+  checked = ssrl_if_toy.claims(rows, out["runs"])
+  timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
+  report = (f"{ssrl_if_toy.format_table(rows, len(seeds))}\n\nPreconditions and claims (ssrl_if.md §9.6):\n\n"
+            f"{ssrl_if_toy.format_claims(checked)}\n\nwall time {total:.0f} s ({timing})")
+  print(f"\nSSRL-IF toy (synthetic constraint world)\n{report}")
+  with open(os.path.join(workdir, "ssrl_if_table.md"), "w") as f:
+    f.write(report + "\n")
+  ssrl_if_toy.plot_curves(out["runs"], workdir, os.path.join(workdir, "ssrl_if_curves.png"))
+  with open(os.path.join(workdir, "ssrl_if_results.json"), "w") as f:
+    json.dump({"seconds": total, "arm_seconds": out["seconds"], "rows": rows,
+               "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in checked],
+               "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
+  print(f"wrote {workdir}/ssrl_if_table.md, ssrl_if_results.json and ssrl_if_curves.png")
+
+
 def main(argv):
   del argv
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  if _METHOD.value in ("score", "rlavr"):
-    {"score": reproduce_score, "rlavr": reproduce_rlavr}[_METHOD.value](workdir)
+  if _METHOD.value in ("score", "rlavr", "ssrl_if"):
+    {"score": reproduce_score, "rlavr": reproduce_rlavr, "ssrl_if": reproduce_ssrl_if}[_METHOD.value](workdir)
     return
   runs, t_start = {}, time.perf_counter()
   for seed in map(int, _SEEDS.value):

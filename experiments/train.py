@@ -38,7 +38,8 @@ def main(argv):
     print(f"wrote {path}", file=sys.stderr)
   print(json.dumps({k: summary[k] for k in ("initial", "final", "preempted", "resumed_from", "compilations")}))
   if summary["preempted"]:
-    print(f"Stopped early in the {summary['stopped_in'].replace('_', ' ')}, progress saved: rerun the same "
+    stage = {"warm_start": "SFT warm start", "rl": "RL phase"}.get(summary["stopped_in"], summary["stopped_in"])
+    print(f"Stopped early in the {stage}, progress saved: rerun the same "
           f"command to resume (exit status {EXIT_PREEMPTED}).", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
 

@@ -431,3 +431,13 @@ def test_a_signal_the_launcher_ignores_stays_ignored():
   finally:
     handler.uninstall()
     signal.signal(signal.SIGINT, launcher)
+
+
+def test_restore_errors_are_one_short_line():
+  """TensorStore errors carry a multi-kilobyte spec dump after the first line; a fresh user saw a
+  60-line 'one-line' message. The fallback warning and the final error keep the first line."""
+  from selfrl_jax.train.checkpoint import _short_error  # pylint: disable=protected-access
+  dump = "Error reading chunk: data checksum mismatch [source locations='x.cc:1']\\nSee full TensorStore details: " + "{" * 5000
+  short = _short_error(ValueError(dump))
+  assert short == "ValueError: Error reading chunk: data checksum mismatch" and "\\n" not in short
+  assert len(_short_error(RuntimeError("x" * 1000))) == 300

@@ -56,6 +56,8 @@ def shrink(cfg):
     cfg.train.progress = False
     if "score" in cfg:  # the section exists only for rl.algorithm = "score" (get_base_config("score"))
       cfg.score.stage1_steps = min(cfg.score.stage1_steps, 1)
+    if "ssrl_if" in cfg:  # a few ladders and classifier steps in the preparation stage
+      cfg.ssrl_if.rm_ladders, cfg.ssrl_if.rm_steps, cfg.ssrl_if.rm_batch_size = 10, 2, 4
   return cfg
 
 

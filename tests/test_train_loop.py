@@ -246,6 +246,10 @@ def test_unknown_key_and_wrong_type_fail_on_the_command_line(tmp_path):
   out = subprocess.run(base + ["--config.rl.group_size=1"], capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: config.rl.group_size: ")
   assert "Traceback" not in out.stderr
+  out = subprocess.run([sys.executable, base[1], "--config=configs/tiny/nope.py", "--workdir=/tmp/x"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f"error: --config=configs/tiny/nope.py: no such file 'configs/tiny/nope.py' (relative paths start at {REPO})"]
   out = subprocess.run(base + ["--config.rl.group_size=eight"], capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       "error: flag --config.rl.group_size=eight: invalid literal for int() with base 10: 'eight'"]
@@ -346,6 +350,46 @@ def test_a_shared_warm_start_cache_builds_once_under_concurrent_runs(tmp_path):
   assert len(calls) == 1
   jax.tree.map(np.testing.assert_array_equal, nnx.state(results[0], nnx.Param), nnx.state(results[1], nnx.Param))
   assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [os.path.basename(calls[0])[:-len(".partial")]]
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  """A fresh user started the same command twice on one workdir: both ran and wrote every metrics
+  row twice. The second now stops at once, naming the holder."""
+  import fcntl
+  with open(tmp_path / ".run.lock", "a+") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 12345 on elsewhere")
+    held.flush()
+    with pytest.raises(ConfigError, match=r"workdir .* is in use by another run \(pid 12345 on elsewhere\)"):
+      train(get_config(), str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock"]  # nothing was built or written
+
+
+def test_a_damaged_cached_warm_start_is_rebuilt_not_reused(tmp_path, caplog):
+  """A fresh user overwrote 4 KB of a cached model.safetensors: every run sharing the cache reused it
+  silently and aborted on non-finite updates. Now the manifest check moves it aside and rebuilds."""
+  from selfrl_jax.models.config import tiny_config
+  from selfrl_jax.models.decoder import init_model
+  from selfrl_jax.train.sft import cached_warm_start
+  calls = []
+
+  def build(model, checkpoint_dir):
+    calls.append(checkpoint_dir)
+    return model
+  make = lambda: init_model(tiny_config(vocab_size=20, d_model=16, d_ff=32, n_heads=2, n_kv_heads=1, head_dim=8))  # noqa: E731
+  good = nnx.state(cached_warm_start(make(), str(tmp_path), {"a": 1}, build), nnx.Param)
+  [directory] = [p for p in tmp_path.iterdir() if p.is_dir()]
+  weights = directory / "model.safetensors"
+  data = bytearray(weights.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64
+  weights.write_bytes(bytes(data))
+  again = nnx.state(cached_warm_start(make(), str(tmp_path), {"a": 1}, build), nnx.Param)
+  assert len(calls) == 2  # rebuilt, not reused
+  jax.tree.map(np.testing.assert_array_equal, good, again)
+  assert "model.safetensors differs from the recorded SHA-256" in caplog.text
+  assert len(list(tmp_path.glob("sft_*.damaged-*"))) == 1
+  cached_warm_start(make(), str(tmp_path), {"a": 1}, build)
+  assert len(calls) == 2  # the rebuilt one is intact and reused
 
 
 def test_warm_start_key_includes_the_base_weights(tmp_path):

@@ -62,6 +62,15 @@ class Restored(NamedTuple):
   skipped: dict[int, str]
 
 
+def _short_error(e: BaseException, limit: int = 300) -> str:
+  """`Type: first line` of an exception, at most `limit` characters (TensorStore errors carry a
+  multi-kilobyte spec dump after their first line)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  text = text.split(" [source locations=")[0].split("See full TensorStore details")[0].strip()
+  out = f"{type(e).__name__}: {text}"
+  return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
 class CheckpointError(RuntimeError):
   """No checkpoint in the directory could be restored."""
 
@@ -378,7 +387,7 @@ class CheckpointManager:
         result, error = self.restore(abstract_state, step), None
       except Exception as e:  # pylint: disable=broad-except
         # Corruption surfaces as ValueError (tensorstore), JSONDecodeError, FileNotFoundError...
-        result, error = None, f"{type(e).__name__}: {e}"
+        result, error = None, _short_error(e)
       if _all_processes_ok(error is None):
         self.last_skipped = skipped
         if skipped:
@@ -386,10 +395,10 @@ class CheckpointManager:
         return Restored(step, *result, skipped=skipped)
       skipped[step] = error or "failed on another process"
       log.warning("checkpoint step %d in %s cannot be restored (%s); falling back to an older "
-                      "step", step, self.directory, skipped[step][:2000])
+                      "step", step, self.directory, skipped[step])
     self.last_skipped = skipped
-    raise CheckpointError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(
-        f"step {s}: {err[:500]}" for s, err in skipped.items()))
+    raise CheckpointError(f"no checkpoint in {self.directory} could be restored (" + "; ".join(
+        f"step {s}: {err}" for s, err in skipped.items()) + f"). To start the run over, delete {self.directory}.")
 
   def restore_or_none(self, abstract_state) -> Restored | None:
     """Auto-resume: `restore_latest`, or None when the directory holds no checkpoint yet."""

@@ -8,8 +8,11 @@ writes metrics, evaluates, checkpoints and handles preemption.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import socket
 import time
 
 import jax
@@ -92,6 +95,11 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
   return cached_warm_start(model, cache_dir, settings, build)
 
 
+def _newest(ckpt) -> str:
+  step = ckpt.latest_step()
+  return "no checkpoint yet" if step is None else f"newest: step {step}"
+
+
 def _bar_numbers(metrics: dict, history: dict) -> dict[str, str]:
   """What a researcher watches, on the progress bar: reward, the newest held-out metric, KL, step time."""
   out = {"reward": f"{float(metrics['reward_mean']):.3f}"}
@@ -128,13 +136,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, sft_cache_dir: str | Non
     ConfigError: the workdir holds a run trained with a different config (see
       `builders.check_resume_config`), before anything is built or compiled.
   """
-  with PreemptionHandler() as preemption:
+  with PreemptionHandler() as preemption, _workdir_lock(workdir):
     try:
       return _train(cfg, workdir, sft_cache_dir, preemption)
     except WarmStartPreempted as e:
       log.warning("%s: rerun the same command to resume.", e)
       return {"initial": None, "final": None, "history": {"step": []}, "preempted": True,
               "stopped_in": "warm_start", "resumed_from": None, "compilations": 0, "already_complete": False}
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """One run per workdir: a second `train()` on it fails at once (ConfigError) instead of both
+  writing checkpoints and metrics into it."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, ".run.lock"), "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip() or "unknown"
+      raise builders.ConfigError(f"workdir {workdir} is in use by another run ({holder}): wait for it to finish or "
+                                 "choose another --workdir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    yield
 
 
 def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionHandler) -> dict:
@@ -149,7 +177,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
     builders.check_resume_config(saved_config, cfg)
     log.info("Resuming the run in %s (newest checkpoint: step %d)", workdir, ckpt.latest_step())
   else:
-    log.info("Starting fresh in %s (no checkpoint yet)", workdir)
+    log.info("Starting fresh in %s (no RL checkpoint yet)", workdir)
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
@@ -223,7 +251,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
         raise NonFiniteAbort(
             f"{int(state.nonfinite_streak)} consecutive steps had a non-finite loss, gradient or update "
             f"(limit train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); none was applied, so "
-            f"every checkpoint holds finite weights (newest: step {ckpt.latest_step()}). Resuming repeats "
+            f"every checkpoint holds finite weights ({_newest(ckpt)}). Resuming repeats "
             "the same data and updates: change the config first (e.g. a lower optim.learning_rate).")
       writer.write(step, metrics)
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.num_steps:

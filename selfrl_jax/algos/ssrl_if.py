@@ -1,0 +1,293 @@
+"""SSRL-IF (Ren, He et al. 2025; ssrl_if.md): GRPO on instruction ladders with a per-constraint reward —
+rules for hard constraints, a self-supervised classifier for soft ones — averaged into one scalar.
+
+    python experiments/train.py --config=configs/ssrl_if/tiny_constraints.py:method --workdir=/tmp/ssrl
+    python experiments/reproduce.py --method=ssrl_if          # arms A-F x 3 seeds (§9.6)
+
+One iteration:
+  rollout (device)  G responses per prompt (a ladder level x_k: seed + the first k constraints);
+  check (host)      per constraint c_i of the prompt: its kind (hard / soft), the rule verdict for
+                    hard ones, the oracle verdict where the world has one (the toy's hidden rules,
+                    for metrics and arm F only), and the classifier input [c_i | response];
+  reward (device)   the classifier, whose parameters live in `TrainState.algo_state["rm"]`, gives
+                    R_s(o, c) = softmax(logits)[1] for every constraint; r_i is the rule verdict
+                    for hard c_i (R_s when `use_rule_reward=False`) and R_s (or 1[R_s > 0.5] when
+                    `soft_reward="binary"`) for soft ones; R = scale * (1/k) sum_i r_i (§3.4);
+  update            GRPO on R, the same scalar for every response token (§4.1).
+
+Before RL the preparation stage (`AlgorithmSpec.prepare`, `train/prepare.py`) trains the classifier
+on the warm-started policy's own ladder responses (`ssrl_if_prepare.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from selfrl_jax.algos import ssrl_if_config
+from selfrl_jax.algos.advantages import compute_advantages
+from selfrl_jax.algos.base import UPDATE, Algorithm, Phase, Rewards, TokenTerms, host_call
+from selfrl_jax.algos.losses import kl_loss_problem
+from selfrl_jax.algos.registry import AlgorithmSpec
+from selfrl_jax.algos.ssrl_if_rm import RM_TEMPLATE_VERSION, classifier_graphdef, init_classifier, rm_inputs, rm_prob
+from selfrl_jax.data import if_toy
+from selfrl_jax.data.records import record_meta
+from selfrl_jax.models.config import ModelConfig
+from selfrl_jax.rewards.host import decode_responses
+from selfrl_jax.rollouts.single_turn import single_turn_rollout
+from selfrl_jax.rollouts.types import Rollout
+from selfrl_jax.sampling.sampler import SamplingParams
+
+HARD, SOFT = 1, 2  # kind_BxK codes; 0 marks an empty constraint slot
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyWorld:
+  """The if_toy world: rules for hard constraints, the hidden oracle for every one (data.if_toy)."""
+
+  records: Sequence[Any]
+  num_constraints: int = 5
+  has_oracle = True
+
+  def constraints(self, example_id: int) -> list[str]:
+    return if_toy.constraints_of(self.records[int(example_id)])
+
+  def is_soft(self, constraint: str) -> bool:
+    return if_toy.is_soft(constraint)
+
+  def ladder(self, record) -> tuple[list[str], list[str]]:
+    """(x_0 ... x_n prompts, c_1 ... c_n) of the record's instruction."""
+    return if_toy.ladder_prompts(record), list(record_meta(record)["instruction"])
+
+  def holds(self, constraint: str, answer: str) -> bool:
+    """The oracle verdict (worlds with `has_oracle`)."""
+    return if_toy.holds(constraint, answer)
+
+  def verdicts(self, answers: Sequence[str | None], constraints: Sequence[Sequence[str]]
+               ) -> tuple[list[list[float]], list[list[float]]]:
+    """(rule, oracle) verdicts per row and constraint: rule is 0 for soft constraints."""
+    rule, oracle = [], []
+    for answer, cs in zip(answers, constraints):
+      truth = [float(answer is not None and self.holds(c, answer)) for c in cs]
+      oracle.append(truth)
+      rule.append([0.0 if self.is_soft(c) else t for c, t in zip(cs, truth)])
+    return rule, oracle
+
+
+WORLD_BUILDERS = {"toy": lambda cfg, records: ToyWorld(records, cfg.task.params.get("num_constraints", 5))}
+
+
+@dataclasses.dataclass(frozen=True)
+class SSRLIF(Algorithm):
+  """Attributes: see `ssrl_if_config.default_config` for the knobs; `world` checks constraints on
+  the host. The classifier has the policy's architecture (`model.cfg`) plus its 2-way head."""
+
+  sampling: SamplingParams
+  group_size: int
+  advantage: str
+  kl_coef: float
+  world: Any
+  tokenizer: Any
+  aggregation: str = "mean"
+  soft_reward: str = "prob"
+  use_rule_reward: bool = True
+  soft_source: str = "rm"
+  reward_scale: float = 1.0
+  answer_pattern: str = ""
+  rm_width: int = 16
+  eval_temperature: float = 0.5
+
+  def phases(self):
+    return (Phase("rollout", self.rollout_phase), Phase("check", self.check_phase, host=True),
+            Phase("reward", self.reward_phase), UPDATE)
+
+  def rollout(self, model, batch, key) -> Rollout:
+    return single_turn_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT, key, self.sampling,
+                               self.group_size)
+
+  @property
+  def response_slots(self) -> int:
+    return self.sampling.max_new_tokens
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.kl_coef > 0
+
+  @property
+  def num_constraints(self) -> int:
+    return self.world.num_constraints
+
+  # --- host: constraint verdicts and classifier inputs ---------------------------------------
+
+  def answer_of(self, text: str) -> str | None:
+    """The part of a response the constraints are checked on (§3.5): group 1 of `answer_pattern`,
+    None when it does not match (scored 0), or the whole response when no pattern is set."""
+    if not self.answer_pattern:
+      return text
+    m = re.search(self.answer_pattern, text, re.DOTALL)
+    return m.group(1) if m else None
+
+  def _check_host(self, tokens_BxN, valid_BxN, example_id_B) -> dict[str, np.ndarray]:
+    texts = decode_responses(self.tokenizer, tokens_BxN, valid_BxN)
+    answers = [self.answer_of(t) for t in texts]
+    constraints = [self.world.constraints(e) for e in np.asarray(example_id_B).reshape(-1)]
+    b, k, width = len(texts), self.num_constraints, self.rm_width
+    kind = np.zeros((b, k), np.int32)
+    rule, oracle = np.zeros((b, k), np.float32), np.zeros((b, k), np.float32)
+    rule_v, oracle_v = self.world.verdicts(answers, constraints)
+    flat_resp, flat_c, slots = [], [], []
+    for i, cs in enumerate(constraints):
+      for j, c in enumerate(cs[:k]):
+        kind[i, j] = SOFT if self.world.is_soft(c) else HARD
+        rule[i, j], oracle[i, j] = rule_v[i][j], oracle_v[i][j]
+        flat_resp.append(answers[i] or "")
+        flat_c.append(c)
+        slots.append((i, j))
+    rm_tokens = np.full((b, k, width), self.tokenizer.pad_id, np.int32)
+    rm_valid = np.zeros((b, k, width), bool)
+    if slots:
+      t, v = rm_inputs(self.tokenizer, flat_resp, flat_c, width)
+      rows, cols = np.asarray(slots).T
+      rm_tokens[rows, cols], rm_valid[rows, cols] = t, v
+    return {"kind_BxK": kind, "rule_BxK": rule, "oracle_BxK": oracle, "rm_tokens_BxKxL": rm_tokens,
+            "rm_valid_BxKxL": rm_valid, "answered_B": np.asarray([a is not None for a in answers])}
+
+  def _check(self, rollout: Rollout, example_id_P) -> dict[str, jax.Array]:
+    b, k, width = rollout.batch_size, self.num_constraints, self.rm_width
+    shapes = {"kind_BxK": jax.ShapeDtypeStruct((b, k), jnp.int32),
+              "rule_BxK": jax.ShapeDtypeStruct((b, k), jnp.float32),
+              "oracle_BxK": jax.ShapeDtypeStruct((b, k), jnp.float32),
+              "rm_tokens_BxKxL": jax.ShapeDtypeStruct((b, k, width), jnp.int32),
+              "rm_valid_BxKxL": jax.ShapeDtypeStruct((b, k, width), jnp.bool_),
+              "answered_B": jax.ShapeDtypeStruct((b,), jnp.bool_)}
+    example_id_B = jnp.repeat(example_id_P, b // example_id_P.shape[0])
+    return host_call(self._check_host, shapes, rollout.response_tokens_BxN, rollout.response_valid_BxN,
+                     example_id_B)
+
+  def check_phase(self, ctx, record):
+    del ctx
+    return record.replace(aux=self._check(record.rollout, record.batch.example_id_P))
+
+  # --- device: classifier scores and the aggregated reward -----------------------------------
+
+  def classifier_probs(self, model_cfg: ModelConfig, rm_params, aux) -> jax.Array:
+    """R_s(o, c_i) for every constraint slot, prob_BxK."""
+    b, k, width = aux["rm_tokens_BxKxL"].shape
+    rm = nnx.merge(classifier_graphdef(model_cfg), rm_params)
+    logits = rm(aux["rm_tokens_BxKxL"].reshape(b * k, width), aux["rm_valid_BxKxL"].reshape(b * k, width))
+    return rm_prob(logits).reshape(b, k)
+
+  def constraint_rewards(self, prob_BxK, aux) -> jax.Array:
+    """r_i per constraint slot (§3.3-3.4 and the §6.1 ablations); 0 on empty slots."""
+    soft_score = prob_BxK if self.soft_reward == "prob" else (prob_BxK > 0.5).astype(jnp.float32)
+    if self.soft_source == "oracle":
+      soft_score = aux["oracle_BxK"]
+    hard, present = aux["kind_BxK"] == HARD, aux["kind_BxK"] > 0
+    hard_score = aux["rule_BxK"] if self.use_rule_reward else soft_score
+    return jnp.where(present, jnp.where(hard, hard_score, soft_score), 0.0)
+
+  def aggregate(self, r_BxK, kind_BxK, answered_B) -> jax.Array:
+    """R = scale * mean_i r_i (or 1[every r_i >= 0.5] for all_or_nothing); 0 without an answer."""
+    present = kind_BxK > 0
+    count_B = present.sum(axis=1)
+    if self.aggregation == "mean":
+      value_B = r_BxK.sum(axis=1) / jnp.maximum(count_B, 1)
+    else:
+      value_B = jnp.all((r_BxK >= 0.5) | ~present, axis=1).astype(jnp.float32)
+    return jnp.where(answered_B & (count_B > 0), self.reward_scale * value_B, 0.0)
+
+  def reward_phase(self, ctx, record):
+    aux = record.aux
+    needs_rm = self.soft_source == "rm" or not self.use_rule_reward
+    prob = (self.classifier_probs(ctx.model.cfg, ctx.algo_state["rm"], aux) if needs_rm
+            else jnp.zeros(aux["kind_BxK"].shape))
+    r_BxK = self.constraint_rewards(prob, aux)
+    reward_B = self.aggregate(r_BxK, aux["kind_BxK"], aux["answered_B"])
+    present = aux["kind_BxK"] > 0
+    n = jnp.maximum(present.sum(axis=1), 1)
+    parts = {"oracle_constraint_acc_B": (aux["oracle_BxK"] * present).sum(axis=1) / n,
+             "oracle_all_met_B": jnp.all((aux["oracle_BxK"] > 0) | ~present, axis=1).astype(jnp.float32),
+             "rm_scored_B": (prob * present).sum(axis=1) / n}
+    return record.replace(rewards=Rewards(reward_B=reward_B, parts=parts))
+
+  def rewards(self, rollout, batch):
+    raise NotImplementedError("SSRL-IF's reward reads the classifier in algo_state: see reward_phase")
+
+  def advantages(self, rollout: Rollout, rewards: Rewards, step, algo_state=None) -> TokenTerms:
+    del step, algo_state
+    adv_PxG = compute_advantages(self.advantage, rewards.reward_B.reshape(-1, self.group_size))
+    return TokenTerms(adv_BxS=adv_PxG.reshape(-1, 1) * rollout.loss_mask_BxS,
+                      kl_weight_BxS=jnp.full(rollout.loss_mask_BxS.shape, self.kl_coef, jnp.float32),
+                      metrics={"adv_abs_mean": jnp.abs(adv_PxG).mean()})
+
+  def init_state(self, key, model):
+    return {"rm": init_classifier(model.cfg, key)}
+
+  # --- evaluation: the world's oracle on held-out full instructions --------------------------
+
+  def for_eval(self, sampling):
+    return dataclasses.replace(self, sampling=dataclasses.replace(sampling, temperature=self.eval_temperature),
+                               group_size=1)
+
+  def eval_outputs(self, model, batch, key) -> dict[str, jax.Array]:
+    rollout = self.rollout(model, batch, key)
+    aux = self._check(rollout, batch.example_id_P)
+    return {"oracle_BxK": aux["oracle_BxK"], "kind_BxK": aux["kind_BxK"], "answered_B": aux["answered_B"],
+            "len_B": rollout.response_valid_BxN.sum(axis=1)}
+
+  def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    return eval_metrics(outputs)
+
+
+def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
+  """Constraint-level accuracy (eval/accuracy), prompt-level (all met), hard-only and soft-only
+  accuracy by the oracle, and the mean response length."""
+  kind, met = np.asarray(outputs["kind_BxK"]), np.asarray(outputs["oracle_BxK"]) > 0
+  present, hard, soft = kind > 0, kind == HARD, kind == SOFT
+
+  def rate(mask):
+    return float(met[mask].mean()) if mask.any() else float("nan")
+
+  return {"eval/accuracy": rate(present), "eval/prompt_acc": float(np.all(met | ~present, axis=1).mean()),
+          "eval/hard_acc": rate(hard), "eval/soft_acc": rate(soft),
+          "eval/completion_len_mean": float(np.mean(outputs["len_B"]))}
+
+
+def _validate(cfg, check) -> None:
+  ssrl_if_config.validate(cfg, check)
+  problem = kl_loss_problem(cfg.rl.kl_estimator)
+  check(cfg.rl.kl_coef == 0 or problem is None, "rl.kl_estimator", f"{problem} (rl.kl_coef={cfg.rl.kl_coef})")
+
+
+def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) -> SSRLIF:
+  del reward_fn  # the reward is the constraint aggregate computed here
+  s = cfg.ssrl_if
+  return SSRLIF(sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage,
+                kl_coef=cfg.rl.kl_coef, world=WORLD_BUILDERS[s.world](cfg, records), tokenizer=tokenizer,
+                aggregation=s.aggregation, soft_reward=s.soft_reward,
+                use_rule_reward=s.use_rule_reward, soft_source=s.soft_source, reward_scale=s.reward_scale,
+                answer_pattern=s.answer_pattern, rm_width=s.rm_width, eval_temperature=s.eval_temperature)
+
+
+def _prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
+  from selfrl_jax.algos.ssrl_if_prepare import prepare  # pylint: disable=import-outside-toplevel
+  return prepare(cfg, algorithm, algo_state, model, tokenizer, train_source)
+
+
+def _prepare_settings(cfg) -> dict:
+  s = cfg.ssrl_if
+  return {"seed": cfg.seed, "task": cfg.task.to_dict(), "rl_sampling": [cfg.rl.temperature, cfg.rl.top_k, cfg.rl.top_p,
+                                                                       cfg.rl.max_new_tokens, cfg.rl.max_prompt_len],
+          **{k: s[k] for k in ("world", "rm_ladders", "rm_pairs", "rm_holdout", "rm_steps", "rm_batch_size",
+                               "rm_learning_rate", "rm_init", "rm_width", "answer_pattern")},
+          "template": RM_TEMPLATE_VERSION}
+
+
+ALGORITHM = AlgorithmSpec(name="ssrl_if", build=_build, default_config=ssrl_if_config.default_config,
+                          validate=_validate, replaces={}, prepare=_prepare, prepare_settings=_prepare_settings)

@@ -1,0 +1,107 @@
+"""SSRL-IF's preparation stage (ssrl_if.md §3.3, §8 rows 9-10, §9.6 "RM training"): the classifier is
+trained on pseudo-labels from the warm-started policy's own ladder responses, before RL.
+
+For `ssrl_if.rm_ladders` instructions of the training split, the policy (training decoding, one
+sample per prompt) answers x_0 (no constraint) ... x_n (all n); each constraint c_k gives the pairs
+(o_k, c_k, 1) and (o_{k-1}, c_k, 0). The last `rm_holdout` of the ladders are held out. Reported
+(as `prepare/<name>` at step 0):
+
+- pseudo_label_acc(_soft, _k<k>): how often a pseudo-label equals the oracle's verdict, over all
+  pairs, soft constraints, and the pairs of ladder step k (worlds with an oracle only; the
+  analogue of v1 Table 2's check against human judgement);
+- rm_train_acc / rm_train_loss: the last 100 classifier steps;
+- rm_heldout_acc / rm_heldout_auc: against the pseudo-labels of the held-out ladders;
+- rm_oracle_acc(_soft) / rm_oracle_auc(_soft): against the oracle on the held-out responses;
+- num_pairs: training pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+
+from selfrl_jax.algos.ssrl_if_rm import (classifier_graphdef, classifier_probs, init_classifier, ladder_pairs,
+                                         rm_inputs, roc_auc, train_rm)
+from selfrl_jax.data.records import normalize_record
+from selfrl_jax.sampling.sampler import Sampler
+from selfrl_jax.sampling.texts import generate_texts
+
+_SAMPLE_BATCH = 64
+
+
+def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
+                   batch_size: int = _SAMPLE_BATCH) -> list[str]:
+  """One training-decoding response per prompt (fixed batch shapes), as `algorithm.answer_of` reads it
+  ("" where the answer pattern does not match)."""
+  ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) if chat else tokenizer.encode(p)
+         for p in prompts]
+  sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
+  state = nnx.state(model)
+  key = jax.random.key(seed)
+  texts = []
+  for start in range(0, len(ids), batch_size):
+    chunk = ids[start:start + batch_size]
+    padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    out = generate_texts(sampler, state, tokenizer, padded, jax.random.fold_in(key, start), width=width)
+    texts += [samples[0][0] for samples in out[:len(chunk)]]
+  return [algorithm.answer_of(t) or "" for t in texts]
+
+
+def _rate(x: np.ndarray) -> float:
+  return float(np.mean(x)) if len(x) else float("nan")
+
+
+def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
+  """(algo_state with the trained classifier under "rm", report); see the module docstring."""
+  s = cfg.ssrl_if
+  n = min(s.rm_ladders, len(train_source))
+  world = algorithm.world
+  ladders = [world.ladder(normalize_record(train_source[i])) for i in range(n)]
+  instructions = [instruction for _, instruction in ladders]
+  prompts = [p for ladder_prompts, _ in ladders for p in ladder_prompts]
+  answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
+                           seed=cfg.seed)
+  pairs_by_ladder, start = [], 0
+  for instruction in instructions:
+    ladder = answers[start:start + len(instruction) + 1]
+    start += len(instruction) + 1
+    pairs = ladder_pairs(ladder, instruction)
+    pairs_by_ladder.append([p for p in pairs if s.rm_pairs == "all" or world.is_soft(p.constraint)])
+  held = max(1, math.ceil(s.rm_holdout * n))
+  train_pairs = [p for ladder in pairs_by_ladder[:-held] for p in ladder]
+  test_pairs = [p for ladder in pairs_by_ladder[-held:] for p in ladder]
+
+  def arrays(pairs):
+    tokens, valid = rm_inputs(tokenizer, [p.response for p in pairs], [p.constraint for p in pairs], s.rm_width)
+    return tokens, valid, np.asarray([p.label for p in pairs], np.int32)
+
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+  backbone = nnx.state(model, nnx.Param) if s.rm_init == "policy" else None
+  params = init_classifier(model.cfg, key, backbone)
+  graphdef = classifier_graphdef(model.cfg)
+  tokens, valid, labels = arrays(train_pairs)
+  params, train_metrics = train_rm(graphdef, params, tokens, valid, labels, steps=s.rm_steps,
+                                   batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed)
+  test_tokens, test_valid, test_labels = arrays(test_pairs)
+  probs = classifier_probs(graphdef, params, test_tokens, test_valid)
+  report = {"num_pairs": float(len(train_pairs)), "rm_train_acc": train_metrics["train_acc"],
+            "rm_train_loss": train_metrics["train_loss"],
+            "rm_heldout_acc": _rate((probs > 0.5) == test_labels), "rm_heldout_auc": roc_auc(probs, test_labels)}
+  if world.has_oracle:
+    def truth(pairs):
+      return np.asarray([world.holds(p.constraint, p.response) for p in pairs])
+    soft_all = np.asarray([world.is_soft(p.constraint) for p in train_pairs + test_pairs], bool)
+    labels_all = np.asarray([p.label for p in train_pairs + test_pairs], bool)
+    agree = labels_all == truth(train_pairs + test_pairs)
+    oracle_test = truth(test_pairs)
+    soft_test = np.asarray([world.is_soft(p.constraint) for p in test_pairs], bool)
+    level_all = np.asarray([p.level for p in train_pairs + test_pairs])
+    report.update({f"pseudo_label_acc_k{k}": _rate(agree[level_all == k]) for k in sorted(set(level_all.tolist()))})
+    report.update({"pseudo_label_acc": _rate(agree), "pseudo_label_acc_soft": _rate(agree[soft_all]),
+                   "rm_oracle_acc": _rate((probs > 0.5) == oracle_test), "rm_oracle_auc": roc_auc(probs, oracle_test),
+                   "rm_oracle_acc_soft": _rate(((probs > 0.5) == oracle_test)[soft_test]),
+                   "rm_oracle_auc_soft": roc_auc(probs[soft_test], oracle_test[soft_test])})
+  return {**algo_state, "rm": params}, report

@@ -1,0 +1,223 @@
+"""SSRL-IF: the synthetic constraint world, ladder pseudo-labels, the classifier objective (value and
+gradient against exact enumeration), AUC, and the reward aggregation of §3.4 with its ablation knobs."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from selfrl_jax.algos import ssrl_if
+from selfrl_jax.algos import ssrl_if_rm as rm
+from selfrl_jax.data import if_toy
+from selfrl_jax.data.records import record_meta
+from selfrl_jax.data.tasks import make_task
+from selfrl_jax.models.config import tiny_config
+from selfrl_jax.models.tokenizers import CharTokenizer
+from selfrl_jax.sampling.sampler import SamplingParams
+
+# --- the world ------------------------------------------------------------------------------------
+
+
+def test_oracle_rules_by_hand():
+  calm = sorted(if_toy.CALM_WORDS)
+  assert if_toy.holds("+a", "bad") and not if_toy.holds("+a", "bcd")
+  assert if_toy.holds("-a", "bcd") and not if_toy.holds("-a", "bad")
+  assert if_toy.holds("<3", "abc") and not if_toy.holds("<3", "abcd")
+  assert if_toy.holds(">3", "abc") and not if_toy.holds(">3", "ab")
+  assert if_toy.holds("^b", "bad") and if_toy.holds("$d", "bad") and not if_toy.holds("$b", "bad")
+  assert if_toy.holds("!", "abab") and not if_toy.holds("!", "abba")
+  other = next(w for w in if_toy.WORDS if w not in if_toy.CALM_WORDS)
+  assert if_toy.holds("C", calm[0] * 3 + other * 2)       # 3 of 5 = 60%
+  assert not if_toy.holds("C", calm[0] * 2 + other * 2)   # 50%
+  assert if_toy.holds("F", calm[0]) != any(w in if_toy.SLANG_WORDS for w in calm[0])
+  slang = sorted(if_toy.SLANG_WORDS)[0]
+  assert not if_toy.holds("F", "ab" + slang)
+  # Outside the world: an empty response, a foreign character or more than 10 words satisfy nothing.
+  for bad in ("", "abZ", "a" * 11):
+    assert not any(if_toy.holds(c, bad) for c in ("-b", "<9", "!", "F"))
+
+
+def test_instructions_are_satisfiable_distinct_and_mix_hard_and_soft():
+  rng = np.random.default_rng(0)
+  soft_counts = collections.Counter()
+  for _ in range(500):
+    topic, constraints, witness = if_toy.sample_instruction(rng)
+    assert len(constraints) == 5 and len({c[0] for c in constraints}) == 5
+    assert all(if_toy.holds(c, witness) for c in constraints), (constraints, witness)
+    soft_counts[sum(if_toy.is_soft(c) for c in constraints)] += 1
+  assert set(soft_counts) == {1, 2}
+
+
+def test_task_levels_splits_and_teacher():
+  task = make_task("if_toy", levels="12345", splits={"train": 2000, "valid": 50, "test": 50})
+  train = task.records("train", 600)
+  levels = collections.Counter(record_meta(r)["level"] for r in train)
+  assert set(levels) == {1, 2, 3, 4, 5}
+  for r in train[:50]:  # x_k carries the first k constraints, in order
+    meta = record_meta(r)
+    assert r["prompt"] == if_toy.render_prompt(meta["topic"], meta["instruction"][:meta["level"]])
+    assert if_toy.constraints_of(r) == meta["instruction"][:meta["level"]]
+  for r in task.records("test"):  # held-out: always the full instruction, answered by its witness
+    assert record_meta(r)["level"] == 5 and len(if_toy.constraints_of(r)) == 5
+  # All levels of one instruction share a split: no test instruction is trained on.
+  train_keys = {task.problem_key(r) for r in task.records("train")}
+  assert not train_keys & {task.problem_key(r) for r in task.records("test")}
+  # The warm-start teacher satisfies a single constraint about teacher_p of the time (plus chance).
+  l1 = make_task("if_toy", levels="1", teacher_p=0.7, splits={"train": 2000, "valid": 50, "test": 50})
+  met = [if_toy.holds(if_toy.constraints_of(r)[0], r["answer"]) for r in l1.records("train", 1000)]
+  assert 0.72 < np.mean(met) < 0.9
+  with pytest.raises(ValueError, match="levels"):
+    make_task("if_toy", levels="16")
+
+
+# --- pseudo-labels and the classifier --------------------------------------------------------------
+
+
+def test_ladder_pairs():
+  pairs = rm.ladder_pairs(["o0", "o1", "o2", "o3"], ["c1", "c2", "c3"])
+  assert [(p.response, p.constraint, p.label) for p in pairs] == [
+      ("o1", "c1", 1), ("o0", "c1", 0), ("o2", "c2", 1), ("o1", "c2", 0), ("o3", "c3", 1), ("o2", "c3", 0)]
+  with pytest.raises(ValueError, match="needs 4 responses"):
+    rm.ladder_pairs(["o0", "o1"], ["c1", "c2", "c3"])
+
+
+def test_classification_loss_is_bce_on_the_logit_difference_value_and_gradient():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(6, 2)), jnp.float32)
+  labels = jnp.asarray([1, 0, 1, 1, 0, 0])
+  z = logits[:, 1] - logits[:, 0]
+  bce = lambda lg: -jnp.mean(labels * jax.nn.log_sigmoid(lg[:, 1] - lg[:, 0])  # noqa: E731
+                             + (1 - labels) * jax.nn.log_sigmoid(-(lg[:, 1] - lg[:, 0])))
+  assert float(rm.classification_loss(logits, labels)) == pytest.approx(float(bce(logits)), rel=1e-6)
+  # Exact gradient of the mean CE w.r.t. z: (sigmoid(z) - y) / N, on class 1, negated on class 0.
+  grad = jax.grad(rm.classification_loss)(logits, labels)
+  want = (jax.nn.sigmoid(z) - labels) / 6
+  np.testing.assert_allclose(np.asarray(grad[:, 1]), np.asarray(want), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(grad[:, 0]), -np.asarray(want), rtol=1e-5, atol=1e-7)
+  probs = rm.rm_prob(logits)
+  assert bool(((probs >= 0) & (probs <= 1)).all())
+  np.testing.assert_allclose(np.asarray(probs), np.asarray(jax.nn.sigmoid(z)), rtol=1e-6)
+
+
+def test_bradley_terry_gradient_raises_the_positive():
+  g_pos, g_neg = jax.grad(rm.bradley_terry_loss, argnums=(0, 1))(jnp.zeros(3), jnp.zeros(3))
+  assert bool((g_pos < 0).all() and (g_neg > 0).all())
+
+
+def test_auc_against_pairwise_counting():
+  rng = np.random.default_rng(1)
+  scores = np.round(rng.uniform(size=60), 1)  # many ties
+  labels = rng.integers(0, 2, size=60)
+  pos, neg = scores[labels == 1], scores[labels == 0]
+  brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+  assert rm.roc_auc(scores, labels) == pytest.approx(brute)
+  assert rm.roc_auc([0.1, 0.9], [0, 1]) == 1.0 and rm.roc_auc([0.9, 0.1], [0, 1]) == 0.0
+  assert np.isnan(rm.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_classifier_learns_the_hidden_soft_rules_from_true_labels():
+  """With oracle labels (no pseudo-label noise), the classifier learns the toy's soft constraints
+  (C / L: >= 60% of the words from a hidden set; F: no word from another) to > 95% held-out
+  accuracy in a few hundred steps, so a weak classifier in the reproduction is the labels' fault."""
+  tok = CharTokenizer()
+  rng = np.random.default_rng(0)
+  constraints = [str(rng.choice(["C", "L", "F"])) for _ in range(2400)]
+  responses = [if_toy.sample_satisfying(c, rng) if rng.random() < 0.5 else if_toy._random_response(rng)  # pylint: disable=protected-access
+               for c in constraints]
+  labels = np.asarray([if_toy.holds(c, r) for r, c in zip(responses, constraints)], np.int32)
+  assert 0.35 < labels.mean() < 0.65
+  tokens, valid = rm.rm_inputs(tok, responses, constraints, 16)
+  assert valid[:, -1].all() and (tokens[~valid] == tok.pad_id).all()  # left-padded
+  cfg = tiny_config(vocab_size=tok.vocab_size, d_model=64, d_ff=256, n_layers=2)
+  graphdef = rm.classifier_graphdef(cfg)
+  params = rm.init_classifier(cfg, jax.random.key(0))
+  params, metrics = rm.train_rm(graphdef, params, tokens[:2000], valid[:2000], labels[:2000], steps=400,
+                                batch_size=64, learning_rate=1e-3, seed=0)
+  probs = rm.classifier_probs(graphdef, params, tokens[2000:], valid[2000:], batch_size=200)
+  assert np.mean((probs > 0.5) == labels[2000:]) > 0.95, metrics
+  assert rm.roc_auc(probs, labels[2000:]) > 0.98
+
+
+# --- the reward (§3.4) and its knobs -----------------------------------------------------------------
+
+
+def _algorithm(**kw):
+  tok = CharTokenizer()
+  world = ssrl_if.ToyWorld(records=[], num_constraints=3)
+  return ssrl_if.SSRLIF(sampling=SamplingParams(max_new_tokens=4), group_size=2, advantage="grpo", kl_coef=0.0,
+                        world=world, tokenizer=tok, **kw)
+
+
+AUX = {"kind_BxK": jnp.asarray([[1, 2, 2], [1, 1, 2], [1, 0, 0]]),
+       "rule_BxK": jnp.asarray([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+       "oracle_BxK": jnp.asarray([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]),
+       "answered_B": jnp.asarray([True, True, True])}
+PROB = jnp.asarray([[0.2, 0.7, 0.0], [0.9, 0.1, 0.9], [0.8, 0.6, 0.6]])
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, [(1 + 0.7 + 0.0) / 3, (1 + 1 + 0.9) / 3, 0.0]),                 # rules for hard, RM prob for soft
+    ({"soft_reward": "binary"}, [(1 + 1 + 0) / 3, (1 + 1 + 1) / 3, 0.0]),
+    ({"use_rule_reward": False}, [(0.2 + 0.7 + 0.0) / 3, (0.9 + 0.1 + 0.9) / 3, 0.8]),
+    ({"soft_source": "oracle"}, [(1 + 1 + 0) / 3, 1.0, 0.0]),
+    ({"aggregation": "all_or_nothing"}, [0.0, 1.0, 0.0]),
+    ({"reward_scale": 5.0}, [5 * (1 + 0.7) / 3, 5 * 2.9 / 3, 0.0]),
+])
+def test_reward_aggregation(kw, expected):
+  algo = _algorithm(**kw)
+  r = algo.constraint_rewards(PROB, AUX)
+  got = algo.aggregate(r, AUX["kind_BxK"], AUX["answered_B"])
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+
+
+def test_spec_examples_and_the_answer_gate():
+  algo = _algorithm()
+  kind = jnp.asarray([[1, 1, 2]])
+  r = jnp.asarray([[1.0, 0.0, 0.7]])
+  assert float(algo.aggregate(r, kind, jnp.asarray([True]))[0]) == pytest.approx(0.5667, abs=1e-4)  # §9.4
+  strict = _algorithm(aggregation="all_or_nothing")
+  assert float(strict.aggregate(jnp.asarray([[1.0, 1.0, 0.9]]), kind, jnp.asarray([True]))[0]) == 1.0
+  assert float(strict.aggregate(jnp.asarray([[1.0, 1.0, 0.4]]), kind, jnp.asarray([True]))[0]) == 0.0
+  assert float(algo.aggregate(r, kind, jnp.asarray([False]))[0]) == 0.0  # no answer: 0
+  gated = _algorithm(answer_pattern=r"</think>\n\n(.*)")
+  assert gated.answer_of("plan</think>\n\nthe answer") == "the answer"
+  assert gated.answer_of("no closing tag") is None
+  assert _algorithm().answer_of("whole") == "whole"
+
+
+def test_host_check_builds_verdicts_and_classifier_inputs():
+  tok = CharTokenizer()
+  task = make_task("if_toy", splits={"train": 100, "valid": 10, "test": 10})
+  records = task.records("test")
+  algo = ssrl_if.SSRLIF(sampling=SamplingParams(max_new_tokens=4), group_size=1, advantage="grpo", kl_coef=0.0,
+                        world=ssrl_if.ToyWorld(records), tokenizer=tok, rm_width=16)
+  witness = record_meta(records[0])["witness"]
+  tokens = np.zeros((2, 12), np.int32)
+  valid = np.zeros((2, 12), bool)
+  for i, text in enumerate([witness, "zzz"]):
+    ids = tok.encode(text)
+    tokens[i, :len(ids)], valid[i, :len(ids)] = ids, True
+  out = algo._check_host(tokens, valid, np.asarray([0, 1]))  # pylint: disable=protected-access
+  assert out["kind_BxK"].shape == (2, 5) and (out["kind_BxK"] > 0).all()
+  assert (out["oracle_BxK"][0] == 1).all()  # the witness satisfies its instruction
+  soft0 = out["kind_BxK"][0] == ssrl_if.SOFT
+  assert (out["rule_BxK"][0][soft0] == 0).all() and (out["rule_BxK"][0][~soft0] == 1).all()
+  c0 = if_toy.constraints_of(records[0])[0]
+  assert tok.decode(out["rm_tokens_BxKxL"][0, 0][out["rm_valid_BxKxL"][0, 0]]) == f"{c0}|{witness}"
+  assert not out["oracle_BxK"][1].any()  # "zzz" is outside the world
+
+
+def test_classifier_scores_inside_the_step_match_the_standalone_classifier():
+  tok = CharTokenizer()
+  cfg = tiny_config(vocab_size=tok.vocab_size, d_model=32, d_ff=64)
+  params = rm.init_classifier(cfg, jax.random.key(3))
+  tokens, valid = rm.rm_inputs(tok, ["abc", "de", "f", "gh"], ["+a", "C", "!", "<3"], 8)
+  aux = {"rm_tokens_BxKxL": jnp.asarray(tokens).reshape(2, 2, 8), "rm_valid_BxKxL": jnp.asarray(valid).reshape(2, 2, 8)}
+  got = _algorithm().classifier_probs(cfg, params, aux)
+  want = rm.classifier_probs(rm.classifier_graphdef(cfg), params, tokens, valid, batch_size=4)
+  np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5)
+  model_params = nnx.state(rm.RewardClassifier(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  assert jax.tree.structure(model_params) == jax.tree.structure(params)
