@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from selfrl_jax.algos import ssrl_if
+from selfrl_jax.algos import ssrl_if, ssrl_if_worlds
 from selfrl_jax.algos import ssrl_if_rm as rm
 from selfrl_jax.data import if_toy
 from selfrl_jax.data.records import record_meta
@@ -71,6 +71,11 @@ def test_task_levels_splits_and_teacher():
   assert 0.72 < np.mean(met) < 0.9
   with pytest.raises(ValueError, match="levels"):
     make_task("if_toy", levels="16")
+  # Every arm is judged on the same held-out instructions, whatever its training levels: a first
+  # version drew the level from the main stream, and arms A/B got another test set than C-F.
+  full_only = make_task("if_toy", levels="5", teacher_p=0.3, splits={"train": 2000, "valid": 50, "test": 50})
+  assert full_only.records("test") == task.records("test")
+  assert [task.problem_key(r) for r in full_only.records("train", 50)] == [task.problem_key(r) for r in train[:50]]
 
 
 # --- pseudo-labels and the classifier --------------------------------------------------------------
@@ -146,7 +151,7 @@ def test_classifier_learns_the_hidden_soft_rules_from_true_labels():
 
 def _algorithm(**kw):
   tok = CharTokenizer()
-  world = ssrl_if.ToyWorld(records=[], num_constraints=3)
+  world = ssrl_if_worlds.ToyWorld(records=[], num_constraints=3)
   return ssrl_if.SSRLIF(sampling=SamplingParams(max_new_tokens=4), group_size=2, advantage="grpo", kl_coef=0.0,
                         world=world, tokenizer=tok, **kw)
 
@@ -193,7 +198,7 @@ def test_host_check_builds_verdicts_and_classifier_inputs():
   task = make_task("if_toy", splits={"train": 100, "valid": 10, "test": 10})
   records = task.records("test")
   algo = ssrl_if.SSRLIF(sampling=SamplingParams(max_new_tokens=4), group_size=1, advantage="grpo", kl_coef=0.0,
-                        world=ssrl_if.ToyWorld(records), tokenizer=tok, rm_width=16)
+                        world=ssrl_if_worlds.ToyWorld(records), tokenizer=tok, rm_width=16)
   witness = record_meta(records[0])["witness"]
   tokens = np.zeros((2, 12), np.int32)
   valid = np.zeros((2, 12), bool)
@@ -221,3 +226,34 @@ def test_classifier_scores_inside_the_step_match_the_standalone_classifier():
   np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5)
   model_params = nnx.state(rm.RewardClassifier(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   assert jax.tree.structure(model_params) == jax.tree.structure(params)
+
+
+def test_if_ladder_rows_are_valid_compatible_ladders(shared_data):
+  """The real-path data (§2): every hard constraint is an IFEval id whose arguments its checker takes
+  as given, no two conflict by IFEval's own table, soft ones come one per category, levels are
+  prefixes, held-out rows are full, and no seed is an IFEval prompt (the evaluation set)."""
+  from selfrl_jax.data import if_ladder
+  from selfrl_jax.data.benchmarks import load_ifeval
+  from selfrl_jax.rewards.instruction_following import validate_constraint
+  task = make_task("if_ladder", data_root=str(shared_data), splits={"train": 500, "valid": 20, "test": 40})
+  conflicts = if_ladder._conflicts()  # pylint: disable=protected-access
+  ifeval_prompts = {r["prompt"] for r in load_ifeval(root=str(shared_data))}
+  seeds = set()
+  for rec in task.records("train", 120):
+    meta = record_meta(rec)
+    ids, kinds = meta["instruction_id_list"], meta["kinds"]
+    assert len(ids) == len(meta["kwargs"]) == len(meta["constraints"]) == 5
+    assert rec["prompt"] == if_ladder.render_prompt(meta["seed"], meta["constraints"][:meta["level"]])
+    hard = [(i, kw) for i, kw, k in zip(ids, meta["kwargs"], kinds) if k == "hard"]
+    for i, kw in hard:
+      validate_constraint(i, kw)
+    for x in range(len(hard)):
+      for y in range(x + 1, len(hard)):  # every id conflicts with itself too: no repeats
+        assert hard[y][0] not in conflicts[hard[x][0]], (hard[x][0], hard[y][0])
+    soft = [i for i, k in zip(ids, kinds) if k == "soft"]
+    assert len(soft) == len(set(soft)) and all(i.startswith("soft:") for i in soft)
+    assert len(if_ladder.ladder_prompts(rec)) == 6
+    seeds.add(meta["seed"])
+  assert not seeds & ifeval_prompts
+  assert any(s.startswith("Write a ") for s in seeds) and any(not s.startswith("Write a ") for s in seeds)
+  assert all(record_meta(r)["level"] == 5 for r in task.records("test"))

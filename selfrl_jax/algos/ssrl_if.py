@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +36,7 @@ from selfrl_jax.algos.base import UPDATE, Algorithm, Phase, Rewards, TokenTerms,
 from selfrl_jax.algos.losses import kl_loss_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.algos.ssrl_if_rm import RM_TEMPLATE_VERSION, classifier_graphdef, init_classifier, rm_inputs, rm_prob
-from selfrl_jax.data import if_toy
-from selfrl_jax.data.records import record_meta
+from selfrl_jax.algos.ssrl_if_worlds import WORLDS
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.rewards.host import decode_responses
 from selfrl_jax.rollouts.single_turn import single_turn_rollout
@@ -45,42 +44,6 @@ from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams
 
 HARD, SOFT = 1, 2  # kind_BxK codes; 0 marks an empty constraint slot
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyWorld:
-  """The if_toy world: rules for hard constraints, the hidden oracle for every one (data.if_toy)."""
-
-  records: Sequence[Any]
-  num_constraints: int = 5
-  has_oracle = True
-
-  def constraints(self, example_id: int) -> list[str]:
-    return if_toy.constraints_of(self.records[int(example_id)])
-
-  def is_soft(self, constraint: str) -> bool:
-    return if_toy.is_soft(constraint)
-
-  def ladder(self, record) -> tuple[list[str], list[str]]:
-    """(x_0 ... x_n prompts, c_1 ... c_n) of the record's instruction."""
-    return if_toy.ladder_prompts(record), list(record_meta(record)["instruction"])
-
-  def holds(self, constraint: str, answer: str) -> bool:
-    """The oracle verdict (worlds with `has_oracle`)."""
-    return if_toy.holds(constraint, answer)
-
-  def verdicts(self, answers: Sequence[str | None], constraints: Sequence[Sequence[str]]
-               ) -> tuple[list[list[float]], list[list[float]]]:
-    """(rule, oracle) verdicts per row and constraint: rule is 0 for soft constraints."""
-    rule, oracle = [], []
-    for answer, cs in zip(answers, constraints):
-      truth = [float(answer is not None and self.holds(c, answer)) for c in cs]
-      oracle.append(truth)
-      rule.append([0.0 if self.is_soft(c) else t for c, t in zip(cs, truth)])
-    return rule, oracle
-
-
-WORLD_BUILDERS = {"toy": lambda cfg, records: ToyWorld(records, cfg.task.params.get("num_constraints", 5))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,23 +99,23 @@ class SSRLIF(Algorithm):
   def _check_host(self, tokens_BxN, valid_BxN, example_id_B) -> dict[str, np.ndarray]:
     texts = decode_responses(self.tokenizer, tokens_BxN, valid_BxN)
     answers = [self.answer_of(t) for t in texts]
-    constraints = [self.world.constraints(e) for e in np.asarray(example_id_B).reshape(-1)]
+    constraints = [self.world.constraints(e)[:self.num_constraints] for e in np.asarray(example_id_B).reshape(-1)]
     b, k, width = len(texts), self.num_constraints, self.rm_width
     kind = np.zeros((b, k), np.int32)
     rule, oracle = np.zeros((b, k), np.float32), np.zeros((b, k), np.float32)
     rule_v, oracle_v = self.world.verdicts(answers, constraints)
     flat_resp, flat_c, slots = [], [], []
     for i, cs in enumerate(constraints):
-      for j, c in enumerate(cs[:k]):
-        kind[i, j] = SOFT if self.world.is_soft(c) else HARD
+      for j, c in enumerate(cs):
+        kind[i, j] = SOFT if c.soft else HARD
         rule[i, j], oracle[i, j] = rule_v[i][j], oracle_v[i][j]
         flat_resp.append(answers[i] or "")
-        flat_c.append(c)
+        flat_c.append(c.text)
         slots.append((i, j))
     rm_tokens = np.full((b, k, width), self.tokenizer.pad_id, np.int32)
     rm_valid = np.zeros((b, k, width), bool)
     if slots:
-      t, v = rm_inputs(self.tokenizer, flat_resp, flat_c, width)
+      t, v = rm_inputs(self.tokenizer, flat_resp, flat_c, width, self.world.rm_template)
       rows, cols = np.asarray(slots).T
       rm_tokens[rows, cols], rm_valid[rows, cols] = t, v
     return {"kind_BxK": kind, "rule_BxK": rule, "oracle_BxK": oracle, "rm_tokens_BxKxL": rm_tokens,
@@ -216,6 +179,10 @@ class SSRLIF(Algorithm):
              "rm_scored_B": (prob * present).sum(axis=1) / n}
     return record.replace(rewards=Rewards(reward_B=reward_B, parts=parts))
 
+  def host_counters(self) -> dict[str, int]:
+    counters = getattr(self.world, "counters", None)
+    return {f"ifeval/{k}": v for k, v in counters().items()} if counters else {}
+
   def rewards(self, rollout, batch):
     raise NotImplementedError("SSRL-IF's reward reads the classifier in algo_state: see reward_phase")
 
@@ -238,7 +205,10 @@ class SSRLIF(Algorithm):
   def eval_outputs(self, model, batch, key) -> dict[str, jax.Array]:
     rollout = self.rollout(model, batch, key)
     aux = self._check(rollout, batch.example_id_P)
-    return {"oracle_BxK": aux["oracle_BxK"], "kind_BxK": aux["kind_BxK"], "answered_B": aux["answered_B"],
+    kind = aux["kind_BxK"]
+    if not self.world.has_oracle:  # nothing can judge soft constraints: held-out metrics cover hard ones
+      kind = jnp.where(kind == SOFT, 0, kind)
+    return {"oracle_BxK": aux["oracle_BxK"], "kind_BxK": kind, "answered_B": aux["answered_B"],
             "len_B": rollout.response_valid_BxN.sum(axis=1)}
 
   def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -269,7 +239,7 @@ def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) ->
   del reward_fn  # the reward is the constraint aggregate computed here
   s = cfg.ssrl_if
   return SSRLIF(sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage,
-                kl_coef=cfg.rl.kl_coef, world=WORLD_BUILDERS[s.world](cfg, records), tokenizer=tokenizer,
+                kl_coef=cfg.rl.kl_coef, world=WORLDS[s.world](cfg, records), tokenizer=tokenizer,
                 aggregation=s.aggregation, soft_reward=s.soft_reward,
                 use_rule_reward=s.use_rule_reward, soft_source=s.soft_source, reward_scale=s.reward_scale,
                 answer_pattern=s.answer_pattern, rm_width=s.rm_width, eval_temperature=s.eval_temperature)

@@ -6,7 +6,7 @@ import re
 
 import ml_collections
 
-WORLDS = ("toy",)
+WORLDS = ("toy", "ifeval")
 AGGREGATIONS = ("mean", "all_or_nothing")
 SOFT_REWARDS = ("prob", "binary")
 SOFT_SOURCES = ("rm", "oracle")
@@ -16,7 +16,7 @@ RM_INITS = ("policy", "random")
 
 def default_config() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.world = "toy"                # toy: the synthetic constraint world of §9.6 (data.if_toy, hidden soft oracle)
+  s.world = "toy"                # toy: the synthetic constraint world of §9.6 (data.if_toy, hidden soft oracle) | ifeval: IFEval checkers + free-text soft constraints (data.if_ladder)
   s.aggregation = "mean"         # mean: R = (1/k) sum_i r_i (§3.4, released) | all_or_nothing: 1 iff every constraint holds (arm A's sparse reward; RM > 0.5 for soft)
   s.soft_reward = "prob"         # prob: R_s = softmax(RM logits)[1] | binary: RM prob thresholded at 0.5 (ablation "w/o probability reward")
   s.use_rule_reward = True       # False: the RM scores hard constraints too (ablation "w/o rule reward")
@@ -59,5 +59,8 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
   check(rl.group_size >= 2, "rl.group_size", "GRPO compares rollouts within a prompt's group: use group_size >= 2")
   check(rl.advantage in ("grpo", "grpo_sample_std", "dr_grpo", "rloo"), "rl.advantage",
         f"{rl.advantage!r}: SSRL-IF uses a group-relative estimator (released: grpo_sample_std)")
-  check(s.world != "toy" or cfg.task.name == "if_toy", "task.name",
-        f"ssrl_if.world='toy' reads the synthetic constraint task: set task.name='if_toy' (got {cfg.task.name!r})")
+  task = {"toy": "if_toy", "ifeval": "if_ladder"}.get(s.world)
+  check(task is None or cfg.task.name == task, "task.name",
+        f"ssrl_if.world={s.world!r} reads the task {task!r}: set task.name={task!r} (got {cfg.task.name!r})")
+  check(s.soft_source != "oracle" or s.world == "toy", "ssrl_if.soft_source",
+        f"soft_source='oracle' needs a world with a hidden oracle (toy), not {s.world!r}")

@@ -12,7 +12,7 @@ sample per prompt) answers x_0 (no constraint) ... x_n (all n); each constraint 
 - rm_train_acc / rm_train_loss: the last 100 classifier steps;
 - rm_heldout_acc / rm_heldout_auc: against the pseudo-labels of the held-out ladders;
 - rm_oracle_acc(_soft) / rm_oracle_auc(_soft): against the oracle on the held-out responses;
-- num_pairs: training pairs.
+- num_pairs: training pairs; ladders_skipped: ladders whose longest prompt does not fit rl.max_prompt_len.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from selfrl_jax.sampling.texts import generate_texts
 _SAMPLE_BATCH = 64
 
 
+def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+  return tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else tokenizer.encode(prompt)
+
+
 def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
                    batch_size: int = _SAMPLE_BATCH) -> list[str]:
   """One training-decoding response per prompt (fixed batch shapes), as `algorithm.answer_of` reads it
   ("" where the answer pattern does not match)."""
-  ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) if chat else tokenizer.encode(p)
-         for p in prompts]
+  ids = [_prompt_ids(tokenizer, p, chat) for p in prompts]
   sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
   state = nnx.state(model)
   key = jax.random.key(seed)
@@ -60,6 +63,13 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   n = min(s.rm_ladders, len(train_source))
   world = algorithm.world
   ladders = [world.ladder(normalize_record(train_source[i])) for i in range(n)]
+  # A ladder whose longest prompt does not fit the prompt buffer is skipped (counted), as RL skips it.
+  width = cfg.rl.max_prompt_len
+  fits = [max(len(_prompt_ids(tokenizer, p, cfg.task.chat)) for p in prompts) <= width for prompts, _ in ladders]
+  skipped = len(ladders) - sum(fits)
+  ladders = [ladder for ladder, ok in zip(ladders, fits) if ok]
+  if len(ladders) < 2:
+    raise ValueError(f"ssrl_if.rm_ladders: only {len(ladders)} of {n} ladders fit rl.max_prompt_len={width}")
   instructions = [instruction for _, instruction in ladders]
   prompts = [p for ladder_prompts, _ in ladders for p in ladder_prompts]
   answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
@@ -69,13 +79,14 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
     ladder = answers[start:start + len(instruction) + 1]
     start += len(instruction) + 1
     pairs = ladder_pairs(ladder, instruction)
-    pairs_by_ladder.append([p for p in pairs if s.rm_pairs == "all" or world.is_soft(p.constraint)])
-  held = max(1, math.ceil(s.rm_holdout * n))
+    pairs_by_ladder.append([p for p in pairs if s.rm_pairs == "all" or p.constraint.soft])
+  held = max(1, math.ceil(s.rm_holdout * len(ladders)))
   train_pairs = [p for ladder in pairs_by_ladder[:-held] for p in ladder]
   test_pairs = [p for ladder in pairs_by_ladder[-held:] for p in ladder]
 
   def arrays(pairs):
-    tokens, valid = rm_inputs(tokenizer, [p.response for p in pairs], [p.constraint for p in pairs], s.rm_width)
+    tokens, valid = rm_inputs(tokenizer, [p.response for p in pairs], [p.constraint.text for p in pairs], s.rm_width,
+                              world.rm_template)
     return tokens, valid, np.asarray([p.label for p in pairs], np.int32)
 
   key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
@@ -87,17 +98,17 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
                                    batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed)
   test_tokens, test_valid, test_labels = arrays(test_pairs)
   probs = classifier_probs(graphdef, params, test_tokens, test_valid)
-  report = {"num_pairs": float(len(train_pairs)), "rm_train_acc": train_metrics["train_acc"],
+  report = {"num_pairs": float(len(train_pairs)), "ladders_skipped": float(skipped), "rm_train_acc": train_metrics["train_acc"],
             "rm_train_loss": train_metrics["train_loss"],
             "rm_heldout_acc": _rate((probs > 0.5) == test_labels), "rm_heldout_auc": roc_auc(probs, test_labels)}
   if world.has_oracle:
     def truth(pairs):
       return np.asarray([world.holds(p.constraint, p.response) for p in pairs])
-    soft_all = np.asarray([world.is_soft(p.constraint) for p in train_pairs + test_pairs], bool)
+    soft_all = np.asarray([p.constraint.soft for p in train_pairs + test_pairs], bool)
     labels_all = np.asarray([p.label for p in train_pairs + test_pairs], bool)
     agree = labels_all == truth(train_pairs + test_pairs)
     oracle_test = truth(test_pairs)
-    soft_test = np.asarray([world.is_soft(p.constraint) for p in test_pairs], bool)
+    soft_test = np.asarray([p.constraint.soft for p in test_pairs], bool)
     level_all = np.asarray([p.level for p in train_pairs + test_pairs])
     report.update({f"pseudo_label_acc_k{k}": _rate(agree[level_all == k]) for k in sorted(set(level_all.tolist()))})
     report.update({"pseudo_label_acc": _rate(agree), "pseudo_label_acc_soft": _rate(agree[soft_all]),

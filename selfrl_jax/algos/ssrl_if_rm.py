@@ -19,7 +19,7 @@ averaged over pairs; `bradley_terry_loss` is the ablation of Table 6, -log sigmo
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ def bradley_terry_loss(r_pos_N: jax.Array, r_neg_N: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Pair:
   response: str
-  constraint: str
+  constraint: Any  # the world's constraint (text, or an object with `.text` and `.soft`)
   label: int
   level: int  # k: the constraint's position in its instruction (1-based)
 

@@ -150,7 +150,7 @@ class IFToyConfig(TaskConfig):
 @register_task
 class IFToyTask(Task):
   name = "if_toy"
-  version = "1.0.0"
+  version = "1.1.0"
   config_cls = IFToyConfig
 
   def validate(self) -> None:
@@ -163,10 +163,14 @@ class IFToyTask(Task):
   def generate(self, rng: np.random.Generator, index: int) -> dict[str, str]:
     del index
     topic, constraints, witness = sample_instruction(rng, self.config.num_constraints)
-    level = int(rng.choice([int(ch) for ch in self.config.levels]))
-    teacher = _random_response(rng)
-    if level >= 1 and rng.random() < self.config.teacher_p:
-      teacher = sample_satisfying(constraints[0], rng) if level == 1 else witness
+    # The level and the teacher draw from their own generator, so the main stream (and with it the
+    # instructions of every split) is the same whatever `levels` and `teacher_p` are: all arms of an
+    # ablation are evaluated on the same held-out instructions.
+    own = np.random.default_rng(rng.integers(2**63))
+    level = int(own.choice([int(ch) for ch in self.config.levels]))
+    teacher = _random_response(own)
+    if level >= 1 and own.random() < self.config.teacher_p:
+      teacher = sample_satisfying(constraints[0], own) if level == 1 else witness
     meta = {"topic": topic, "instruction": constraints, "level": level, "witness": witness}
     return make_record(render_prompt(topic, constraints[:level]), teacher, meta)
 

@@ -1,0 +1,67 @@
+r"""SSRL-IF on real instructions (ssrl_if.md §2-§4): constraint ladders over IFEval checkers and free-text soft
+constraints, GRPO as released (EasyR1 `examples/config.yaml`), one ablation per argument.
+
+  python experiments/train.py --config=configs/ssrl_if/ifeval.py --workdir=/tmp/ssrl_real
+  python experiments/train.py --config=configs/ssrl_if/ifeval.py:no_curriculum --workdir=...
+  python experiments/eval.py --benchmark=ifeval --workdir=/tmp/ssrl_real      # IFEval, the paper's in-domain set
+
+The paper's policies are R1-Distill-Qwen-1.5B / 7B, R1-0528-Qwen3-8B and Qwen2.5-7B-Instruct(-R) (set
+`--config.model.source=/path/to/model`; for the R1-distilled ones also
+`--config.ssrl_if.answer_pattern='</think>\n\n(.*)'`, the released think gate). `smollm2`
+(SmolLM2-135M-Instruct, which does not think: the whole response is the answer) is the default that
+runs here. The hyperparameters are the released config's (§4.2): 384 prompts x 5 responses per step,
+4 optimizer steps per batch (global batch 96 prompts), AdamW lr 1e-6 with weight decay 0.01, no
+warm-up, clip 0.2, grad-norm clip 1.0, the 0.01 low_var_kl KL loss (the paper's text says "no KL":
+`--config.rl.kl_coef=0` is that reading), temperature 1.0, 260 steps (5 epochs of 52).
+
+Arms: `method` (default; levels L1-L5 mixed), `no_curriculum` (full instructions only),
+`binary_rm` (RM output thresholded), `rm_only` (the RM scores hard constraints too).
+"""
+
+from configs.common import get_base_config
+
+ARMS = {"method": ("12345", {}), "no_curriculum": ("5", {}), "binary_rm": ("12345", {"soft_reward": "binary"}),
+        "rm_only": ("12345", {"use_rule_reward": False})}
+
+
+def get_config(arm: str | None = None):
+  arm = arm or "method"
+  if arm not in ARMS:
+    raise ValueError(f"Unknown SSRL-IF arm {arm!r}; valid: {sorted(ARMS)}.")
+  levels, overrides = ARMS[arm]
+  c = get_base_config("ssrl_if")
+  c.model.source = "smollm2"            # the paper: R1-Distill-Qwen-7B, Qwen2.5-7B-Instruct (see the docstring)
+  c.model.param_dtype = "bfloat16"      # TPU / GPU; use float32 on CPU
+  c.model.compute_dtype = "bfloat16"
+  c.task.name = "if_ladder"
+  c.task.params = {"num_constraints": 5, "levels": levels, "soft_prob": 0.5, "question_prob": 0.3}
+  c.task.train_size, c.task.valid_size, c.task.test_size = 13570, 100, 200   # §2.2: 13,570 IF prompts
+  c.task.chat = True                    # one user turn, no system prompt (§2.3)
+  c.rl.prompts_per_step, c.rl.group_size = 384, 5                      # rollout_batch_size 384, n = 5
+  c.rl.num_minibatches = 4                                              # global batch 96 prompts: 4 updates per batch
+  c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 2048, 8, 8192   # §4.2
+  c.rl.temperature = 1.0
+  c.rl.advantage = "grpo_sample_std"    # torch.std (ddof=1), eps 1e-6
+  c.rl.clip_low, c.rl.clip_high = 0.2, 0.2
+  c.rl.kl_coef, c.rl.kl_estimator = 0.01, "low_var_kl"
+  c.rl.loss_agg = "token_mean"
+  c.rl.micro_batch_size = 4
+  c.rl.logprob_chunk = 512
+  c.optim.learning_rate = 1e-6
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip = 1.0
+  c.train.num_steps = 260               # §8 row 3: 5 epochs of 52 steps
+  c.train.eval_every = 52
+  c.train.eval_size, c.train.eval_batch_size = 200, 8   # held-out ladder instructions: IFEval verdicts on hard constraints
+  c.train.checkpoint_every = 26
+  s = c.ssrl_if
+  s.world = "ifeval"
+  s.eval_temperature = 0.5              # §3.6: validation sampling at temperature 0.5
+  s.rm_ladders = 500
+  s.rm_steps, s.rm_batch_size, s.rm_learning_rate = 1000, 8, 5e-6       # released: 5e-6, batch 1, 3 epochs
+  s.rm_width = 1024
+  for key, value in overrides.items():
+    s[key] = value
+  c.lock()
+  return c
