@@ -88,7 +88,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.train.eval_every = 25          # iterations between held-out evaluations (0 = only at the end)
   c.train.eval_size = 256          # held-out prompts per evaluation (greedy)
   c.train.eval_batch_size = 128    # prompts per compiled eval call
-  c.train.log_every = 10           # iterations between full metric rows on the console (metrics.jsonl and TensorBoard get every iteration; the progress bar shows reward, held-out metric, KL and step time)
+  c.train.log_every = 10           # iterations between full metric rows on the console (metrics.jsonl and TensorBoard get every iteration; the progress bar shows reward, held-out metric, KL (when rl.kl_coef > 0) and step time)
   c.train.checkpoint_every = 50    # iterations between checkpoints (0 = only at the end)
   c.train.keep_checkpoints = 3     # checkpoints kept (oldest deleted)
   c.train.max_nonfinite_in_row = 5  # abort after this many consecutive non-finite steps

@@ -29,18 +29,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import tqdm  # noqa: E402
-from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import cli  # noqa: E402
-from selfrl_jax.train import builders  # noqa: E402
 from selfrl_jax.train.builders import ConfigError  # noqa: E402
-from selfrl_jax.train.checkpoint import CheckpointManager  # noqa: E402
 from selfrl_jax.train.loop import make_evaluator  # noqa: E402
-from selfrl_jax.train.state import create_train_state, make_optimizer  # noqa: E402
+from selfrl_jax.train.restore import RestoredRun, restore_run  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional: evaluate with this config instead of the "
                                           "one saved with the checkpoint.", lock_config=True)
@@ -57,42 +52,16 @@ _OUTPUT = flags.DEFINE_string("output", None, "IFEval only: JSONL of per-prompt 
 _DATA = flags.DEFINE_string("data_root", None, "IFEval only: the shared data folder (default ../shared/data).")
 
 
-def _restore(workdir: str):
-  """(cfg, graphdef, restored TrainState, tokenizer, sources) of a workdir's newest good checkpoint."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  ckpt = CheckpointManager(directory, read_only=True)
-  saved = ckpt.saved_config()
-  if saved is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
-  if _CONFIG.value is None:
-    cfg = ml_collections.ConfigDict(saved)
-    changes = ""
-  else:
-    cfg = _CONFIG.value
-    changes = builders.config_differences(saved, cfg)
-    if changes:
-      print(f"evaluating with a config that differs from the saved one: {changes}", file=sys.stderr)
-  if _EVAL_SIZE.value:
-    with cfg.unlocked():
+def _restore(workdir: str) -> RestoredRun:
+  def edit(cfg):
+    if _EVAL_SIZE.value:
       cfg.train.eval_size = _EVAL_SIZE.value
       # A quick look at 16 prompts must not fail on the run's batch of 128: the largest batch that divides it.
       cfg.train.eval_batch_size = math.gcd(_EVAL_SIZE.value, cfg.train.eval_batch_size)
-  builders.validate_config(cfg)
-  model, tok = builders.build_model(cfg)
-  train_source, _, test_source = builders.build_sources(cfg)
-  # The algorithm shapes the restore target: its state (TrainState.algo_state) is checkpointed too.
-  algorithm = builders.build_algorithm(cfg, tok, train_source)
-  graphdef, state = create_train_state(model, make_optimizer(cfg.optim), cfg.seed, keep_reference=False,
-                                       algorithm=algorithm)
-  abstract = jax.eval_shape(lambda: state)
-  try:
-    restored = ckpt.restore_latest(abstract)
-  except Exception as e:  # noqa: BLE001 - shapes that disagree with the config surface as assorted errors
-    if changes:
-      raise ConfigError(f"the checkpoints in {directory} do not fit this config, which differs from the one "
-                        f"they were trained with: {changes}") from e
-    raise
-  return cfg, graphdef, restored, tok, test_source
+  run = restore_run(workdir, _CONFIG.value, edit)
+  if run.changes:
+    print(f"evaluating with a config that differs from the saved one: {run.changes}", file=sys.stderr)
+  return run
 
 
 def _ifeval() -> None:
@@ -105,8 +74,8 @@ def _ifeval() -> None:
     model, tok = load_model(_MODEL.value)
     source, step = _MODEL.value, None
   else:
-    _, graphdef, restored, tok, _ = _restore(_WORKDIR.value)
-    model, source, step = nnx.merge(graphdef, restored.state.params), _WORKDIR.value, restored.step
+    run = _restore(_WORKDIR.value)
+    model, tok, source, step = run.model(), run.tokenizer, _WORKDIR.value, run.restored.step
   records = list(load_ifeval(_DATA.value))[:_LIMIT.value]
   start = time.perf_counter()
   bar = tqdm.tqdm(total=len(records), desc="IFEval", unit="prompt")
@@ -135,9 +104,9 @@ def main(argv):
     return _ifeval()
   if _WORKDIR.value is None:
     raise ConfigError("--workdir is required (the run to evaluate)")
-  cfg, graphdef, restored, tok, test_source = _restore(_WORKDIR.value)
-  evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
-  print(json.dumps({"step": restored.step, **evaluator(restored.state.params)}))
+  run = _restore(_WORKDIR.value)
+  evaluator = make_evaluator(run.cfg, run.graphdef, run.tokenizer, run.test_source, run.cfg.train.eval_size)
+  print(json.dumps({"step": run.restored.step, **evaluator(run.restored.state.params)}))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ from experiments import cli  # noqa: E402
 from selfrl_jax.models.loading import load_model  # noqa: E402
 from selfrl_jax.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 from selfrl_jax.sampling.texts import generate_texts  # noqa: E402
+from selfrl_jax.train.restore import is_run_dir, restore_run  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, or a Hugging Face directory.")
+_MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2', a .gguf file, a Hugging Face directory, or a "
+                             "training workdir (its newest good checkpoint).")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "User message; repeat the flag for several (one batch).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one user message per line.")
 _CHAT = flags.DEFINE_bool("chat", False, "Interactive chat on stdin (empty line or EOF ends it).")
@@ -73,9 +75,16 @@ def main(argv):
   if _PROMPTS_FILE.value and not os.path.isfile(_PROMPTS_FILE.value):  # before the model load, not after
     raise FileNotFoundError(f"--prompts_file={_PROMPTS_FILE.value}: no such file")
   t0 = time.perf_counter()
-  model, tokenizer = load_model(_MODEL.value, param_dtype=_DTYPE.value, compute_dtype=_DTYPE.value)
+  if is_run_dir(_MODEL.value):  # a trained run: its config and newest good parameters, read-only
+    run = restore_run(_MODEL.value)
+    model, tokenizer, chat = run.model(), run.tokenizer, run.cfg.task.chat
+    print(f"restored step {run.restored.step} of the run in {_MODEL.value}"
+          f"{'' if chat else ' (trained on raw prompts: no chat template)'}")
+  else:
+    model, tokenizer = load_model(_MODEL.value, param_dtype=_DTYPE.value, compute_dtype=_DTYPE.value)
+    chat = True
   print(f"loaded {_MODEL.value} in {time.perf_counter() - t0:.1f}s")
-  decoding = sampling_settings(tokenizer.generation_defaults, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+  decoding = sampling_settings(getattr(tokenizer, "generation_defaults", {}), temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   print("decoding: " + ", ".join(f"{k}={v} ({src})" for k, (v, src) in decoding.items()))
   params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id,
@@ -107,7 +116,8 @@ def main(argv):
   sampler = Sampler(graphdef, params, group_size=_NUM_SAMPLES.value)
   t0 = time.perf_counter()
   results = generate_texts(sampler, state, tokenizer, [
-      tokenizer.apply_chat_template(system + [{"role": "user", "content": t}]) for t in texts], key)
+      tokenizer.apply_chat_template(system + [{"role": "user", "content": t}]) if chat else tokenizer.encode(t)
+      for t in texts], key)
   elapsed = time.perf_counter() - t0
   for text, samples in zip(texts, results):
     print(f"=== {text}")

@@ -58,6 +58,8 @@ def shrink(cfg):
       cfg.score.stage1_steps = min(cfg.score.stage1_steps, 1)
     if "ssrl_if" in cfg:  # a few ladders and classifier steps in the preparation stage
       cfg.ssrl_if.rm_ladders, cfg.ssrl_if.rm_steps, cfg.ssrl_if.rm_batch_size = 10, 2, 4
+      cfg.ssrl_if.rm_width = min(cfg.ssrl_if.rm_width, 64)
+      cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 64, 8, 8   # if_ladder rows take ~9 ms each
   return cfg
 
 

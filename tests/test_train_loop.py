@@ -110,7 +110,7 @@ def test_a_stop_signal_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_
   proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
-  assert "Stopped early in the warm start" in err and json.loads(out.strip().splitlines()[-1])["preempted"]
+  assert "Stopped early in the SFT warm start" in err and json.loads(out.strip().splitlines()[-1])["preempted"]
   assert "Traceback" not in err
   stopped = [int(p.name) for p in warm.glob("sft_*.partial/[0-9]*")]
   assert len(stopped) == 1 and 2 <= stopped[0] < 400, stopped
@@ -324,6 +324,15 @@ def test_eval_is_read_only_uses_the_saved_config_and_names_the_field(tmp_path):
   assert _tree_snapshot(tmp_path / "run") == before
   out = subprocess.run(base[:2] + [f"--workdir={tmp_path / 'missing'}"], capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and "no checkpoint directory" in out.stderr and not (tmp_path / "missing").exists()
+  # A quick look at fewer prompts than the run's eval batch (128) picks a batch that divides it.
+  out = subprocess.run(base + ["--eval_size=16"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and json.loads(out.stdout.strip().splitlines()[-1])["step"] == 2, out.stderr[-2000:]
+  # Sampling from the trained run: its config, its newest parameters, its raw-prompt format.
+  out = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "generate.py"), f"--model={tmp_path / 'run'}",
+                        "--prompt=12+30=", "--max_new_tokens=4"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "restored step 2 of the run" in out.stdout and "=== 12+30=" in out.stdout
+  assert _tree_snapshot(tmp_path / "run") == before
 
 
 def test_a_shared_warm_start_cache_builds_once_under_concurrent_runs(tmp_path):

@@ -35,7 +35,7 @@ def get_config(arm: str | None = None):
   c.model.compute_dtype = "bfloat16"
   c.task.name = "if_ladder"
   c.task.params = {"num_constraints": 5, "levels": levels, "soft_prob": 0.5, "question_prob": 0.3}
-  c.task.train_size, c.task.valid_size, c.task.test_size = 13570, 100, 200   # §2.2: 13,570 IF prompts
+  c.task.train_size, c.task.valid_size, c.task.test_size = 13570, 96, 200   # §2.2: 13,570 IF prompts
   c.task.chat = True                    # one user turn, no system prompt (§2.3)
   c.rl.prompts_per_step, c.rl.group_size = 384, 5                      # rollout_batch_size 384, n = 5
   c.rl.num_minibatches = 4                                              # global batch 96 prompts: 4 updates per batch

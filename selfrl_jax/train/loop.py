@@ -170,17 +170,21 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   builders.validate_config(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
-                           save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
-  saved_config = ckpt.saved_config()
+  directory = os.path.join(workdir, "checkpoints")
+  saved_config, newest = None, None
+  if os.path.isdir(directory):  # read-only: a config refused below leaves no checkpoints/ behind
+    with CheckpointManager(directory, read_only=True) as peek:
+      saved_config, newest = peek.saved_config(), peek.latest_step()
   if saved_config is not None:  # before any warm start or compile: a changed run fails at once
     builders.check_resume_config(saved_config, cfg)
-    log.info("Resuming the run in %s (newest checkpoint: step %d)", workdir, ckpt.latest_step())
+    log.info("Resuming the run in %s (newest checkpoint: step %d)", workdir, newest)
   else:
     log.info("Starting fresh in %s (no RL checkpoint yet)", workdir)
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
+  ckpt = CheckpointManager(directory, max_to_keep=cfg.train.keep_checkpoints,
+                           save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
   cache_root = sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start")
   model = warm_start(cfg, model, tok, train_source, valid_source, cache_root, should_stop=preemption.should_stop)
 
