@@ -257,3 +257,13 @@ def test_if_ladder_rows_are_valid_compatible_ladders(shared_data):
   assert not seeds & ifeval_prompts
   assert any(s.startswith("Write a ") for s in seeds) and any(not s.startswith("Write a ") for s in seeds)
   assert all(record_meta(r)["level"] == 5 for r in task.records("test"))
+
+
+def test_a_prepared_state_that_does_not_fit_is_a_clear_error(tmp_path):
+  """A cached classifier from another architecture must not be loaded into this run's state."""
+  from selfrl_jax.train import prepare as prep
+  prep._save_tree({"rm": {"w": np.zeros((4, 2), np.float32)}}, str(tmp_path))  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="does not fit this algorithm's state.*delete the directory"):
+    prep._load_tree({"rm": {"w": jax.ShapeDtypeStruct((8, 2), jnp.float32)}}, str(tmp_path))  # pylint: disable=protected-access
+  got = prep._load_tree({"rm": {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}}, str(tmp_path))  # pylint: disable=protected-access
+  assert got["rm"]["w"].shape == (4, 2)
