@@ -13,7 +13,9 @@ from selfrl_jax.train.loop import train
 from selfrl_jax.train.metrics import read_jsonl
 from test_configs import CONFIG_DIR, load_config
 
-pytestmark = pytest.mark.real_model
+# ~190 s on 2 CPU cores (SmolLM2 classifier training, sampling and the RL step each compile 30 layers):
+# outside the default run, `python -m pytest -m heavy` runs it.
+pytestmark = [pytest.mark.real_model, pytest.mark.heavy]
 
 
 def test_ssrl_if_ifeval_config_one_real_step_on_smollm2(tmp_path, shared_data):
@@ -28,6 +30,7 @@ def test_ssrl_if_ifeval_config_one_real_step_on_smollm2(tmp_path, shared_data):
     cfg.rl.max_prompt_len, cfg.rl.max_new_tokens = 384, 16
     cfg.train.num_steps, cfg.train.eval_every, cfg.train.log_every = 1, 0, 1
     cfg.train.eval_size, cfg.train.eval_batch_size = 2, 2
+    cfg.rl.kl_coef = 0.0                   # no reference forward: one 30-layer program less to compile
     cfg.train.progress = False
     cfg.ssrl_if.rm_ladders, cfg.ssrl_if.rm_steps, cfg.ssrl_if.rm_batch_size, cfg.ssrl_if.rm_width = 10, 1, 4, 128
   summary = train(cfg, str(tmp_path))
@@ -35,7 +38,7 @@ def test_ssrl_if_ifeval_config_one_real_step_on_smollm2(tmp_path, shared_data):
   assert summary["initial"]["prepare/num_pairs"] > 0  # pseudo-labelled pairs from the policy's own ladders
   assert math.isfinite(summary["initial"]["prepare/rm_train_loss"])
   row = next(r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in r)
-  for key in ("loss", "grad_norm", "entropy", "kl", "reward_mean", "reward/rm_scored"):
+  for key in ("loss", "grad_norm", "entropy", "reward_mean", "reward/rm_scored"):
     assert math.isfinite(row[key]), (key, row[key])
   assert 0.0 <= row["reward_mean"] <= 1.0 and 0.0 < row["reward/rm_scored"] < 1.0
   assert row["host/ifeval/items"] > 0 and row["host/ifeval/errors"] == 0   # IFEval checkers ran in the pool

@@ -1,9 +1,9 @@
 """The preparation stage: between the warm start and RL, an algorithm builds part of its own state
 from the warm-started policy (`AlgorithmSpec.prepare`).
 
-SSRL-IF, for example, samples the policy's responses to its instruction ladders, turns them into
-pseudo-labelled pairs and trains its reward classifier; the classifier's parameters become part of
-`TrainState.algo_state` and score responses inside the compiled step. The stage:
+For example, a reward classifier trained on pseudo-labels derived from the policy's own samples:
+its parameters become part of `TrainState.algo_state` and are used inside the compiled step. The
+stage:
 
 - runs only for a fresh run: a resumed run restores the prepared state from its checkpoint;
 - is cached like the warm start (`train.cache.cached_build`), keyed by the checksums of the policy
