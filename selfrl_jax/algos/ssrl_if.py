@@ -31,30 +31,28 @@ import numpy as np
 from flax import nnx
 
 from selfrl_jax.algos import ssrl_if_config
-from selfrl_jax.algos.advantages import compute_advantages
-from selfrl_jax.algos.base import UPDATE, Algorithm, Phase, Rewards, TokenTerms, host_call
+from selfrl_jax.algos.base import UPDATE, Phase, Rewards, host_call
+from selfrl_jax.algos.grpo import GRPO
 from selfrl_jax.algos.losses import kl_loss_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.algos.ssrl_if_rm import RM_TEMPLATE_VERSION, classifier_graphdef, init_classifier, rm_inputs, rm_prob
 from selfrl_jax.algos.ssrl_if_worlds import WORLDS
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.rewards.host import decode_responses
-from selfrl_jax.rollouts.single_turn import single_turn_rollout
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams
 
 HARD, SOFT = 1, 2  # kind_BxK codes; 0 marks an empty constraint slot
 
 
-@dataclasses.dataclass(frozen=True)
-class SSRLIF(Algorithm):
-  """Attributes: see `ssrl_if_config.default_config` for the knobs; `world` checks constraints on
-  the host. The classifier has the policy's architecture (`model.cfg`) plus its 2-way head."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SSRLIF(GRPO):
+  """GRPO's single-turn group rollout, advantages and KL, with the constraint reward computed in
+  its own phases. Attributes: see `ssrl_if_config.default_config` for the knobs; `world` checks
+  constraints on the host. The classifier has the policy's architecture (`model.cfg`) plus its
+  2-way head."""
 
-  sampling: SamplingParams
-  group_size: int
-  advantage: str
-  kl_coef: float
+  reward_fn: Any = None  # unused: the reward is the constraint aggregate of `reward_phase`
   world: Any
   tokenizer: Any
   aggregation: str = "mean"
@@ -69,18 +67,6 @@ class SSRLIF(Algorithm):
   def phases(self):
     return (Phase("rollout", self.rollout_phase), Phase("check", self.check_phase, host=True),
             Phase("reward", self.reward_phase), UPDATE)
-
-  def rollout(self, model, batch, key) -> Rollout:
-    return single_turn_rollout(model, batch.prompt_tokens_PxT, batch.prompt_valid_PxT, key, self.sampling,
-                               self.group_size)
-
-  @property
-  def response_slots(self) -> int:
-    return self.sampling.max_new_tokens
-
-  @property
-  def needs_reference(self) -> bool:
-    return self.kl_coef > 0
 
   @property
   def num_constraints(self) -> int:
@@ -99,7 +85,9 @@ class SSRLIF(Algorithm):
   def _check_host(self, tokens_BxN, valid_BxN, example_id_B) -> dict[str, np.ndarray]:
     texts = decode_responses(self.tokenizer, tokens_BxN, valid_BxN)
     answers = [self.answer_of(t) for t in texts]
-    constraints = [self.world.constraints(e)[:self.num_constraints] for e in np.asarray(example_id_B).reshape(-1)]
+    ids = [int(e) for e in np.asarray(example_id_B).reshape(-1)]
+    by_example = {e: self.world.constraints(e)[:self.num_constraints] for e in set(ids)}  # once per group
+    constraints = [by_example[e] for e in ids]
     b, k, width = len(texts), self.num_constraints, self.rm_width
     kind = np.zeros((b, k), np.int32)
     rule, oracle = np.zeros((b, k), np.float32), np.zeros((b, k), np.float32)
@@ -186,13 +174,6 @@ class SSRLIF(Algorithm):
   def rewards(self, rollout, batch):
     raise NotImplementedError("SSRL-IF's reward reads the classifier in algo_state: see reward_phase")
 
-  def advantages(self, rollout: Rollout, rewards: Rewards, step, algo_state=None) -> TokenTerms:
-    del step, algo_state
-    adv_PxG = compute_advantages(self.advantage, rewards.reward_B.reshape(-1, self.group_size))
-    return TokenTerms(adv_BxS=adv_PxG.reshape(-1, 1) * rollout.loss_mask_BxS,
-                      kl_weight_BxS=jnp.full(rollout.loss_mask_BxS.shape, self.kl_coef, jnp.float32),
-                      metrics={"adv_abs_mean": jnp.abs(adv_PxG).mean()})
-
   def init_state(self, key, model):
     return {"rm": init_classifier(model.cfg, key)}
 
@@ -236,7 +217,7 @@ def _validate(cfg, check) -> None:
 
 
 def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) -> SSRLIF:
-  del reward_fn  # the reward is the constraint aggregate computed here
+  del reward_fn  # the reward is the constraint aggregate computed in the algorithm's phases
   s = cfg.ssrl_if
   return SSRLIF(sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage,
                 kl_coef=cfg.rl.kl_coef, world=WORLDS[s.world](cfg, records), tokenizer=tokenizer,
