@@ -25,32 +25,22 @@ from flax import nnx
 
 from selfrl_jax.algos.ssrl_if_rm import (classifier_graphdef, classifier_probs, init_classifier, ladder_pairs,
                                          rm_inputs, roc_auc, train_rm)
+from selfrl_jax.data.pipeline import encode_prompt
 from selfrl_jax.data.records import normalize_record
 from selfrl_jax.sampling.sampler import Sampler
-from selfrl_jax.sampling.texts import generate_texts
+from selfrl_jax.sampling.texts import generate_in_batches
 
 _SAMPLE_BATCH = 64
-
-
-def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
-  return tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else tokenizer.encode(prompt)
 
 
 def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
                    batch_size: int = _SAMPLE_BATCH) -> list[str]:
   """One training-decoding response per prompt (fixed batch shapes), as `algorithm.answer_of` reads it
   ("" where the answer pattern does not match)."""
-  ids = [_prompt_ids(tokenizer, p, chat) for p in prompts]
   sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
-  state = nnx.state(model)
-  key = jax.random.key(seed)
-  texts = []
-  for start in range(0, len(ids), batch_size):
-    chunk = ids[start:start + batch_size]
-    padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    out = generate_texts(sampler, state, tokenizer, padded, jax.random.fold_in(key, start), width=width)
-    texts += [samples[0][0] for samples in out[:len(chunk)]]
-  return [algorithm.answer_of(t) or "" for t in texts]
+  out = generate_in_batches(sampler, nnx.state(model), tokenizer, [encode_prompt(tokenizer, p, chat) for p in prompts],
+                            jax.random.key(seed), batch_size=batch_size, width=width)
+  return [algorithm.answer_of(text) or "" for text, _, _ in out]
 
 
 def _rate(x: np.ndarray) -> float:
@@ -65,7 +55,7 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   ladders = [world.ladder(normalize_record(train_source[i])) for i in range(n)]
   # A ladder whose longest prompt does not fit the prompt buffer is skipped (counted), as RL skips it.
   width = cfg.rl.max_prompt_len
-  fits = [max(len(_prompt_ids(tokenizer, p, cfg.task.chat)) for p in prompts) <= width for prompts, _ in ladders]
+  fits = [max(len(encode_prompt(tokenizer, p, cfg.task.chat)) for p in prompts) <= width for prompts, _ in ladders]
   skipped = len(ladders) - sum(fits)
   ladders = [ladder for ladder, ok in zip(ladders, fits) if ok]
   if len(ladders) < 2:

@@ -61,6 +61,16 @@ class _WithExampleId:
     return index % self.num_records, record
 
 
+def encode_prompt(tokenizer: Tokenizer, prompt: str, chat: bool, system_prompt: str | None = None) -> list[int]:
+  """A prompt's token ids as training sees them: raw `encode`, or with `chat` one user turn (after an
+  optional system turn) of the tokenizer's chat template, ready for the assistant's answer."""
+  if not chat:
+    return tokenizer.encode(prompt)
+  messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+  messages.append({"role": "user", "content": prompt})
+  return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
 class _Encoder:
   """Record -> fixed-shape arrays, or a skip marker naming why the row cannot be used."""
 
@@ -73,11 +83,7 @@ class _Encoder:
     self.system_prompt = system_prompt
 
   def prompt_ids(self, prompt: str) -> list[int]:
-    if not self.chat:
-      return self.tok.encode(prompt)
-    messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-    messages.append({"role": "user", "content": prompt})
-    return self.tok.apply_chat_template(messages, add_generation_prompt=True)
+    return encode_prompt(self.tok, prompt, self.chat, self.system_prompt)
 
   def __call__(self, item: tuple[int, Any]) -> dict[str, Any]:
     example_id, raw = item

@@ -21,10 +21,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from selfrl_jax.data.pipeline import encode_prompt
 from selfrl_jax.data.records import record_meta
 from selfrl_jax.rewards.instruction_following import Constraint, InstructionVerifier
 from selfrl_jax.sampling.sampler import Sampler, SamplingParams
-from selfrl_jax.sampling.texts import bucket_width, generate_texts
+from selfrl_jax.sampling.texts import bucket_width, generate_in_batches
 
 METRICS = ("prompt_level_strict", "prompt_level_loose", "instruction_level_strict", "instruction_level_loose")
 
@@ -93,21 +94,12 @@ def generate_ifeval_responses(model, tokenizer, records: Sequence[Mapping[str, A
   one program is compiled. `stopped` is False where the response hit `max_new_tokens`.
   `progress(done, total)` is called after each batch.
   """
-  prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}]) for r in records]
-  width = bucket_width(max(len(p) for p in prompts))
-  graphdef, state = nnx.split(model)
+  prompts = [encode_prompt(tokenizer, r["prompt"], chat=True) for r in records]
   params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=tokenizer.eos_ids,
                           pad_id=tokenizer.pad_id)
-  sampler = Sampler(graphdef, params, group_size=1)
-  key = jax.random.key(seed)
-  texts, stopped = [], []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    key, sub = jax.random.split(key)
-    out = generate_texts(sampler, state, tokenizer, padded, sub, width=width)[:len(chunk)]
-    texts += [samples[0][0] for samples in out]
-    stopped += [samples[0][2] for samples in out]
-    if progress is not None:
-      progress(len(texts), len(prompts))
+  sampler = Sampler(nnx.graphdef(model), params, group_size=1)
+  out = generate_in_batches(sampler, nnx.state(model), tokenizer, prompts, jax.random.key(seed),
+                            batch_size=batch_size, width=bucket_width(max(len(p) for p in prompts)),
+                            progress=progress)
+  texts, stopped = [text for text, _, _ in out], [stop for _, _, stop in out]
   return texts, stopped

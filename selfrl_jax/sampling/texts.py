@@ -6,6 +6,7 @@ fixes), so prompts of similar length share one compiled program.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,3 +41,23 @@ def generate_texts(sampler: Sampler, state, tokenizer, prompts: list[list[int]],
   samples = [(tokenizer.decode(ids[b, :lengths[b]]), int(lengths[b]), bool(stopped[b])) for b in range(len(ids))]
   g = len(samples) // len(prompts)
   return [samples[i * g:(i + 1) * g] for i in range(len(prompts))]
+
+
+def generate_in_batches(sampler: Sampler, state, tokenizer, prompts: list[list[int]], key, *, batch_size: int,
+                        width: int, progress=None) -> list[tuple[str, int, bool]]:
+  """(text, tokens, stopped) of one sample per prompt, `batch_size` prompts at a time.
+
+  Every batch has the same shape (the last one is padded with repeats of its last prompt, whose
+  samples are dropped), so one program is compiled; batch i samples with `fold_in(key, i *
+  batch_size)`. `progress(done, total)` is called after each batch. The sampler's group size must be 1.
+  """
+  out = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = prompts[start:start + batch_size]
+    padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    samples = generate_texts(sampler, state, tokenizer, padded, jax.random.fold_in(key, start), width=width)
+    out += [group[0] for group in samples[:len(chunk)]]
+    if progress is not None:
+      progress(len(out), len(prompts))
+  return out
+
