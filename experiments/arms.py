@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from selfrl_jax.train.loop import train
+from selfrl_jax.train.metrics import read_jsonl
 from selfrl_jax.train.preemption import EXIT_PREEMPTED
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -65,3 +66,18 @@ def mean_std(values) -> tuple[float, float]:
   """(mean, population std) over seeds."""
   v = np.asarray(values, np.float64)
   return float(v.mean()), float(v.std())
+
+
+def shortened(num_steps: int | None, num_evals: int) -> Callable:
+  """A `run_arms` edit: `num_steps` RL steps (None: the config's) with `num_evals` evaluations."""
+  def edit(cfg):
+    if num_steps:
+      cfg.train.num_steps = num_steps
+      cfg.train.eval_every = max(1, num_steps // num_evals)
+  return edit
+
+
+def train_rows(workdir: str, arm: str, seed: int) -> list[dict]:
+  """The training-step rows of one (arm, seed) run's metrics.jsonl (evaluation rows left out)."""
+  return [r for r in read_jsonl(os.path.join(workdir, arm, f"seed_{seed}", "metrics.jsonl")) if "loss" in r]
+

@@ -73,48 +73,37 @@ def reproduce_score(workdir: str) -> None:
   print(f"wrote {workdir}/score_table.md, score_results.json and score_curves.png")
 
 
-def reproduce_rlavr(workdir: str) -> None:
-  """Every RLAVR toy arm x seed; prints and saves the table, the §10 claims checked, the curves."""
+def reproduce_with_claims(workdir: str, toy, name: str, title: str, claims_heading: str) -> None:
+  """Every arm x seed of a toy report module (`rlavr_toy`, `ssrl_if_toy`: run, LABELS, summarize,
+  claims, format_table, format_claims, plot_curves); prints and saves the table, the claims checked
+  on the numbers and the curves as <name>_table.md, <name>_results.json and <name>_curves.png."""
   seeds = [int(s) for s in _SEEDS.value]
   t0 = time.perf_counter()
-  out = rlavr_toy.run(_ARMS.value or list(rlavr_toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
+  out = toy.run(_ARMS.value or list(toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
   total = time.perf_counter() - t0
-  rows = rlavr_toy.summarize(out["runs"], workdir)
-  checked = rlavr_toy.claims(rows)
+  rows = toy.summarize(out["runs"], workdir)
+  checked = toy.claims(rows, out["runs"])
   timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
-  report = (f"{rlavr_toy.format_table(rows, len(seeds))}\n\nClaims (rlavr.md §10):\n\n"
-            f"{rlavr_toy.format_claims(checked)}\n\nwall time {total:.0f} s ({timing})")
-  print(f"\nRLAVR toy (3-digit addition, p = 0.2)\n{report}")
-  with open(os.path.join(workdir, "rlavr_table.md"), "w") as f:
+  report = (f"{toy.format_table(rows, len(seeds))}\n\n{claims_heading}:\n\n"
+            f"{toy.format_claims(checked)}\n\nwall time {total:.0f} s ({timing})")
+  print(f"\n{title}\n{report}")
+  with open(os.path.join(workdir, f"{name}_table.md"), "w") as f:
     f.write(report + "\n")
-  rlavr_toy.plot_curves(out["runs"], workdir, os.path.join(workdir, "rlavr_curves.png"))
-  with open(os.path.join(workdir, "rlavr_results.json"), "w") as f:
+  toy.plot_curves(out["runs"], workdir, os.path.join(workdir, f"{name}_curves.png"))
+  with open(os.path.join(workdir, f"{name}_results.json"), "w") as f:
     json.dump({"seconds": total, "arm_seconds": out["seconds"], "rows": rows,
                "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in checked],
                "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
-  print(f"wrote {workdir}/rlavr_table.md, rlavr_results.json and rlavr_curves.png")
+  print(f"wrote {workdir}/{name}_table.md, {name}_results.json and {name}_curves.png")
+
+
+def reproduce_rlavr(workdir: str) -> None:
+  reproduce_with_claims(workdir, rlavr_toy, "rlavr", "RLAVR toy (3-digit addition, p = 0.2)", "Claims (rlavr.md §10)")
 
 
 def reproduce_ssrl_if(workdir: str) -> None:
-  """Every SSRL-IF toy arm x seed; prints and saves the table, the §9.6 claims checked, the curves."""
-  seeds = [int(s) for s in _SEEDS.value]
-  t0 = time.perf_counter()
-  out = ssrl_if_toy.run(_ARMS.value or list(ssrl_if_toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
-  total = time.perf_counter() - t0
-  rows = ssrl_if_toy.summarize(out["runs"], workdir)
-  checked = ssrl_if_toy.claims(rows, out["runs"])
-  timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
-  report = (f"{ssrl_if_toy.format_table(rows, len(seeds))}\n\nPreconditions and claims (ssrl_if.md §9.6):\n\n"
-            f"{ssrl_if_toy.format_claims(checked)}\n\nwall time {total:.0f} s ({timing})")
-  print(f"\nSSRL-IF toy (synthetic constraint world)\n{report}")
-  with open(os.path.join(workdir, "ssrl_if_table.md"), "w") as f:
-    f.write(report + "\n")
-  ssrl_if_toy.plot_curves(out["runs"], workdir, os.path.join(workdir, "ssrl_if_curves.png"))
-  with open(os.path.join(workdir, "ssrl_if_results.json"), "w") as f:
-    json.dump({"seconds": total, "arm_seconds": out["seconds"], "rows": rows,
-               "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in checked],
-               "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
-  print(f"wrote {workdir}/ssrl_if_table.md, ssrl_if_results.json and ssrl_if_curves.png")
+  reproduce_with_claims(workdir, ssrl_if_toy, "ssrl_if", "SSRL-IF toy (synthetic constraint world)",
+                        "Preconditions and claims (ssrl_if.md §9.6)")
 
 
 def main(argv):

@@ -10,12 +10,10 @@ start that is right on 30-50% of the RL problems and whose majority vote is ofte
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from experiments import arms as arms_lib
-from selfrl_jax.train.metrics import read_jsonl
 
 CONFIG = "rlavr/tiny_arithmetic.py"
 LABELS = {"ttrl": "TTRL (majority vote, 0 labels)", "gt_only_random": "GT-only-random (rest dropped)",
@@ -31,15 +29,10 @@ TIE = 0.01  # "A >= B" holds when mean(A) >= mean(B) - TIE (held-out accuracy on
 
 
 def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None) -> dict:
-  def shorten(cfg):
-    if num_steps:
-      cfg.train.num_steps = num_steps
-      cfg.train.eval_every = max(1, num_steps // 5)
-  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=shorten)
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=5))
 
 
-def train_rows(workdir: str, arm: str, seed: int) -> list[dict]:
-  return [r for r in read_jsonl(os.path.join(workdir, arm, f"seed_{seed}", "metrics.jsonl")) if "loss" in r]
+train_rows = arms_lib.train_rows
 
 
 def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, float]]]:
@@ -68,8 +61,12 @@ def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, floa
   return out
 
 
-def claims(rows: dict) -> list[tuple[str, bool | None, str]]:
-  """[(claim, holds (None: arm not run), the numbers)] for the precondition and §10's signature."""
+def claims(rows: dict, runs: dict | None = None) -> list[tuple[str, bool | None, str]]:
+  """[(claim, holds (None: arm not run), the numbers)] for the precondition and §10's signature.
+
+  `runs` (per-seed summaries) is not needed here; it is part of the signature every toy report's
+  `claims` shares (`reproduce.py`)."""
+  del runs
   def acc(arm):
     return rows[arm]["final_acc"][0]
 

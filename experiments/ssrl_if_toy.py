@@ -13,12 +13,10 @@ claim is reported with the numbers it was decided on, whether it holds or not.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from experiments import arms as arms_lib
-from selfrl_jax.train.metrics import read_jsonl
 
 CONFIG = "ssrl_if/tiny_constraints.py"
 LABELS = {"sparse_full": "A sparse, L5 only", "dense_full": "B dense, L5 only", "method": "C method (L1-L5, mean)",
@@ -32,15 +30,10 @@ TIE = 0.01
 
 
 def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None) -> dict:
-  def shorten(cfg):
-    if num_steps:
-      cfg.train.num_steps = num_steps
-      cfg.train.eval_every = max(1, num_steps // 4)
-  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=shorten)
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=4))
 
 
-def train_rows(workdir: str, arm: str, seed: int) -> list[dict]:
-  return [r for r in read_jsonl(os.path.join(workdir, arm, f"seed_{seed}", "metrics.jsonl")) if "loss" in r]
+train_rows = arms_lib.train_rows
 
 
 def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, float]]]:
