@@ -18,18 +18,14 @@ Arms: `method` (default; levels L1-L5 mixed), `no_curriculum` (full instructions
 `binary_rm` (RM output thresholded), `rm_only` (the RM scores hard constraints too).
 """
 
-from configs.common import get_base_config
+from configs.ssrl_if.tiny_constraints import arm_config, released_grpo
 
 ARMS = {"method": ("12345", {}), "no_curriculum": ("5", {}), "binary_rm": ("12345", {"soft_reward": "binary"}),
         "rm_only": ("12345", {"use_rule_reward": False})}
 
 
 def get_config(arm: str | None = None):
-  arm = arm or "method"
-  if arm not in ARMS:
-    raise ValueError(f"Unknown SSRL-IF arm {arm!r}; valid: {sorted(ARMS)}.")
-  levels, overrides = ARMS[arm]
-  c = get_base_config("ssrl_if")
+  c, levels = arm_config(ARMS, arm)
   c.model.source = "smollm2"            # the paper: R1-Distill-Qwen-7B, Qwen2.5-7B-Instruct (see the docstring)
   c.model.param_dtype = "bfloat16"      # TPU / GPU; use float32 on CPU
   c.model.compute_dtype = "bfloat16"
@@ -41,10 +37,7 @@ def get_config(arm: str | None = None):
   c.rl.num_minibatches = 4                                              # global batch 96 prompts: 4 updates per batch
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 2048, 8, 8192   # §4.2
   c.rl.temperature = 1.0
-  c.rl.advantage = "grpo_sample_std"    # torch.std (ddof=1), eps 1e-6
-  c.rl.clip_low, c.rl.clip_high = 0.2, 0.2
-  c.rl.kl_coef, c.rl.kl_estimator = 0.01, "low_var_kl"
-  c.rl.loss_agg = "token_mean"
+  released_grpo(c)                      # ddof=1 std, clip 0.2, the 0.01 low_var_kl KL loss, token mean
   c.rl.micro_batch_size = 4
   c.rl.logprob_chunk = 512
   c.optim.learning_rate = 1e-6
@@ -61,7 +54,5 @@ def get_config(arm: str | None = None):
   s.rm_ladders = 500
   s.rm_steps, s.rm_batch_size, s.rm_learning_rate = 1000, 8, 5e-6       # released: 5e-6, batch 1, 3 epochs
   s.rm_width = 1024
-  for key, value in overrides.items():
-    s[key] = value
   c.lock()
   return c

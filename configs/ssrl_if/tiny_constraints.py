@@ -26,12 +26,28 @@ ARMS = {
 LETTERS = dict(zip(ARMS, "ABCDEF"))
 
 
-def get_config(arm: str | None = None):
+def arm_config(arms: dict, arm: str | None):
+  """(get_base_config("ssrl_if") with the arm's `ssrl_if` overrides, the arm's training ladder levels)."""
   arm = arm or "method"
-  if arm not in ARMS:
-    raise ValueError(f"Unknown SSRL-IF arm {arm!r}; valid: {sorted(ARMS)}.")
-  levels, overrides = ARMS[arm]
+  if arm not in arms:
+    raise ValueError(f"Unknown SSRL-IF arm {arm!r}; valid: {sorted(arms)}.")
+  levels, overrides = arms[arm]
   c = get_base_config("ssrl_if")
+  for key, value in overrides.items():
+    c.ssrl_if[key] = value
+  return c, levels
+
+
+def released_grpo(c) -> None:
+  """GRPO as the released EasyR1 config computes it (§4.1)."""
+  c.rl.advantage = "grpo_sample_std"   # torch's unbiased std, eps 1e-6
+  c.rl.clip_low, c.rl.clip_high = 0.2, 0.2
+  c.rl.kl_coef, c.rl.kl_estimator = 0.01, "low_var_kl"   # the released 0.01 k3 KL loss (the paper's text: none)
+  c.rl.loss_agg = "token_mean"
+
+
+def get_config(arm: str | None = None):
+  c, levels = arm_config(ARMS, arm)
   c.task.name = "if_toy"
   c.task.params = {"num_constraints": 5, "levels": levels, "teacher_p": 0.7}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 200, 200
@@ -39,10 +55,7 @@ def get_config(arm: str | None = None):
   c.rl.prompts_per_step, c.rl.group_size = 32, 8                       # §9.6: 32 prompts x G = 8
   c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 20, 12, 12   # <= 10 words + EOS
   c.rl.micro_batch_size = 256
-  c.rl.advantage = "grpo_sample_std"   # §4.1: torch's unbiased std, eps 1e-6
-  c.rl.clip_low, c.rl.clip_high = 0.2, 0.2
-  c.rl.kl_coef, c.rl.kl_estimator = 0.01, "low_var_kl"               # the released 0.01 k3 KL loss
-  c.rl.loss_agg = "token_mean"
+  released_grpo(c)
   c.optim.learning_rate = 1e-3                                          # §9.6 (tiny model)
   c.train.num_steps = 100              # §9.6: 200; 100 keeps six arms x 3 seeds near 15 min on 2 CPU cores
   c.train.eval_every = 25
@@ -58,8 +71,6 @@ def get_config(arm: str | None = None):
   c.sft.learning_rate = 1e-3
   c.sft.error_rate = 0.0               # the teacher's own noise is the noise
   c.sft.seed = 0                       # one base model for every arm and seed
-  for key, value in overrides.items():
-    c.ssrl_if[key] = value
   c.ssrl_if.rm_ladders = 500           # §9.6
   c.ssrl_if.rm_width = 16
   c.lock()
