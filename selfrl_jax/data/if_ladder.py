@@ -29,13 +29,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 from typing import Any, Mapping
 
 import numpy as np
 
 from selfrl_jax.data.records import make_record, record_meta
-from selfrl_jax.data.tasks import Task, TaskConfig, register_task
+from selfrl_jax.data.ladders import LadderConfig, LadderTask
+from selfrl_jax.data.tasks import register_task
 
 FORMS = ("short story", "poem", "email to a colleague", "product description", "blog post", "letter to a friend",
          "short speech", "summary", "news report", "diary entry", "review", "set of instructions")
@@ -162,52 +162,36 @@ def render_prompt(seed: str, constraints) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class IFLadderConfig(TaskConfig):
+class IFLadderConfig(LadderConfig):
   """Attributes: num_constraints (per full instruction), levels (training ladder levels, digits
   1..num_constraints), soft_prob (chance a constraint slot is soft), question_prob (chance the seed
   is a GSM8K / MBPP question), data_root (../shared/data by default)."""
-  num_constraints: int = 5
-  levels: str = "12345"
   soft_prob: float = 0.5
   question_prob: float = 0.3
   data_root: str = ""
 
 
 @register_task
-class IFLadderTask(Task):
+class IFLadderTask(LadderTask):
   name = "if_ladder"
   version = "1.0.0"
   config_cls = IFLadderConfig
 
+  def render(self, meta: Mapping[str, Any], k: int) -> str:
+    return render_prompt(meta["seed"], meta["constraints"][:k])
+
   def validate(self) -> None:
-    c = self.config
-    if not c.levels or any(not ch.isdigit() or not 1 <= int(ch) <= c.num_constraints for ch in c.levels):
-      raise ValueError(f"if_ladder: levels={c.levels!r} must be digits in 1..{c.num_constraints}")
+    super().validate()
     for name in ("soft_prob", "question_prob"):
-      if not 0.0 <= getattr(c, name) <= 1.0:
-        raise ValueError(f"if_ladder: {name}={getattr(c, name)} must be in [0, 1]")
+      if not 0.0 <= getattr(self.config, name) <= 1.0:
+        raise ValueError(f"if_ladder: {name}={getattr(self.config, name)} must be in [0, 1]")
 
   def generate(self, rng: np.random.Generator, index: int) -> dict[str, str]:
     del index
     c = self.config
     instruction = sample_instruction(rng, c.num_constraints, c.soft_prob, c.question_prob, c.data_root or None)
-    # Drawn from the stream's next value only, so every split's instructions are the same whatever
-    # `levels` is (the arms of an ablation share their held-out set).
-    level = int(np.random.default_rng(rng.integers(2**63)).choice([int(ch) for ch in c.levels]))
-    return make_record(render_prompt(instruction["seed"], instruction["constraints"][:level]), "",
-                       {**instruction, "level": level})
-
-  def record(self, split: str, index: int) -> dict[str, str]:
-    rec = super().record(split, index)
-    if split == "train":
-      return rec
-    meta = record_meta(rec)  # held-out splits: always the full instruction
-    meta["level"] = self.config.num_constraints
-    return make_record(render_prompt(meta["seed"], meta["constraints"]), "", meta)
-
-  def problem_key(self, record: Mapping[str, str]) -> str:
-    meta = json.loads(record["meta"])
-    return render_prompt(meta["seed"], meta["constraints"])
+    level, _ = self.draw_level(rng)
+    return make_record(self.render(instruction, level), "", {**instruction, "level": level})
 
 
 def ladder_prompts(record: Mapping[str, Any]) -> list[str]:

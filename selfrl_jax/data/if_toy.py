@@ -35,13 +35,13 @@ with probability `teacher_p` (else random).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from selfrl_jax.data.records import make_record, record_meta
-from selfrl_jax.data.tasks import Task, TaskConfig, register_task
+from selfrl_jax.data.ladders import LadderConfig, LadderTask
+from selfrl_jax.data.tasks import register_task
 
 WORDS = "abcdefghijklmnopqrst"
 MAX_WORDS = 10
@@ -139,52 +139,39 @@ def sample_satisfying(constraint: str, rng: np.random.Generator, tries: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class IFToyConfig(TaskConfig):
+class IFToyConfig(LadderConfig):
   """Attributes: num_constraints (per full instruction), levels (training ladder levels, digits
   0..num_constraints), teacher_p (the warm-start teacher's success probability)."""
-  num_constraints: int = 5
-  levels: str = "12345"
   teacher_p: float = 0.7
 
 
 @register_task
-class IFToyTask(Task):
+class IFToyTask(LadderTask):
   name = "if_toy"
   version = "1.1.0"
   config_cls = IFToyConfig
+  min_level = 0
+
+  def render(self, meta: Mapping[str, Any], k: int) -> str:
+    return render_prompt(meta["topic"], meta["instruction"][:k])
+
+  def held_out_answer(self, meta: Mapping[str, Any]) -> str:
+    return meta["witness"]
 
   def validate(self) -> None:
-    c = self.config
-    if not c.levels or any(not ch.isdigit() or int(ch) > c.num_constraints for ch in c.levels):
-      raise ValueError(f"if_toy: levels={c.levels!r} must be digits in 0..{c.num_constraints}")
-    if not 0.0 <= c.teacher_p <= 1.0:
-      raise ValueError(f"if_toy: teacher_p={c.teacher_p} must be in [0, 1]")
+    super().validate()
+    if not 0.0 <= self.config.teacher_p <= 1.0:
+      raise ValueError(f"if_toy: teacher_p={self.config.teacher_p} must be in [0, 1]")
 
   def generate(self, rng: np.random.Generator, index: int) -> dict[str, str]:
     del index
     topic, constraints, witness = sample_instruction(rng, self.config.num_constraints)
-    # The level and the teacher draw from their own generator, so the main stream (and with it the
-    # instructions of every split) is the same whatever `levels` and `teacher_p` are: all arms of an
-    # ablation are evaluated on the same held-out instructions.
-    own = np.random.default_rng(rng.integers(2**63))
-    level = int(own.choice([int(ch) for ch in self.config.levels]))
+    level, own = self.draw_level(rng)  # the level and the teacher: config-dependent, their own stream
     teacher = _random_response(own)
     if level >= 1 and own.random() < self.config.teacher_p:
       teacher = sample_satisfying(constraints[0], own) if level == 1 else witness
     meta = {"topic": topic, "instruction": constraints, "level": level, "witness": witness}
-    return make_record(render_prompt(topic, constraints[:level]), teacher, meta)
-
-  def record(self, split: str, index: int) -> dict[str, str]:
-    rec = super().record(split, index)
-    if split == "train":
-      return rec
-    meta = record_meta(rec)  # held-out splits: always the full instruction, answered by its witness
-    meta["level"] = self.config.num_constraints
-    return make_record(render_prompt(meta["topic"], meta["instruction"]), meta["witness"], meta)
-
-  def problem_key(self, record: Mapping[str, str]) -> str:
-    meta = json.loads(record["meta"])
-    return render_prompt(meta["topic"], meta["instruction"])
+    return make_record(self.render(meta, level), teacher, meta)
 
 
 def constraints_of(record: Mapping[str, Any]) -> list[str]:
