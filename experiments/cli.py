@@ -30,9 +30,14 @@ _USER_ERRORS = (ConfigError, ModelCheckpointError, TrainCheckpointError, FileNot
 _QUIET_LOGGERS = ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge", "datasets")
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The `file.py[:arg]` of `--config=file.py[:arg]` (None if absent)."""
+  return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
 def _load_config(argv: list[str]):
   """The config `--config=file.py[:arg]` names, loaded the way config_flags does (None if absent)."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  spec = _config_spec(argv)
   if spec is None:
     return None
   from experiments.arms import load_config_module  # pylint: disable=import-outside-toplevel
@@ -81,7 +86,7 @@ def _override_error(argv: list[str]) -> str | None:
 
 
 def _config_file_error(argv: list[str]) -> str | None:
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  spec = _config_spec(argv)
   if spec is None:
     return None
   path = spec.partition(":")[0]
