@@ -81,3 +81,15 @@ def train_rows(workdir: str, arm: str, seed: int) -> list[dict]:
   """The training-step rows of one (arm, seed) run's metrics.jsonl (evaluation rows left out)."""
   return [r for r in read_jsonl(os.path.join(workdir, arm, f"seed_{seed}", "metrics.jsonl")) if "loss" in r]
 
+
+def format_claims(checked: list) -> str:
+  """Markdown bullets of [(claim, holds (None: not run), numbers)], as every toy report prints them."""
+  mark = {True: "holds", False: "does NOT hold", None: "not run"}
+  return "\n".join(f"- {claim}: **{mark[ok]}** ({numbers})" for claim, ok, numbers in checked)
+
+
+def trailing_means(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, trailing `window`-step means) of a per-step series starting at step 1."""
+  window = min(window, len(x))
+  return np.arange(window, len(x) + 1), np.convolve(x, np.ones(window) / window, mode="valid")
+

@@ -128,9 +128,7 @@ def format_table(rows: dict, num_seeds: int) -> str:
   return "\n".join(lines)
 
 
-def format_claims(checked: list) -> str:
-  mark = {True: "holds", False: "does NOT hold", None: "not run"}
-  return "\n".join(f"- {claim}: **{mark[ok]}** ({numbers})" for claim, ok, numbers in checked)
+format_claims = arms_lib.format_claims
 
 
 def plot_curves(runs: dict, workdir: str, path: str) -> None:
@@ -144,11 +142,11 @@ def plot_curves(runs: dict, workdir: str, path: str) -> None:
     acc = np.array([h["eval/accuracy"] for h in hists])
     ax_acc.plot(hists[0]["step"], acc.mean(0), "-o", label=LABELS.get(arm, arm))
     ent = np.array([[r["rlavr/answer_entropy"] for r in train_rows(workdir, arm, s)] for s in by_seed])
-    ax_ent.plot(*_smooth(ent.mean(0)), label=LABELS.get(arm, arm))
+    ax_ent.plot(*arms_lib.trailing_means(ent.mean(0), WINDOW), label=LABELS.get(arm, arm))
   if "ttrl" in runs:
     for key, name in (("rlavr/agreement", "agreement with the majority"), ("rlavr/true_acc", "true accuracy")):
       v = np.array([[r[key] for r in train_rows(workdir, "ttrl", s)] for s in runs["ttrl"]])
-      ax_ttrl.plot(*_smooth(v.mean(0)), label=name)
+      ax_ttrl.plot(*arms_lib.trailing_means(v.mean(0), WINDOW), label=name)
   ax_acc.set(xlabel="RL step", ylabel="held-out accuracy (greedy)", title="Evaluation (mean over seeds)")
   ax_ttrl.set(xlabel="RL step", ylabel="fraction of rollouts", title="TTRL rollouts (10-step mean)")
   ax_ent.set(xlabel="RL step", ylabel="nats", title="Within-group answer entropy")
@@ -158,9 +156,3 @@ def plot_curves(runs: dict, workdir: str, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-def _smooth(x: np.ndarray, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, trailing `window`-step means) of a per-step series starting at step 1."""
-  window = min(window, len(x))
-  return np.arange(window, len(x) + 1), np.convolve(x, np.ones(window) / window, mode="valid")

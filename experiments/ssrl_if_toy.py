@@ -135,9 +135,7 @@ def format_table(rows: dict, num_seeds: int) -> str:
   return "\n".join(lines)
 
 
-def format_claims(checked: list) -> str:
-  mark = {True: "holds", False: "does NOT hold", None: "not run"}
-  return "\n".join(f"- {claim}: **{mark[ok]}** ({numbers})" for claim, ok, numbers in checked)
+format_claims = arms_lib.format_claims
 
 
 def plot_curves(runs: dict, workdir: str, path: str) -> None:
@@ -150,9 +148,7 @@ def plot_curves(runs: dict, workdir: str, path: str) -> None:
     hists = [r["history"] for r in by_seed.values()]
     ax_acc.plot(hists[0]["step"], np.mean([h["eval/accuracy"] for h in hists], 0), "-o", label=LABELS.get(arm, arm))
     zero = np.array([[r["zero_std_group_frac"] for r in train_rows(workdir, arm, s)] for s in by_seed])
-    w = min(WINDOW, zero.shape[1])
-    ax_zero.plot(np.arange(w, zero.shape[1] + 1), np.convolve(zero.mean(0), np.ones(w) / w, "valid"),
-                 label=LABELS.get(arm, arm))
+    ax_zero.plot(*arms_lib.trailing_means(zero.mean(0), WINDOW), label=LABELS.get(arm, arm))
   ax_acc.set(xlabel="RL step", ylabel="constraint-level accuracy (oracle)", title="Held-out L5 (mean over seeds)")
   ax_zero.set(xlabel="RL step", ylabel="fraction of groups", title=f"Zero-variance groups ({WINDOW}-step mean)")
   for ax in (ax_acc, ax_zero):
