@@ -178,6 +178,18 @@ def test_reward_aggregation(kw, expected):
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kw", [{}, {"use_rule_reward": False}, {"soft_reward": "binary"}, {"soft_source": "oracle"}])
+def test_a_math_row_is_scored_by_its_answer_in_every_arm(kw):
+  """§3.2: the released code routes a math row (`light`) to the answer check whatever the IF knobs say;
+  the classifier's probability on that slot (here 0.9 / 0.1, the opposite verdicts) never counts."""
+  algo = _algorithm(**kw)
+  aux = {"kind_BxK": jnp.asarray([[3, 0, 0], [3, 0, 0]]), "rule_BxK": jnp.asarray([[1.0, 0, 0], [0.0, 0, 0]]),
+         "oracle_BxK": jnp.asarray([[1.0, 0, 0], [0.0, 0, 0]]), "answered_B": jnp.asarray([True, True])}
+  prob = jnp.asarray([[0.1, 0.5, 0.5], [0.9, 0.5, 0.5]])
+  got = algo.aggregate(algo.constraint_rewards(prob, aux), aux["kind_BxK"], aux["answered_B"])
+  np.testing.assert_allclose(np.asarray(got), [1.0, 0.0])
+
+
 def test_spec_examples_and_the_answer_gate():
   algo = _algorithm()
   kind = jnp.asarray([[1, 1, 2]])
@@ -257,6 +269,37 @@ def test_if_ladder_rows_are_valid_compatible_ladders(shared_data):
   assert not seeds & ifeval_prompts
   assert any(s.startswith("Write a ") for s in seeds) and any(not s.startswith("Write a ") for s in seeds)
   assert all(record_meta(r)["level"] == 5 for r in task.records("test"))
+
+
+def test_math_rows_mix_into_training_only_and_are_checked_by_math_verify(shared_data):
+  """§2.1's general-reasoning rows: a math_frac share of the training records, GSM8K questions that
+  are never seed questions, while the instruction rows and the held-out splits stay exactly those of
+  math_frac=0; the world scores the last boxed answer with math-verify and gives the row no ladder."""
+  from selfrl_jax.data import if_ladder
+  splits = {"train": 500, "valid": 20, "test": 40}
+  plain = make_task("if_ladder", data_root=str(shared_data), splits=splits)
+  mixed = make_task("if_ladder", data_root=str(shared_data), splits=splits, math_frac=0.3)
+  train = mixed.records("train", 200)
+  math_rows = [if_ladder.is_math(r) for r in train]
+  assert 0.2 < np.mean(math_rows) < 0.4
+  assert all(r == p for r, p, m in zip(train, plain.records("train", 200), math_rows) if not m)
+  assert mixed.records("test") == plain.records("test")
+  seeds = set(if_ladder._question_seeds(str(shared_data)))  # pylint: disable=protected-access
+  index = math_rows.index(True)
+  rec = train[index]
+  meta = record_meta(rec)
+  assert meta["seed"] not in seeds and rec["prompt"] == f"{meta['seed']} {if_ladder.MATH_INSTRUCTION}"
+  assert meta["constraints"] == [rec["answer"]] and rec["answer"].lstrip("-").replace(",", "").isdigit()
+  world = ssrl_if_worlds.IFEvalWorld(train)
+  assert world.ladder(rec) is None
+  cs = world.constraints(index)
+  assert len(cs) == 1 and cs[0].answer and not cs[0].soft and cs[0].text == ""
+  answer = rec["answer"].replace(",", "")
+  responses = [f"So the total is \\boxed{{{answer}}}.", f"\\boxed{{{int(answer) + 1}}}", f"The answer is {answer}.",
+               f"\\boxed{{{int(answer) + 1}}} no, \\boxed{{{answer}}}"]
+  rule, oracle = world.verdicts(responses, [cs] * len(responses))
+  assert [r[0] for r in rule] == [1.0, 0.0, 0.0, 1.0] and oracle == rule  # the last box wins; no box scores 0
+  assert world.counters()["math_items"] == len(responses)
 
 
 def test_a_prepared_state_that_does_not_fit_is_a_clear_error(tmp_path):

@@ -14,14 +14,14 @@ runs here. The hyperparameters are the released config's (§4.2): 384 prompts x 
 warm-up, clip 0.2, grad-norm clip 1.0, the 0.01 low_var_kl KL loss (the paper's text says "no KL":
 `--config.rl.kl_coef=0` is that reading), temperature 1.0, 260 steps (5 epochs of 52).
 
-Arms: `method` (default; levels L1-L5 mixed), `no_curriculum` (full instructions only),
-`binary_rm` (RM output thresholded), `rm_only` (the RM scores hard constraints too).
+Arms: `method` (default; levels L1-L5 mixed, 22.5% math rows), `no_curriculum` (full instructions only),
+`binary_rm` (RM output thresholded), `rm_only` (the RM scores hard constraints too), `no_math` (IF rows only).
 """
 
 from configs.ssrl_if.tiny_constraints import arm_config, released_grpo
 
 ARMS = {"method": ("12345", {}), "no_curriculum": ("5", {}), "binary_rm": ("12345", {"soft_reward": "binary"}),
-        "rm_only": ("12345", {"use_rule_reward": False})}
+        "rm_only": ("12345", {"use_rule_reward": False}), "no_math": ("12345", {})}
 
 
 def get_config(arm: str | None = None):
@@ -30,7 +30,10 @@ def get_config(arm: str | None = None):
   c.model.param_dtype = "bfloat16"      # TPU / GPU; use float32 on CPU
   c.model.compute_dtype = "bfloat16"
   c.task.name = "if_ladder"
-  c.task.params = {"num_constraints": 5, "levels": levels, "soft_prob": 0.5, "question_prob": 0.3}
+  # §2.1: 4,501 math rows in 20,000 (GSM8K stands in for DeepScaleR; the 1,929 SciKnowEval science rows
+  # have no offline copy); math_frac=0 is IF data only.
+  math_frac = 0.0 if arm == "no_math" else 0.225
+  c.task.params = {"num_constraints": 5, "levels": levels, "soft_prob": 0.5, "question_prob": 0.3, "math_frac": math_frac}
   c.task.train_size, c.task.valid_size, c.task.test_size = 13570, 96, 200   # §2.2: 13,570 IF prompts
   c.task.chat = True                    # one user turn, no system prompt (§2.3)
   c.rl.prompts_per_step, c.rl.group_size = 384, 5                      # rollout_batch_size 384, n = 5

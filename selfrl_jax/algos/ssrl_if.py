@@ -13,6 +13,7 @@ One iteration:
                     R_s(o, c) = softmax(logits)[1] for every constraint; r_i is the rule verdict
                     for hard c_i (R_s when `use_rule_reward=False`) and R_s (or 1[R_s > 0.5] when
                     `soft_reward="binary"`) for soft ones; R = scale * (1/k) sum_i r_i (§3.4);
+                    a math row's one "constraint" is its answer, always by math-verify (§3.2);
   update            GRPO on R, the same scalar for every response token (§4.1).
 
 Before RL the preparation stage (`AlgorithmSpec.prepare`, `train/prepare.py`) trains the classifier
@@ -42,7 +43,7 @@ from selfrl_jax.rewards.host import decode_responses
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams
 
-HARD, SOFT = 1, 2  # kind_BxK codes; 0 marks an empty constraint slot
+HARD, SOFT, ANSWER = 1, 2, 3  # kind_BxK codes; 0 marks an empty constraint slot; ANSWER: a math row's answer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -95,8 +96,10 @@ class SSRLIF(GRPO):
     flat_resp, flat_c, slots = [], [], []
     for i, cs in enumerate(constraints):
       for j, c in enumerate(cs):
-        kind[i, j] = SOFT if c.soft else HARD
+        kind[i, j] = ANSWER if c.answer else SOFT if c.soft else HARD
         rule[i, j], oracle[i, j] = rule_v[i][j], oracle_v[i][j]
+        if c.answer:  # never judged by the classifier: its input slot stays empty
+          continue
         flat_resp.append(answers[i] or "")
         flat_c.append(c.text)
         slots.append((i, j))
@@ -135,13 +138,15 @@ class SSRLIF(GRPO):
     return rm_prob(logits).reshape(b, k)
 
   def constraint_rewards(self, prob_BxK, aux) -> jax.Array:
-    """r_i per constraint slot (§3.3-3.4 and the §6.1 ablations); 0 on empty slots."""
+    """r_i per constraint slot (§3.3-3.4 and the §6.1 ablations); 0 on empty slots; a math answer
+    always by its rule (the released code routes `light` rows to the math check in every arm)."""
     soft_score = prob_BxK if self.soft_reward == "prob" else (prob_BxK > 0.5).astype(jnp.float32)
     if self.soft_source == "oracle":
       soft_score = aux["oracle_BxK"]
-    hard, present = aux["kind_BxK"] == HARD, aux["kind_BxK"] > 0
+    kind = aux["kind_BxK"]
     hard_score = aux["rule_BxK"] if self.use_rule_reward else soft_score
-    return jnp.where(present, jnp.where(hard, hard_score, soft_score), 0.0)
+    score = jnp.where(kind == HARD, hard_score, jnp.where(kind == ANSWER, aux["rule_BxK"], soft_score))
+    return jnp.where(kind > 0, score, 0.0)
 
   def aggregate(self, r_BxK, kind_BxK, answered_B) -> jax.Array:
     """R = scale * mean_i r_i (or 1[every r_i >= 0.5] for all_or_nothing); 0 without an answer."""
@@ -162,9 +167,14 @@ class SSRLIF(GRPO):
     reward_B = self.aggregate(r_BxK, aux["kind_BxK"], aux["answered_B"])
     present = aux["kind_BxK"] > 0
     n = jnp.maximum(present.sum(axis=1), 1)
+    judged = present & (aux["kind_BxK"] != ANSWER)
+    math_row_B = jnp.any(aux["kind_BxK"] == ANSWER, axis=1)
     parts = {"oracle_constraint_acc_B": (aux["oracle_BxK"] * present).sum(axis=1) / n,
              "oracle_all_met_B": jnp.all((aux["oracle_BxK"] > 0) | ~present, axis=1).astype(jnp.float32),
-             "rm_scored_B": (prob * present).sum(axis=1) / n}
+             "rm_scored_B": (prob * judged).sum(axis=1) / jnp.maximum(judged.sum(axis=1), 1),
+             # accuracy on math rows = reward/math_solved / reward/math_row
+             "math_row_B": math_row_B.astype(jnp.float32),
+             "math_solved_B": (math_row_B & (aux["rule_BxK"][:, 0] > 0)).astype(jnp.float32)}
     return record.replace(rewards=Rewards(reward_B=reward_B, parts=parts))
 
   def host_counters(self) -> dict[str, int]:

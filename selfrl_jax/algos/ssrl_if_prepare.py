@@ -50,9 +50,15 @@ def _rate(x: np.ndarray) -> float:
 def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   """(algo_state with the trained classifier under "rm", report); see the module docstring."""
   s = cfg.ssrl_if
-  n = min(s.rm_ladders, len(train_source))
   world = algorithm.world
-  ladders = [world.ladder(normalize_record(train_source[i])) for i in range(n)]
+  # The first rm_ladders instruction ladders of the training split (math rows have none).
+  ladders, i = [], 0
+  while len(ladders) < s.rm_ladders and i < len(train_source):
+    ladder = world.ladder(normalize_record(train_source[i]))
+    i += 1
+    if ladder is not None:
+      ladders.append(ladder)
+  n = len(ladders)
   # A ladder whose longest prompt does not fit the prompt buffer is skipped (counted), as RL skips it.
   width = cfg.rl.max_prompt_len
   fits = [max(len(encode_prompt(tokenizer, p, cfg.task.chat)) for p in prompts) <= width for prompts, _ in ladders]

@@ -22,6 +22,13 @@ Record `level` k holds x_k = seed + the first k constraints (§2.2); training re
 splits always hold full instructions. All levels of one instruction land in the same split. The
 row carries the released schema's columns (`instruction_id_list`, `kwargs` with every argument
 named, `constraint` texts) in its meta; soft constraints have instruction ids `soft:<category>`.
+
+General-reasoning rows (§2.1: the released mix holds 4,501 math and 1,929 science rows in 20,000):
+a `math_frac` share of the *training* records are GSM8K word problems (train lines 2000 on, disjoint
+from the question seeds) that ask for a `\boxed{}` answer. Their meta has one constraint of kind
+`math` (instruction id `math`, the released `light`) whose text is the reference answer; the reward
+is math-verify equivalence of the last boxed answer. Held-out splits stay instruction-following
+only. The science rows (SciKnowEval multiple choice) have no offline copy and are left out.
 """
 
 from __future__ import annotations
@@ -122,6 +129,29 @@ def _question_seeds(root: str | None) -> tuple[str, ...]:
   return tuple(gsm8k + mbpp)
 
 
+MATH_INSTRUCTION = "Put your final answer within \\boxed{}."
+_MATH_STREAM = 7919  # the math-row draws' own seed stream (split ids are 0, 1, 2)
+
+
+@functools.lru_cache(maxsize=1)
+def _math_problems(root: str | None) -> tuple[tuple[str, str], ...]:
+  from selfrl_jax.data.benchmarks import load_gsm8k  # pylint: disable=import-outside-toplevel
+  return tuple((r["prompt"], r["answer"]) for r in list(load_gsm8k("train", root))[2000:])
+
+
+def math_record(rng: np.random.Generator, data_root: str | None = None) -> dict[str, str]:
+  """A general-reasoning row: a GSM8K training question (never a seed question) asking for a boxed answer."""
+  problems = _math_problems(data_root)
+  question, answer = problems[int(rng.integers(len(problems)))]
+  meta = {"seed": question, "instruction_id_list": ["math"], "kwargs": [{}], "constraints": [answer],
+          "kinds": ["math"], "level": 1}
+  return make_record(f"{question} {MATH_INSTRUCTION}", answer, meta)
+
+
+def is_math(record: Mapping[str, Any]) -> bool:
+  return record_meta(record)["kinds"] == ["math"]
+
+
 def sample_instruction(rng: np.random.Generator, num_constraints: int, soft_prob: float, question_prob: float,
                        data_root: str | None = None) -> dict[str, Any]:
   """One seed with `num_constraints` compatible, validated constraints (see the module docstring)."""
@@ -165,9 +195,11 @@ def render_prompt(seed: str, constraints) -> str:
 class IFLadderConfig(LadderConfig):
   """Attributes: num_constraints (per full instruction), levels (training ladder levels, digits
   1..num_constraints), soft_prob (chance a constraint slot is soft), question_prob (chance the seed
-  is a GSM8K / MBPP question), data_root (../shared/data by default)."""
+  is a GSM8K / MBPP question), math_frac (share of training records that are math rows),
+  data_root (../shared/data by default)."""
   soft_prob: float = 0.5
   question_prob: float = 0.3
+  math_frac: float = 0.0
   data_root: str = ""
 
 
@@ -182,9 +214,18 @@ class IFLadderTask(LadderTask):
 
   def validate(self) -> None:
     super().validate()
-    for name in ("soft_prob", "question_prob"):
+    for name in ("soft_prob", "question_prob", "math_frac"):
       if not 0.0 <= getattr(self.config, name) <= 1.0:
         raise ValueError(f"if_ladder: {name}={getattr(self.config, name)} must be in [0, 1]")
+
+  def record(self, split: str, index: int) -> dict[str, str]:
+    # The math draw has its own stream, so the instruction rows (and every held-out split) are the
+    # same whatever math_frac is.
+    if split == "train" and self.config.math_frac > 0:
+      rng = np.random.default_rng([self.config.seed, _MATH_STREAM, index])
+      if rng.random() < self.config.math_frac:
+        return math_record(rng, self.config.data_root or None)
+    return super().record(split, index)
 
   def generate(self, rng: np.random.Generator, index: int) -> dict[str, str]:
     del index
@@ -195,6 +236,6 @@ class IFLadderTask(LadderTask):
 
 
 def ladder_prompts(record: Mapping[str, Any]) -> list[str]:
-  """x_0 ... x_n of the record's instruction (§2.2)."""
+  """x_0 ... x_n of the record's instruction (§2.2); not for math rows."""
   meta = record_meta(record)
   return [render_prompt(meta["seed"], meta["constraints"][:k]) for k in range(len(meta["constraints"]) + 1)]
