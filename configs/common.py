@@ -24,8 +24,8 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.model.n_kv_heads = 2           # tiny only: key/value heads (GQA)
   c.model.d_ff = 256               # tiny only: SwiGLU width
   c.model.tie_embeddings = True    # tiny only: output projection shares the embedding
-  c.model.param_dtype = "float32"  # float32 on CPU, bfloat16 on TPU
-  c.model.compute_dtype = "float32"
+  c.model.param_dtype = "float32"  # the stored weights: keep float32 (bfloat16 weights round small updates away)
+  c.model.compute_dtype = "float32"  # matmul dtype: bfloat16 on TPU / GPU
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "arithmetic"       # a synthetic task (selfrl_jax.data.tasks.TASKS) or a benchmark in builders.BENCHMARK_TASKS

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -50,6 +51,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "IFEval only: prompts decoded to
 _LIMIT = flags.DEFINE_integer("limit", None, "IFEval only: the first N prompts (a quick look, not the score).")
 _OUTPUT = flags.DEFINE_string("output", None, "IFEval only: JSONL of per-prompt responses and verdicts.")
 _DATA = flags.DEFINE_string("data_root", None, "IFEval only: the shared data folder (default ../shared/data).")
+_ANSWER = flags.DEFINE_string("answer_pattern", "", "IFEval only: regex whose group 1 is the answer the checkers "
+                              "read (a thinking model: '</think>\\n\\n(.*)'); no match fails every instruction. "
+                              "'' = the whole response.")
 
 
 def _restore(workdir: str) -> RestoredRun:
@@ -67,9 +71,16 @@ def _restore(workdir: str) -> RestoredRun:
 def _ifeval() -> None:
   from selfrl_jax.data.benchmarks import load_ifeval  # pylint: disable=import-outside-toplevel
   from selfrl_jax.eval import ifeval  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.rewards.host import answer_span  # pylint: disable=import-outside-toplevel
   from selfrl_jax.models.loading import load_model  # pylint: disable=import-outside-toplevel
   if (_MODEL.value is None) == (_WORKDIR.value is None):
     raise ConfigError("--benchmark=ifeval takes exactly one of --model (a checkpoint) or --workdir (a run)")
+  try:
+    groups = re.compile(_ANSWER.value).groups if _ANSWER.value else 1
+  except re.error as e:
+    raise ConfigError(f"--answer_pattern={_ANSWER.value!r}: not a regular expression ({e})") from None
+  if groups < 1:
+    raise ConfigError(f"--answer_pattern={_ANSWER.value!r} needs a group: group 1 is the answer")
   if _MODEL.value is not None:
     model, tok = load_model(_MODEL.value)
     source, step = _MODEL.value, None
@@ -84,12 +95,14 @@ def _ifeval() -> None:
       progress=lambda done, total: bar.update(done - bar.n))
   bar.close()
   generate_s = time.perf_counter() - start
-  report = ifeval.ifeval_report(responses, records)
+  answers = [answer_span(r, _ANSWER.value) or "" for r in responses]
+  report = ifeval.ifeval_report(answers, records)
   summary = {"model": source, "step": step, "prompts": len(records),
              **{k: round(report[k], 4) for k in ifeval.METRICS},
              "cut_off_frac": round(1 - sum(stopped) / len(stopped), 4), "generate_s": round(generate_s, 1),
              "total_s": round(time.perf_counter() - start, 1), "max_new_tokens": _MAX_NEW.value,
-             "checker_errors": report["checker_errors"], "checker_timeouts": report["checker_timeouts"]}
+             "checker_errors": report["checker_errors"], "checker_timeouts": report["checker_timeouts"],
+             "answer_pattern": _ANSWER.value}
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
       for rec, response, stop in zip(records, responses, stopped):

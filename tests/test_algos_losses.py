@@ -32,6 +32,9 @@ def test_kl_closed_forms_vs_numpy():
   # verl's low_var_kl: a token far below the reference (k3 = e^4 - 5 = 49.6) contributes 10.
   far = np.asarray(kl_estimate(np.float32([[-6.0]]), np.float32([[-2.0]]), "low_var_kl"))
   assert far[0, 0] == pytest.approx(10.0)
+  # A token 100 nats below the reference: still 10, and a finite (zero) gradient, not 0 * inf = NaN.
+  grad = jax.grad(lambda lp: kl_estimate(lp, jnp.float32([[-1.0]]), "low_var_kl").sum())(jnp.float32([[-101.0]]))
+  assert np.isfinite(np.asarray(grad)).all()
 
 
 def test_kl_monte_carlo_matches_exact_categorical_kl():

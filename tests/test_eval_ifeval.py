@@ -1,6 +1,7 @@
 """IFEval evaluation: the four accuracies against if-verifiable's own per-sample evaluation over all 541
 prompts, and batched greedy generation that equals generating each prompt alone."""
 
+import json
 import random
 
 import jax
@@ -94,6 +95,9 @@ def test_eval_entry_point_on_the_packaged_model(tmp_path):
   out = subprocess.run(base + ["--model=smollm2", "--workdir=/tmp/x"], capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       "error: --benchmark=ifeval takes exactly one of --model (a checkpoint) or --workdir (a run)"]
+  out = subprocess.run(base + ["--model=smollm2", "--answer_pattern=</think>"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: --answer_pattern='</think>' needs a group: group 1 is the answer"]
   out = subprocess.run(base + ["--model=smollm2", "--limit=2", "--max_new_tokens=8", "--batch_size=2",
                                f"--output={tmp_path / 'ifeval.jsonl'}"], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr
@@ -103,3 +107,16 @@ def test_eval_entry_point_on_the_packaged_model(tmp_path):
   lines = [json.loads(line) for line in (tmp_path / "ifeval.jsonl").read_text().splitlines()]
   assert len(lines) == 3 and lines[0]["cut_off"] and lines[-1]["summary"] == summary
   assert "JAX version" not in out.stderr  # library INFO noise stays off
+
+
+def test_the_think_gate_checks_only_the_answer(shared_data):
+  """A thinking model's trace must not count (spec §3.5): with the gate, the checkers read the text
+  after </think>; a response without the tag has no answer and fails."""
+  from selfrl_jax.rewards.host import answer_span
+  record = next(r for r in load_ifeval(root=str(shared_data))
+                if json.loads(r["meta"])["instruction_id_list"] == ["punctuation:no_comma"])
+  response = "<think>first, second, third</think>\n\nNo commas in this answer at all."
+  gate = r"</think>\n\n(.*)"
+  assert ifeval_report([response], [record])["prompt_level_strict"] == 0.0
+  assert ifeval_report([answer_span(response, gate)], [record])["prompt_level_strict"] == 1.0
+  assert answer_span("no tag, no answer", gate) is None

@@ -146,6 +146,33 @@ def test_classifier_learns_the_hidden_soft_rules_from_true_labels():
   assert rm.roc_auc(probs, labels[2000:]) > 0.98
 
 
+def test_bradley_terry_objective_learns_to_rank_ladder_pairs():
+  """rm_objective='bt' (Table 6): trained only on (satisfying, not satisfying) pairs of one constraint,
+  as ladder_pairs lays them out, r = z1 - z0 ranks held-out pairs; unpaired labels are refused."""
+  tok = CharTokenizer()
+  rng = np.random.default_rng(1)
+  responses, constraints = [], []
+  for _ in range(1200):
+    c = str(rng.choice(["C", "L", "F"]))
+    neg = if_toy._random_response(rng)  # pylint: disable=protected-access
+    while if_toy.holds(c, neg):
+      neg = if_toy._random_response(rng)  # pylint: disable=protected-access
+    responses += [if_toy.sample_satisfying(c, rng), neg]
+    constraints += [c, c]
+  labels = np.tile([1, 0], 1200)
+  tokens, valid = rm.rm_inputs(tok, responses, constraints, 16)
+  cfg = tiny_config(vocab_size=tok.vocab_size, d_model=64, d_ff=256, n_layers=2)
+  graphdef = rm.classifier_graphdef(cfg)
+  params = rm.init_classifier(cfg, jax.random.key(0))
+  params, metrics = rm.train_rm(graphdef, params, tokens[:2000], valid[:2000], labels[:2000], steps=300,
+                                batch_size=64, learning_rate=1e-3, seed=0, objective="bt")
+  probs = rm.classifier_probs(graphdef, params, tokens[2000:], valid[2000:], batch_size=200)
+  assert np.mean(probs[0::2] > probs[1::2]) > 0.9, metrics  # sigmoid(r) is monotone in r
+  with pytest.raises(ValueError, match="positive, negative"):
+    rm.train_rm(graphdef, params, tokens[:8], valid[:8], np.asarray([1, 1, 0, 0, 1, 0, 1, 0]), steps=1,
+                batch_size=4, learning_rate=1e-3, seed=0, objective="bt")
+
+
 # --- the reward (§3.4) and its knobs -----------------------------------------------------------------
 
 
@@ -190,6 +217,21 @@ def test_a_math_row_is_scored_by_its_answer_in_every_arm(kw):
   np.testing.assert_allclose(np.asarray(got), [1.0, 0.0])
 
 
+def test_truncated_reward_zero_scores_a_cut_off_response_0():
+  """rl.truncated_reward reaches SSRL-IF's own reward (it does not use the shared reward_fn)."""
+  class Record:
+    def __init__(self, stopped):
+      self.aux, self.rollout = AUX, type("R", (), {"stopped_B": jnp.asarray(stopped)})
+
+    def replace(self, rewards):
+      return rewards
+
+  keep = _algorithm(soft_source="oracle").reward_phase(None, Record([False, True, True])).reward_B
+  zero = _algorithm(soft_source="oracle", truncated_reward="zero").reward_phase(None, Record([False, True, True])).reward_B
+  np.testing.assert_allclose(np.asarray(keep), [2 / 3, 1.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(zero), [0.0, 1.0, 0.0], rtol=1e-6)
+
+
 def test_spec_examples_and_the_answer_gate():
   algo = _algorithm()
   kind = jnp.asarray([[1, 1, 2]])
@@ -227,13 +269,14 @@ def test_host_check_builds_verdicts_and_classifier_inputs():
   assert not out["oracle_BxK"][1].any()  # "zzz" is outside the world
 
 
-def test_classifier_scores_inside_the_step_match_the_standalone_classifier():
+@pytest.mark.parametrize("rm_forward_batch", [0, 3])  # 3 does not divide the 4 inputs: lax.map keeps the rest
+def test_classifier_scores_inside_the_step_match_the_standalone_classifier(rm_forward_batch):
   tok = CharTokenizer()
   cfg = tiny_config(vocab_size=tok.vocab_size, d_model=32, d_ff=64)
   params = rm.init_classifier(cfg, jax.random.key(3))
   tokens, valid = rm.rm_inputs(tok, ["abc", "de", "f", "gh"], ["+a", "C", "!", "<3"], 8)
   aux = {"rm_tokens_BxKxL": jnp.asarray(tokens).reshape(2, 2, 8), "rm_valid_BxKxL": jnp.asarray(valid).reshape(2, 2, 8)}
-  got = _algorithm().classifier_probs(cfg, params, aux)
+  got = _algorithm(rm_forward_batch=rm_forward_batch).classifier_probs(cfg, params, aux)
   want = rm.classifier_probs(rm.classifier_graphdef(cfg), params, tokens, valid, batch_size=4)
   np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5)
   model_params = nnx.state(rm.RewardClassifier(cfg, rngs=nnx.Rngs(0)), nnx.Param)

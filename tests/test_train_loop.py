@@ -184,6 +184,7 @@ def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
     ("sft.task_params", {"digits": 1}, r"config.sft.task_params: Unknown arithmetic config fields \['digits'\]"),
     ("sft.task_params", {"num_digits": 0}, "config.sft.task_params: arithmetic: num_digits must be >= 1"),
     ("sft.task_params", {"seed": 3}, "config.sft.task_params: may not override seed or splits"),
+    ("model.param_dtype", "bfloat16", r"config.model.param_dtype: 'bfloat16' weights cannot take updates of optim.learning_rate=1e-06"),
 ])
 def test_inconsistent_config_names_the_field(field, value, message):
   cfg = get_config()
@@ -192,8 +193,20 @@ def test_inconsistent_config_names_the_field(field, value, message):
     cfg[section][name] = value
     if name == "kl_estimator":
       cfg.rl.kl_coef = 0.04
+    if name == "param_dtype":
+      cfg.optim.learning_rate = 1e-6
   with pytest.raises(ConfigError, match=message):
     validate_config(cfg)
+
+
+def test_bfloat16_weights_round_small_updates_away():
+  """The premise of the param_dtype check: optax adds an update in the weight's dtype."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  w = {"w": jnp.asarray([0.02, 0.3], jnp.bfloat16)}
+  moved = optax.apply_updates(w, {"w": jnp.full((2,), 1e-6, jnp.float32)})
+  assert (moved["w"] == w["w"]).all()
+  assert (optax.apply_updates(w, {"w": jnp.full((2,), 1e-3, jnp.float32)})["w"][0] != w["w"][0])
 
 
 def test_sft_task_params_give_demonstrations_outside_the_rl_eval_splits(tmp_path):

@@ -26,7 +26,7 @@ def get_config(arm: str | None = None):
     raise ValueError(f"Unknown RLAVR arm {arm!r}; valid: {sorted(ARMS)}.")
   c = get_base_config("rlavr")
   c.model.source = "smollm2"        # the paper: Phi-4-mini-instruct (CARE), Qwen3-1.7B-Base (baselines)
-  c.model.param_dtype = "bfloat16"  # TPU / GPU; use float32 on CPU
+  c.model.param_dtype = "float32"   # float32 weights (bfloat16 ones round lr-sized updates away)
   c.model.compute_dtype = "bfloat16"
   c.task.name = "math"
   c.task.chat = True

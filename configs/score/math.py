@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
   del arg
   c = get_base_config("score")
   c.model.source = "smollm2"        # replace with a local Qwen2.5-1.5B-Instruct (see the docstring)
-  c.model.param_dtype = "bfloat16"  # TPU; use float32 on CPU
+  c.model.param_dtype = "float32"   # float32 weights (bfloat16 ones round lr-sized updates away)
   c.model.compute_dtype = "bfloat16"
   c.task.name = "math"
   c.task.chat = True

@@ -41,7 +41,9 @@ def _k3(logr):
 
 def _low_var_kl(logr):
   # verl / EasyR1 `low_var_kl`: k3 clamped to [-10, 10] (only the upper bound can bind, k3 >= 0).
-  return jnp.clip(_k3(logr), -10.0, 10.0)
+  # The log-ratio is clamped to [-20, 20] first (as newer EasyR1 does): past ~88 expm1 overflows and
+  # the clamped branch's gradient would be 0 * inf = NaN; within the clamp nothing changes.
+  return jnp.clip(_k3(jnp.clip(logr, -20.0, 20.0)), -10.0, 10.0)
 
 
 KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _k2, "k3": _k3,

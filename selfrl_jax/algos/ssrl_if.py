@@ -23,7 +23,6 @@ on the warm-started policy's own ladder responses (`ssrl_if_prepare.py`).
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -37,9 +36,9 @@ from selfrl_jax.algos.grpo import GRPO
 from selfrl_jax.algos.losses import kl_loss_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.algos.ssrl_if_rm import RM_TEMPLATE_VERSION, classifier_graphdef, init_classifier, rm_inputs, rm_prob
-from selfrl_jax.algos.ssrl_if_worlds import WORLDS
+from selfrl_jax.algos.ssrl_if_worlds import RM_TEMPLATES, WORLDS
 from selfrl_jax.models.config import ModelConfig
-from selfrl_jax.rewards.host import decode_responses
+from selfrl_jax.rewards.host import answer_span, decode_responses
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SamplingParams
 
@@ -64,6 +63,8 @@ class SSRLIF(GRPO):
   answer_pattern: str = ""
   rm_width: int = 16
   eval_temperature: float = 0.5
+  rm_forward_batch: int = 0
+  truncated_reward: str = "keep"  # rl.truncated_reward: "zero" scores a response that hit max_new_tokens 0
 
   def phases(self):
     return (Phase("rollout", self.rollout_phase), Phase("check", self.check_phase, host=True),
@@ -78,10 +79,7 @@ class SSRLIF(GRPO):
   def answer_of(self, text: str) -> str | None:
     """The part of a response the constraints are checked on (§3.5): group 1 of `answer_pattern`,
     None when it does not match (scored 0), or the whole response when no pattern is set."""
-    if not self.answer_pattern:
-      return text
-    m = re.search(self.answer_pattern, text, re.DOTALL)
-    return m.group(1) if m else None
+    return answer_span(text, self.answer_pattern)
 
   def _check_host(self, tokens_BxN, valid_BxN, example_id_B) -> dict[str, np.ndarray]:
     texts = decode_responses(self.tokenizer, tokens_BxN, valid_BxN)
@@ -134,8 +132,13 @@ class SSRLIF(GRPO):
     """R_s(o, c_i) for every constraint slot, prob_BxK."""
     b, k, width = aux["rm_tokens_BxKxL"].shape
     rm = nnx.merge(classifier_graphdef(model_cfg), rm_params)
-    logits = rm(aux["rm_tokens_BxKxL"].reshape(b * k, width), aux["rm_valid_BxKxL"].reshape(b * k, width))
-    return rm_prob(logits).reshape(b, k)
+    tokens, valid = aux["rm_tokens_BxKxL"].reshape(b * k, width), aux["rm_valid_BxKxL"].reshape(b * k, width)
+    if not self.rm_forward_batch:
+      return rm_prob(rm(tokens, valid)).reshape(b, k)
+    # lax.map keeps one chunk's activations live at a time (same values, bounded memory).
+    prob = jax.lax.map(lambda tv: rm_prob(rm(tv[0][None], tv[1][None]))[0], (tokens, valid),
+                       batch_size=self.rm_forward_batch)
+    return prob.reshape(b, k)
 
   def constraint_rewards(self, prob_BxK, aux) -> jax.Array:
     """r_i per constraint slot (§3.3-3.4 and the §6.1 ablations); 0 on empty slots; a math answer
@@ -165,12 +168,16 @@ class SSRLIF(GRPO):
             else jnp.zeros(aux["kind_BxK"].shape))
     r_BxK = self.constraint_rewards(prob, aux)
     reward_B = self.aggregate(r_BxK, aux["kind_BxK"], aux["answered_B"])
+    if self.truncated_reward == "zero":
+      reward_B = jnp.where(record.rollout.stopped_B, reward_B, 0.0)
     present = aux["kind_BxK"] > 0
-    n = jnp.maximum(present.sum(axis=1), 1)
     judged = present & (aux["kind_BxK"] != ANSWER)
+    # Without an oracle for soft constraints (IFEval world) the oracle metrics cover the others only.
+    known = present if self.world.has_oracle else present & (aux["kind_BxK"] != SOFT)
+    n_known = jnp.maximum(known.sum(axis=1), 1)
     math_row_B = jnp.any(aux["kind_BxK"] == ANSWER, axis=1)
-    parts = {"oracle_constraint_acc_B": (aux["oracle_BxK"] * present).sum(axis=1) / n,
-             "oracle_all_met_B": jnp.all((aux["oracle_BxK"] > 0) | ~present, axis=1).astype(jnp.float32),
+    parts = {"oracle_constraint_acc_B": (aux["oracle_BxK"] * known).sum(axis=1) / n_known,
+             "oracle_all_met_B": jnp.all((aux["oracle_BxK"] > 0) | ~known, axis=1).astype(jnp.float32),
              "rm_scored_B": (prob * judged).sum(axis=1) / jnp.maximum(judged.sum(axis=1), 1),
              # accuracy on math rows = reward/math_solved / reward/math_row
              "math_row_B": math_row_B.astype(jnp.float32),
@@ -222,6 +229,7 @@ def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def _validate(cfg, check) -> None:
   ssrl_if_config.validate(cfg, check)
+  check(cfg.rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {cfg.rl.kl_coef}")
   problem = kl_loss_problem(cfg.rl.kl_estimator)
   check(cfg.rl.kl_coef == 0 or problem is None, "rl.kl_estimator", f"{problem} (rl.kl_coef={cfg.rl.kl_coef})")
 
@@ -233,7 +241,8 @@ def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) ->
                 kl_coef=cfg.rl.kl_coef, world=WORLDS[s.world](cfg, records), tokenizer=tokenizer,
                 aggregation=s.aggregation, soft_reward=s.soft_reward,
                 use_rule_reward=s.use_rule_reward, soft_source=s.soft_source, reward_scale=s.reward_scale,
-                answer_pattern=s.answer_pattern, rm_width=s.rm_width, eval_temperature=s.eval_temperature)
+                answer_pattern=s.answer_pattern, rm_width=s.rm_width, eval_temperature=s.eval_temperature,
+                rm_forward_batch=s.rm_forward_batch, truncated_reward=cfg.rl.truncated_reward)
 
 
 def _prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
@@ -246,8 +255,8 @@ def _prepare_settings(cfg) -> dict:
   return {"seed": cfg.seed, "task": cfg.task.to_dict(), "rl_sampling": [cfg.rl.temperature, cfg.rl.top_k, cfg.rl.top_p,
                                                                        cfg.rl.max_new_tokens, cfg.rl.max_prompt_len],
           **{k: s[k] for k in ("world", "rm_ladders", "rm_pairs", "rm_holdout", "rm_steps", "rm_batch_size",
-                               "rm_learning_rate", "rm_init", "rm_width", "answer_pattern")},
-          "template": RM_TEMPLATE_VERSION}
+                               "rm_learning_rate", "rm_init", "rm_objective", "rm_width", "answer_pattern")},
+          "template": [RM_TEMPLATE_VERSION, RM_TEMPLATES[s.world]]}
 
 
 ALGORITHM = AlgorithmSpec(name="ssrl_if", build=_build, default_config=ssrl_if_config.default_config,

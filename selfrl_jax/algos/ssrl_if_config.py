@@ -12,6 +12,7 @@ SOFT_REWARDS = ("prob", "binary")
 SOFT_SOURCES = ("rm", "oracle")
 RM_PAIRS = ("all", "soft")
 RM_INITS = ("policy", "random")
+RM_OBJECTIVES = ("ce", "bt")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,8 +30,10 @@ def default_config() -> ml_collections.ConfigDict:
   s.rm_steps = 400               # classifier Adam steps on random minibatches
   s.rm_batch_size = 64           # pairs per classifier step
   s.rm_learning_rate = 1e-3      # classifier Adam learning rate (released: 5e-6 full fine-tune of a 1.5B/7B model, 3 epochs, batch 1)
+  s.rm_objective = "ce"          # ce: the paper's binary classifier (2-way cross-entropy) | bt: Bradley-Terry on each constraint's (o_k, o_{k-1}) pair (Table 6's alternative)
   s.rm_init = "policy"           # backbone initial weights: policy (the warm-started policy, as the paper starts from an instruct model) | random
-  s.rm_width = 16                # RM input buffer (tokens): constraint, separator and response, left-padded
+  s.rm_width = 16                # RM input buffer (tokens): the world's template around constraint and response, left-padded; a longer input keeps its last rm_width tokens
+  s.rm_forward_batch = 0         # classifier inputs scored together inside the step (0 = all B x K at once; set e.g. 64 when that does not fit in memory)
   s.eval_temperature = 0.5       # held-out decoding temperature (§9.6: 0.5; 0 = greedy)
   return s
 
@@ -39,7 +42,8 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
   s, rl = cfg.ssrl_if, cfg.rl
   for field, value, allowed in (("world", s.world, WORLDS), ("aggregation", s.aggregation, AGGREGATIONS),
                                 ("soft_reward", s.soft_reward, SOFT_REWARDS), ("soft_source", s.soft_source, SOFT_SOURCES),
-                                ("rm_pairs", s.rm_pairs, RM_PAIRS), ("rm_init", s.rm_init, RM_INITS)):
+                                ("rm_pairs", s.rm_pairs, RM_PAIRS), ("rm_init", s.rm_init, RM_INITS),
+                                ("rm_objective", s.rm_objective, RM_OBJECTIVES)):
     check(value in allowed, f"ssrl_if.{field}", f"{value!r} is not one of {allowed}")
   check(s.use_rule_reward or s.rm_pairs == "all", "ssrl_if.rm_pairs",
         "use_rule_reward=False lets the classifier score hard constraints, so it must be trained on them (rm_pairs='all')")
@@ -49,6 +53,7 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
   check(s.rm_steps >= 1 and s.rm_batch_size >= 1, "ssrl_if.rm_steps", "rm_steps and rm_batch_size must be >= 1")
   check(s.rm_learning_rate > 0, "ssrl_if.rm_learning_rate", "must be > 0")
   check(s.rm_width >= 4, "ssrl_if.rm_width", f"must be >= 4 tokens, got {s.rm_width}")
+  check(s.rm_forward_batch >= 0, "ssrl_if.rm_forward_batch", f"must be >= 0 (0 = all at once), got {s.rm_forward_batch}")
   check(s.eval_temperature >= 0, "ssrl_if.eval_temperature", "must be >= 0")
   try:
     pattern = re.compile(s.answer_pattern) if s.answer_pattern else None

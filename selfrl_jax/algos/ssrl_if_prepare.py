@@ -34,11 +34,12 @@ _SAMPLE_BATCH = 64
 
 
 def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
-                   batch_size: int = _SAMPLE_BATCH) -> list[str]:
-  """One training-decoding response per prompt (fixed batch shapes), as `algorithm.answer_of` reads it
-  ("" where the answer pattern does not match)."""
+                   batch_size: int = _SAMPLE_BATCH, system_prompt: str | None = None) -> list[str]:
+  """One training-decoding response per prompt (fixed batch shapes, the prompt encoded as RL encodes
+  it), as `algorithm.answer_of` reads it ("" where the answer pattern does not match)."""
   sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
-  out = generate_in_batches(sampler, nnx.state(model), tokenizer, [encode_prompt(tokenizer, p, chat) for p in prompts],
+  encoded = [encode_prompt(tokenizer, p, chat, system_prompt) for p in prompts]
+  out = generate_in_batches(sampler, nnx.state(model), tokenizer, encoded,
                             jax.random.key(seed), batch_size=batch_size, width=width)
   return [algorithm.answer_of(text) or "" for text, _, _ in out]
 
@@ -61,7 +62,8 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   n = len(ladders)
   # A ladder whose longest prompt does not fit the prompt buffer is skipped (counted), as RL skips it.
   width = cfg.rl.max_prompt_len
-  fits = [max(len(encode_prompt(tokenizer, p, cfg.task.chat)) for p in prompts) <= width for prompts, _ in ladders]
+  system = cfg.task.system_prompt or None
+  fits = [max(len(encode_prompt(tokenizer, p, cfg.task.chat, system)) for p in prompts) <= width for prompts, _ in ladders]
   skipped = len(ladders) - sum(fits)
   ladders = [ladder for ladder, ok in zip(ladders, fits) if ok]
   if len(ladders) < 2:
@@ -69,7 +71,7 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   instructions = [instruction for _, instruction in ladders]
   prompts = [p for ladder_prompts, _ in ladders for p in ladder_prompts]
   answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
-                           seed=cfg.seed)
+                           seed=cfg.seed, system_prompt=system)
   pairs_by_ladder, start = [], 0
   for instruction in instructions:
     ladder = answers[start:start + len(instruction) + 1]
@@ -91,7 +93,8 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   graphdef = classifier_graphdef(model.cfg)
   tokens, valid, labels = arrays(train_pairs)
   params, train_metrics = train_rm(graphdef, params, tokens, valid, labels, steps=s.rm_steps,
-                                   batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed)
+                                   batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed,
+                                   objective=s.rm_objective)
   test_tokens, test_valid, test_labels = arrays(test_pairs)
   probs = classifier_probs(graphdef, params, test_tokens, test_valid)
   report = {"num_pairs": float(len(train_pairs)), "ladders_skipped": float(skipped), "rm_train_acc": train_metrics["train_acc"],

@@ -31,8 +31,9 @@ from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import Decoder, forward_full
 from selfrl_jax.models.tokenizers import Tokenizer
 
-# The input is one string; the constraint comes first so that, left-padded, the response's last
-# token is always the final position. Versioned: a change invalidates trained classifiers.
+# The toy's input is one string, the constraint first (the IFEval world's is ssrl_if_worlds.IFEVAL_TEMPLATE).
+# Bump the version when the reading of a template changes; the template strings themselves are part
+# of the preparation stage's cache key, so editing one retrains the classifier.
 RM_TEMPLATE = "{constraint}|{response}"
 RM_TEMPLATE_VERSION = 1
 
@@ -107,7 +108,9 @@ def ladder_pairs(responses: Sequence[str], instruction: Sequence[str]) -> list[P
 def rm_inputs(tokenizer: Tokenizer, responses: Sequence[str], constraints: Sequence[str], width: int,
               template: str = RM_TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
   """(tokens_NxL, valid_NxL): each (response, constraint) in the template, left-padded to `width`;
-  an input longer than `width` keeps its last `width` tokens (the end of the response)."""
+  an input longer than `width` keeps its last `width` tokens. With the toy template (constraint
+  first) that is the end of the response; with the IFEval template, which ends with the constraint,
+  the judge instruction goes first, then the start of the response."""
   tokens = np.full((len(responses), width), tokenizer.pad_id, np.int32)
   valid = np.zeros((len(responses), width), bool)
   for i, (r, c) in enumerate(zip(responses, constraints)):
@@ -118,26 +121,43 @@ def rm_inputs(tokenizer: Tokenizer, responses: Sequence[str], constraints: Seque
 
 
 def train_rm(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: np.ndarray, valid_NxL: np.ndarray,
-             labels_N: np.ndarray, *, steps: int, batch_size: int, learning_rate: float, seed: int
-             ) -> tuple[nnx.State, dict[str, float]]:
+             labels_N: np.ndarray, *, steps: int, batch_size: int, learning_rate: float, seed: int,
+             objective: str = "ce") -> tuple[nnx.State, dict[str, float]]:
   """Trains the classifier with Adam on random minibatches (one compiled step); returns the params and
-  the last-100-step mean training loss and accuracy."""
+  the last-100-step mean training loss and accuracy.
+
+  objective: "ce" — 2-way cross-entropy on `batch_size` random inputs (the paper's classifier);
+    "bt" — Bradley-Terry (Table 6's alternative), -log sigmoid(r_pos - r_neg) with r = z1 - z0, on
+    `batch_size // 2` random (positive, negative) pairs; the inputs must come as `ladder_pairs` makes
+    them, positive then negative for each constraint (labels 1, 0, 1, 0, ...). Accuracy for "bt" is
+    how often r_pos > r_neg.
+  """
+  if objective not in ("ce", "bt"):
+    raise ValueError(f"unknown classifier objective {objective!r}; valid: ['bt', 'ce']")
+  labels_N = np.asarray(labels_N, np.int32)
   if len(labels_N) < batch_size:
     raise ValueError(f"{len(labels_N)} pseudo-labelled pairs, fewer than rm batch_size={batch_size}")
+  if objective == "bt" and (len(labels_N) % 2 or (labels_N[0::2] != 1).any() or (labels_N[1::2] != 0).any()):
+    raise ValueError("objective='bt' needs the inputs as (positive, negative) pairs: labels 1, 0, 1, 0, ...")
   tx = optax.adam(learning_rate)
   opt_state = tx.init(params)
   data = (jnp.asarray(tokens_NxL), jnp.asarray(valid_NxL), jnp.asarray(labels_N, jnp.int32))
 
+  def loss_fn(p, tokens, valid, labels):
+    logits = nnx.merge(graphdef, p)(tokens, valid)
+    if objective == "ce":
+      return classification_loss(logits, labels), (jnp.argmax(logits, -1) == labels).mean()
+    r_pos, r_neg = (logits[:, 1] - logits[:, 0]).reshape(-1, 2).T
+    return bradley_terry_loss(r_pos, r_neg), (r_pos > r_neg).mean()
+
   @jax.jit
   def step(params, opt_state, key):
-    idx = jax.random.randint(key, (batch_size,), 0, data[2].shape[0])
-    tokens, valid, labels = (x[idx] for x in data)
-
-    def loss_fn(p):
-      logits = nnx.merge(graphdef, p)(tokens, valid)
-      return classification_loss(logits, labels), (jnp.argmax(logits, -1) == labels).mean()
-
-    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if objective == "ce":
+      idx = jax.random.randint(key, (batch_size,), 0, data[2].shape[0])
+    else:  # whole pairs: rows 2j (positive) and 2j + 1 (negative)
+      j = jax.random.randint(key, (max(batch_size // 2, 1),), 0, data[2].shape[0] // 2)
+      idx = jnp.stack([2 * j, 2 * j + 1], axis=1).reshape(-1)
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *(x[idx] for x in data))
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, acc
 

@@ -146,6 +146,7 @@ def _shared_verifier(timeout_s: float, kind: str = "instruction"):
   return _VERIFIERS[timeout_s, kind]
 
 
+RM_TEMPLATES = {"toy": TOY_TEMPLATE, "ifeval": IFEVAL_TEMPLATE}
 WORLDS = {
     "toy": lambda cfg, records: ToyWorld(records, cfg.task.params.get("num_constraints", 5)),
     "ifeval": lambda cfg, records: IFEvalWorld(records, cfg.task.params.get("num_constraints", 5)),

@@ -14,8 +14,9 @@ compatible constraints, in order:
   ...), written with the checker's own `build_description` text, validated (`validate_constraint`:
   no argument the checker would replace or randomise), and never two that IFEval's
   `INSTRUCTION_CONFLICTS` marks as conflicting;
-- soft: a tone / audience / style / role constraint from `SOFT_CONSTRAINTS` (the CFBench-style
-  taxonomy of v1 Table 10), free text checked by the reward model only; one per category.
+- soft: a tone / audience / style / role constraint from `SOFT_CONSTRAINTS` (4 of the 25 categories
+  of the CFBench-style taxonomy of v1 Table 10, five phrasings each), free text checked by the reward
+  model only; one per category.
 
 Record `level` k holds x_k = seed + the first k constraints (§2.2); training records draw k from
 `levels` ("12345": the released mixture of every level; "5": full instructions only); held-out

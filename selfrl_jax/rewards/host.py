@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -118,3 +119,13 @@ class CodeTestReward(VerifierReward):
 
   def reference(self, record: Mapping[str, Any]) -> dict[str, Any]:
     return code_tests_of(record)
+
+
+def answer_span(text: str, pattern: str) -> str | None:
+  """The part of a response constraints are checked on: group 1 of the first match of `pattern`
+  (DOTALL; e.g. the released think gate `</think>\\n\\n(.*)`), None when it does not match, or the
+  whole text when `pattern` is ""."""
+  if not pattern:
+    return text
+  m = re.search(pattern, text, re.DOTALL)
+  return m.group(1) if m else None

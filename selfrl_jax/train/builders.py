@@ -89,6 +89,12 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   _check(rl.max_answer_len >= 2, "rl.max_answer_len", "needs room for at least one answer token and EOS")
   _check(cfg.train.num_steps >= 1, "train.num_steps", f"must be >= 1, got {cfg.train.num_steps}")
   _check(cfg.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  # Weights stored in bfloat16 (8 significant bits) round an Adam step of about lr away unless
+  # lr > |w| * 2^-8: at lr 1e-6 nothing above |w| = 0.0003 ever moves. There is no float32 master copy.
+  _check(cfg.model.param_dtype != "bfloat16" or cfg.optim.learning_rate >= 1e-3, "model.param_dtype",
+         f"'bfloat16' weights cannot take updates of optim.learning_rate={cfg.optim.learning_rate:g}: each one is below "
+         "half a bfloat16 step for any weight larger than lr * 2^8, so it rounds to nothing. Keep param_dtype='float32' "
+         "and set compute_dtype='bfloat16' for bfloat16 matmuls")
   _check(cfg.task.valid_size % cfg.train.eval_batch_size == 0, "task.valid_size",
          f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.train.eval_size % cfg.train.eval_batch_size == 0, "train.eval_size",

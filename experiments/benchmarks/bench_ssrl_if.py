@@ -1,0 +1,167 @@
+r"""SSRL-IF's two costs outside the policy: the host IFEval checks and the reward classifier.
+
+  python -m experiments.benchmarks.bench_ssrl_if --part=verifier --responses=/tmp/ifeval.jsonl
+  python -m experiments.benchmarks.bench_ssrl_if --part=rm_toy
+  python -m experiments.benchmarks.bench_ssrl_if --part=rm_forward --config=configs/ssrl_if/ifeval.py \
+      --config.rl.prompts_per_step=8 --config.rl.group_size=4 --config.ssrl_if.rm_width=256 \
+      --metrics=/tmp/ssrl_real/metrics.jsonl
+
+verifier: every (response, instruction) pair of IFEval's 541 prompts, strict, checked one by one
+  in this process (`check_item`, the obvious way) against `InstructionVerifier` (the worker pool
+  with a time limit that training uses; `--workers`). Responses come from an
+  `eval.py --benchmark=ifeval --output=...` file (the model's real answers) or, without one, the
+  prompts themselves. Reports responses/s and checks/s.
+rm_toy: the tiny reproduction's iteration with the classifier scoring soft constraints (arm C,
+  `method`) against the same iteration with the hidden oracle instead (arm F, `oracle_soft`: no
+  classifier forward), `--steps` iterations each; the difference of the median step times is the
+  classifier's cost.
+rm_forward: the classifier's forward alone at a config's reward shapes (B = prompts x group
+  responses, K constraints, `ssrl_if.rm_width` tokens) against the median `time/step_s` of a run of
+  that config (`--metrics`), e.g. the SmolLM2 run in configs/ssrl_if/README.md.
+
+Each side runs in its own process, `--repeats` times; the median and the range are printed. Run on
+an idle machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_PART = flags.DEFINE_enum("part", "verifier", ["verifier", "rm_toy", "rm_forward"], "What to measure.")
+_SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
+_RESPONSES = flags.DEFINE_string("responses", None, "verifier: eval.py --benchmark=ifeval --output JSONL.")
+_WORKERS = flags.DEFINE_integer("workers", 2, "verifier: pool processes.")
+_STEPS = flags.DEFINE_integer("steps", 12, "rm_toy: RL iterations per run (the first, compiling, is dropped).")
+_METRICS = flags.DEFINE_string("metrics", None, "rm_forward: metrics.jsonl of a run of --config.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/ssrl_if/ifeval.py", "rm_forward: the config.")
+
+
+def _verifier_side(side: str) -> dict:
+  from selfrl_jax.data.benchmarks import load_ifeval  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.eval.ifeval import ifeval_constraints  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.rewards.instruction_following import InstructionVerifier, check_item  # pylint: disable=import-outside-toplevel
+  records = list(load_ifeval())
+  if _RESPONSES.value:
+    with open(_RESPONSES.value) as f:
+      responses = [row["response"] for row in map(json.loads, f) if "response" in row]
+  else:
+    responses = [r["prompt"] for r in records]
+  pairs = [(resp, c) for resp, rec in zip(responses, records) for c in ifeval_constraints(rec, loose=False)]
+  if side == "serial":
+    check_item(*pairs[0])  # imports and langdetect's profiles load outside the timing
+    start = time.perf_counter()
+    for resp, c in pairs:
+      check_item(resp, c)
+    seconds = time.perf_counter() - start
+  else:
+    with InstructionVerifier(num_workers=_WORKERS.value) as pool:
+      pool.check([pairs[0][0]] * _WORKERS.value, [pairs[0][1]] * _WORKERS.value)  # workers started and warm
+      start = time.perf_counter()
+      pool.check([r for r, _ in pairs], [c for _, c in pairs])
+      seconds = time.perf_counter() - start
+  return {"responses_per_s": len(responses) / seconds, "checks_per_s": len(pairs) / seconds,
+          "seconds": seconds, "checks": len(pairs)}
+
+
+def _rm_toy_side(arm: str, workdir: str) -> dict:
+  from experiments.arms import load_config_module  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
+  cfg = load_config_module("ssrl_if/tiny_constraints.py").get_config(arm)
+  with cfg.unlocked():
+    cfg.train.num_steps, cfg.train.eval_every, cfg.train.checkpoint_every = _STEPS.value, 0, 0
+    cfg.train.progress = False
+  run_dir = tempfile.mkdtemp(dir=workdir)
+  train(cfg, run_dir, sft_cache_dir=os.path.join(workdir, "warm_start"))
+  times = [r["time/step_s"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "time/step_s" in r]
+  return {"step_s": statistics.median(times[1:])}
+
+
+def _rm_forward_side() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.algos import ssrl_if_rm  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
+  cfg = _CONFIG.value
+  model, _ = builders.build_model(cfg)
+  rows = cfg.rl.prompts_per_step * cfg.rl.group_size * cfg.task.params.get("num_constraints", 5)
+  width = cfg.ssrl_if.rm_width
+  params = ssrl_if_rm.init_classifier(model.cfg, jax.random.key(0))
+  graphdef = ssrl_if_rm.classifier_graphdef(model.cfg)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, model.cfg.vocab_size, (rows, width)).astype(np.int32)
+  valid = np.ones((rows, width), bool)
+
+  @jax.jit
+  def forward(params, tokens, valid):
+    return ssrl_if_rm.rm_prob(nnx.merge(graphdef, params)(tokens, valid))
+
+  jax.block_until_ready(forward(params, tokens, valid))
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(forward(params, tokens, valid))
+    times.append(time.perf_counter() - start)
+  return {"forward_s": statistics.median(times), "rows": rows, "width": width}
+
+
+def _spawn(side: str, extra: list[str]) -> dict:
+  cmd = [sys.executable, "-m", "experiments.benchmarks.bench_ssrl_if", f"--part={_PART.value}", f"--side={side}", *extra]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise SystemExit(f"side {side} failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summary(values: list[float]) -> str:
+  return f"median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f}, n={len(values)})"
+
+
+def main(argv):
+  del argv
+  passthrough = [a for a in sys.argv[1:] if not a.startswith(("--part", "--side", "--repeats"))]
+  if _SIDE.value:
+    if _PART.value == "verifier":
+      result = _verifier_side(_SIDE.value)
+    elif _PART.value == "rm_toy":
+      result = _rm_toy_side(_SIDE.value, os.environ["BENCH_WORKDIR"])
+    else:
+      result = _rm_forward_side()
+    print(json.dumps(result))
+    return
+  if _PART.value == "verifier":
+    for side in ("serial", "pool"):
+      runs = [_spawn(side, passthrough) for _ in range(_REPEATS.value)]
+      print(f"{side:>7} ({runs[0]['checks']} checks): responses/s {_summary([r['responses_per_s'] for r in runs])}; "
+            f"checks/s {_summary([r['checks_per_s'] for r in runs])}")
+  elif _PART.value == "rm_toy":
+    os.environ["BENCH_WORKDIR"] = tempfile.mkdtemp(prefix="bench_ssrl_if_")
+    _spawn("method", passthrough)  # builds the shared warm start and classifier once, untimed
+    steps = {arm: [_spawn(arm, passthrough)["step_s"] for _ in range(_REPEATS.value)] for arm in ("method", "oracle_soft")}
+    for arm, values in steps.items():
+      print(f"{arm:>12}: step s {_summary(values)}")
+    with_rm, without = statistics.median(steps["method"]), statistics.median(steps["oracle_soft"])
+    print(f"classifier share of the step: {(with_rm - without) / with_rm:.1%}")
+  else:
+    runs = [_spawn("forward", passthrough) for _ in range(_REPEATS.value)]
+    forward = [r["forward_s"] for r in runs]
+    print(f"classifier forward at {runs[0]['rows']} x {runs[0]['width']} tokens: s {_summary(forward)}")
+    if _METRICS.value:
+      with open(_METRICS.value) as f:
+        step = [r["time/step_s"] for r in map(json.loads, f) if "time/step_s" in r][1:]
+      print(f"run step s {_summary(step)}; classifier share {statistics.median(forward) / statistics.median(step):.1%}")
+
+
+if __name__ == "__main__":
+  app.run(main)
