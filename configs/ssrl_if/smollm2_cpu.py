@@ -14,6 +14,8 @@ What changes from the released setting, and why (configs/ssrl_if/README.md has t
 
 from configs.ssrl_if import ifeval
 
+SIZE_VARIANT_OF = "ifeval.py"  # same method and knobs, other sizes (tests run one step of ifeval.py only)
+
 
 def get_config(arm: str | None = None):
   c = ifeval.get_config(arm)

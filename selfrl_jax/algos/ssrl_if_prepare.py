@@ -21,6 +21,7 @@ import math
 
 import jax
 import numpy as np
+import tqdm
 from flax import nnx
 
 from selfrl_jax.algos.ssrl_if_rm import (classifier_graphdef, classifier_probs, init_classifier, ladder_pairs,
@@ -34,13 +35,13 @@ _SAMPLE_BATCH = 64
 
 
 def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
-                   batch_size: int = _SAMPLE_BATCH, system_prompt: str | None = None) -> list[str]:
+                   batch_size: int = _SAMPLE_BATCH, system_prompt: str | None = None, progress=None) -> list[str]:
   """One training-decoding response per prompt (fixed batch shapes, the prompt encoded as RL encodes
   it), as `algorithm.answer_of` reads it ("" where the answer pattern does not match)."""
   sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
   encoded = [encode_prompt(tokenizer, p, chat, system_prompt) for p in prompts]
   out = generate_in_batches(sampler, nnx.state(model), tokenizer, encoded,
-                            jax.random.key(seed), batch_size=batch_size, width=width)
+                            jax.random.key(seed), batch_size=batch_size, width=width, progress=progress)
   return [algorithm.answer_of(text) or "" for text, _, _ in out]
 
 
@@ -70,8 +71,10 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
     raise ValueError(f"ssrl_if.rm_ladders: only {len(ladders)} of {n} ladders fit rl.max_prompt_len={width}")
   instructions = [instruction for _, instruction in ladders]
   prompts = [p for ladder_prompts, _ in ladders for p in ladder_prompts]
-  answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
-                           seed=cfg.seed, system_prompt=system)
+  with tqdm.tqdm(total=len(prompts), desc="prepare: ladder responses", unit="response",
+                 disable=not cfg.train.progress) as bar:
+    answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
+                             seed=cfg.seed, system_prompt=system, progress=lambda done, _: bar.update(done - bar.n))
   pairs_by_ladder, start = [], 0
   for instruction in instructions:
     ladder = answers[start:start + len(instruction) + 1]
@@ -92,9 +95,10 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   params = init_classifier(model.cfg, key, backbone)
   graphdef = classifier_graphdef(model.cfg)
   tokens, valid, labels = arrays(train_pairs)
-  params, train_metrics = train_rm(graphdef, params, tokens, valid, labels, steps=s.rm_steps,
-                                   batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed,
-                                   objective=s.rm_objective)
+  with tqdm.tqdm(total=s.rm_steps, desc="prepare: classifier", unit="step", disable=not cfg.train.progress) as bar:
+    params, train_metrics = train_rm(graphdef, params, tokens, valid, labels, steps=s.rm_steps,
+                                     batch_size=s.rm_batch_size, learning_rate=s.rm_learning_rate, seed=cfg.seed,
+                                     objective=s.rm_objective, on_step=lambda _: bar.update())
   test_tokens, test_valid, test_labels = arrays(test_pairs)
   probs = classifier_probs(graphdef, params, test_tokens, test_valid)
   report = {"num_pairs": float(len(train_pairs)), "ladders_skipped": float(skipped), "rm_train_acc": train_metrics["train_acc"],

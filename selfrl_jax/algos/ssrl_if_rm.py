@@ -122,7 +122,7 @@ def rm_inputs(tokenizer: Tokenizer, responses: Sequence[str], constraints: Seque
 
 def train_rm(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: np.ndarray, valid_NxL: np.ndarray,
              labels_N: np.ndarray, *, steps: int, batch_size: int, learning_rate: float, seed: int,
-             objective: str = "ce") -> tuple[nnx.State, dict[str, float]]:
+             objective: str = "ce", on_step=None) -> tuple[nnx.State, dict[str, float]]:
   """Trains the classifier with Adam on random minibatches (one compiled step); returns the params and
   the last-100-step mean training loss and accuracy.
 
@@ -131,6 +131,7 @@ def train_rm(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: np.ndarray, 
     `batch_size // 2` random (positive, negative) pairs; the inputs must come as `ladder_pairs` makes
     them, positive then negative for each constraint (labels 1, 0, 1, 0, ...). Accuracy for "bt" is
     how often r_pos > r_neg.
+  on_step: called with the step index after each step (a progress bar).
   """
   if objective not in ("ce", "bt"):
     raise ValueError(f"unknown classifier objective {objective!r}; valid: ['bt', 'ce']")
@@ -166,6 +167,8 @@ def train_rm(graphdef: nnx.GraphDef, params: nnx.State, tokens_NxL: np.ndarray, 
   for i in range(steps):
     params, opt_state, loss, acc = step(params, opt_state, jax.random.fold_in(key, i))
     history.append((loss, acc))
+    if on_step is not None:
+      on_step(i)
   tail = np.asarray(jax.device_get(history[-100:]), np.float64)
   return params, {"train_loss": float(tail[:, 0].mean()), "train_acc": float(tail[:, 1].mean())}
 
