@@ -89,6 +89,16 @@ def test_ladder_pairs():
     rm.ladder_pairs(["o0", "o1"], ["c1", "c2", "c3"])
 
 
+def test_training_pairs_keep_pairs_whole_and_drop_unanswered_ones():
+  from selfrl_jax.algos.ssrl_if_prepare import training_pairs
+  soft, hard = ssrl_if_worlds.WorldConstraint("s", True), ssrl_if_worlds.WorldConstraint("h", False)
+  pairs, dropped = training_pairs(["o0", None, "o2", "o3"], [soft, hard, soft], "all")
+  assert [(p.response, p.label) for p in pairs] == [("o3", 1), ("o2", 0)] and dropped == 2  # c1, c2 touch o1
+  pairs, dropped = training_pairs(["o0", "o1", "o2", "o3"], [soft, hard, soft], "soft")
+  assert [(p.response, p.label, p.level) for p in pairs] == [("o1", 1, 1), ("o0", 0, 1), ("o3", 1, 3), ("o2", 0, 3)]
+  assert dropped == 0
+
+
 def test_classification_loss_is_bce_on_the_logit_difference_value_and_gradient():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(6, 2)), jnp.float32)

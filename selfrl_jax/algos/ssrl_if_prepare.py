@@ -12,7 +12,8 @@ sample per prompt) answers x_0 (no constraint) ... x_n (all n); each constraint 
 - rm_train_acc / rm_train_loss: the last 100 classifier steps;
 - rm_heldout_acc / rm_heldout_auc: against the pseudo-labels of the held-out ladders;
 - rm_oracle_acc(_soft) / rm_oracle_auc(_soft): against the oracle on the held-out responses;
-- num_pairs: training pairs; ladders_skipped: ladders whose longest prompt does not fit rl.max_prompt_len.
+- num_pairs: training pairs; ladders_skipped: ladders whose longest prompt does not fit rl.max_prompt_len;
+  pairs_unanswered: (positive, negative) pairs dropped because a side did not match `answer_pattern`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,25 @@ _SAMPLE_BATCH = 64
 
 
 def sample_answers(algorithm, model, tokenizer, prompts: list[str], *, chat: bool, width: int, seed: int,
-                   batch_size: int = _SAMPLE_BATCH, system_prompt: str | None = None, progress=None) -> list[str]:
+                   batch_size: int = _SAMPLE_BATCH, system_prompt: str | None = None,
+                   progress=None) -> list[str | None]:
   """One training-decoding response per prompt (fixed batch shapes, the prompt encoded as RL encodes
-  it), as `algorithm.answer_of` reads it ("" where the answer pattern does not match)."""
+  it), as `algorithm.answer_of` reads it (None where the answer pattern does not match)."""
   sampler = Sampler(nnx.graphdef(model), algorithm.sampling, group_size=1)
   encoded = [encode_prompt(tokenizer, p, chat, system_prompt) for p in prompts]
   out = generate_in_batches(sampler, nnx.state(model), tokenizer, encoded,
                             jax.random.key(seed), batch_size=batch_size, width=width, progress=progress)
-  return [algorithm.answer_of(text) or "" for text, _, _ in out]
+  return [algorithm.answer_of(text) for text, _, _ in out]
+
+
+def training_pairs(answers: list[str | None], instruction, rm_pairs: str) -> tuple[list, int]:
+  """(the ladder's pseudo-labelled pairs for the classifier, pairs dropped): `ladder_pairs` of
+  o_0..o_n, soft constraints only for rm_pairs="soft"; (positive, negative) stay together, and a
+  pair with a side that has no answer (None: the answer pattern did not match) is dropped whole."""
+  pairs = ladder_pairs(answers, instruction)
+  kept = [pair for pair in zip(pairs[0::2], pairs[1::2]) if rm_pairs == "all" or pair[0].constraint.soft]
+  answered = [pair for pair in kept if pair[0].response is not None and pair[1].response is not None]
+  return [p for pair in answered for p in pair], len(kept) - len(answered)
 
 
 def _rate(x: np.ndarray) -> float:
@@ -75,12 +87,13 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
                  disable=not cfg.train.progress) as bar:
     answers = sample_answers(algorithm, model, tokenizer, prompts, chat=cfg.task.chat, width=cfg.rl.max_prompt_len,
                              seed=cfg.seed, system_prompt=system, progress=lambda done, _: bar.update(done - bar.n))
-  pairs_by_ladder, start = [], 0
+  pairs_by_ladder, start, unanswered = [], 0, 0
   for instruction in instructions:
     ladder = answers[start:start + len(instruction) + 1]
     start += len(instruction) + 1
-    pairs = ladder_pairs(ladder, instruction)
-    pairs_by_ladder.append([p for p in pairs if s.rm_pairs == "all" or p.constraint.soft])
+    pairs, dropped = training_pairs(ladder, instruction, s.rm_pairs)
+    pairs_by_ladder.append(pairs)
+    unanswered += dropped
   held = max(1, math.ceil(s.rm_holdout * len(ladders)))
   train_pairs = [p for ladder in pairs_by_ladder[:-held] for p in ladder]
   test_pairs = [p for ladder in pairs_by_ladder[-held:] for p in ladder]
@@ -101,7 +114,8 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
                                      objective=s.rm_objective, on_step=lambda _: bar.update())
   test_tokens, test_valid, test_labels = arrays(test_pairs)
   probs = classifier_probs(graphdef, params, test_tokens, test_valid)
-  report = {"num_pairs": float(len(train_pairs)), "ladders_skipped": float(skipped), "rm_train_acc": train_metrics["train_acc"],
+  report = {"num_pairs": float(len(train_pairs)), "ladders_skipped": float(skipped),
+            "pairs_unanswered": float(unanswered), "rm_train_acc": train_metrics["train_acc"],
             "rm_train_loss": train_metrics["train_loss"],
             "rm_heldout_acc": _rate((probs > 0.5) == test_labels), "rm_heldout_auc": roc_auc(probs, test_labels)}
   if world.has_oracle:
