@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from selfrl_jax.train.builders import ConfigError, validate_config
 from selfrl_jax.train.loop import train
 from selfrl_jax.train.metrics import read_jsonl
 from selfrl_jax.train.preemption import EXIT_PREEMPTED
@@ -43,16 +44,25 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
       the same command resumes it.
   """
   module = load_config_module(config_path)
+  configs = {}
+  for arm in arms:  # every config is built and checked before anything trains: a bad arm fails at once
+    for seed in seeds:
+      try:
+        cfg = module.get_config(arm)
+      except ValueError as e:
+        raise ConfigError(f"--arms: {e}") from None
+      with cfg.unlocked():
+        cfg.seed = seed
+        if edit is not None:
+          edit(cfg)
+      validate_config(cfg)
+      configs[arm, seed] = cfg
   runs, seconds = {}, {}
   for arm in arms:
     runs[arm] = {}
     t_arm = time.perf_counter()
     for seed in seeds:
-      cfg = module.get_config(arm)
-      with cfg.unlocked():
-        cfg.seed = seed
-        if edit is not None:
-          edit(cfg)
+      cfg = configs[arm, seed]
       runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
                               sft_cache_dir=os.path.join(workdir, "warm_start"))
       if runs[arm][seed]["preempted"]:

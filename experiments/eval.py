@@ -1,4 +1,5 @@
-r"""Evaluate the newest good checkpoint of a workdir (greedy, held-out split), read-only; or any model on IFEval.
+r"""Evaluate the newest good checkpoint of a workdir (held-out split, the algorithm's evaluation decoding: greedy
+unless its config says otherwise), read-only; or any model on IFEval.
 
   python experiments/eval.py --workdir=/tmp/grpo                      # the config the run was trained with
   python experiments/eval.py --workdir=/tmp/score --config=configs/score/tiny_arithmetic.py \
@@ -9,7 +10,8 @@ r"""Evaluate the newest good checkpoint of a workdir (greedy, held-out split), r
 IFEval (`--benchmark=ifeval`): the 541 prompts of ../shared/data/ifeval as one user turn of the chat
 template, greedy, scored prompt- and instruction-level, strict and loose (selfrl_jax/eval/ifeval.py).
 `--model` is a packaged name ("smollm2"), a .gguf file or a Hugging Face directory; `--output`
-writes one JSON line per prompt (prompt, response, cut_off) and a last line with the summary and
+writes one JSON line per prompt (prompt, response, cut_off, instruction_id_list and the strict and
+loose verdict of each instruction) and a last line with the summary and
 the accuracy per instruction type.
 
 By default the config saved with the checkpoint is used; `--config` (with overrides) replaces it,
@@ -52,8 +54,9 @@ _LIMIT = flags.DEFINE_integer("limit", None, "IFEval only: the first N prompts (
 _OUTPUT = flags.DEFINE_string("output", None, "IFEval only: JSONL of per-prompt responses and verdicts.")
 _DATA = flags.DEFINE_string("data_root", None, "IFEval only: the shared data folder (default ../shared/data).")
 _ANSWER = flags.DEFINE_string("answer_pattern", "", "IFEval only: regex whose group 1 is the answer the checkers "
-                              "read (a thinking model: '</think>\\n\\n(.*)'); no match fails every instruction. "
-                              "'' = the whole response.")
+                              "read (a thinking model: '</think>\\n\\n(.*)'); no match fails every instruction "
+                              "(summary: answered_frac). '' = the whole response. Not read from a --workdir run's "
+                              "config: pass the pattern it trained with.")
 
 
 def _restore(workdir: str) -> RestoredRun:
@@ -95,18 +98,19 @@ def _ifeval() -> None:
       progress=lambda done, total: bar.update(done - bar.n))
   bar.close()
   generate_s = time.perf_counter() - start
-  answers = [answer_span(r, _ANSWER.value) or "" for r in responses]
+  spans = [answer_span(r, _ANSWER.value) for r in responses]
+  answers = [a or "" for a in spans]
   report = ifeval.ifeval_report(answers, records)
   summary = {"model": source, "step": step, "prompts": len(records),
              **{k: round(report[k], 4) for k in ifeval.METRICS},
              "cut_off_frac": round(1 - sum(stopped) / len(stopped), 4), "generate_s": round(generate_s, 1),
              "total_s": round(time.perf_counter() - start, 1), "max_new_tokens": _MAX_NEW.value,
              "checker_errors": report["checker_errors"], "checker_timeouts": report["checker_timeouts"],
-             "answer_pattern": _ANSWER.value}
+             "answer_pattern": _ANSWER.value, "answered_frac": round(sum(a is not None for a in spans) / len(spans), 4)}
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
-      for rec, response, stop in zip(records, responses, stopped):
-        f.write(json.dumps({"prompt": rec["prompt"], "response": response, "cut_off": not stop}) + "\n")
+      for rec, response, stop, verdict in zip(records, responses, stopped, report["per_prompt"]):
+        f.write(json.dumps({"prompt": rec["prompt"], "response": response, "cut_off": not stop, **verdict}) + "\n")
       f.write(json.dumps({"summary": summary, "per_instruction": report["per_instruction"]}) + "\n")
   print(json.dumps(summary))
 

@@ -49,7 +49,8 @@ def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, floa
         vals[f"{m}@base"], vals[f"{m}@final"] = summary["initial"][m], summary["final"][m]
       for m in TRAIN:
         series = [r[m] for r in rows if m in r]
-        vals[f"{m}@all"], vals[f"{m}@last"] = np.mean(series), np.mean(series[-WINDOW:])
+        if series:  # absent when the arm does not compute it (arm F runs no classifier)
+          vals[f"{m}@all"], vals[f"{m}@last"] = np.mean(series), np.mean(series[-WINDOW:])
       for m in PREPARE:
         if m in summary["initial"]:
           vals[m] = summary["initial"][m]

@@ -106,6 +106,8 @@ def test_eval_entry_point_on_the_packaged_model(tmp_path):
   assert 0.0 <= summary["prompt_level_strict"] <= summary["prompt_level_loose"] <= 1.0
   lines = [json.loads(line) for line in (tmp_path / "ifeval.jsonl").read_text().splitlines()]
   assert len(lines) == 3 and lines[0]["cut_off"] and lines[-1]["summary"] == summary
+  assert len(lines[0]["strict"]) == len(lines[0]["loose"]) == len(lines[0]["instruction_id_list"]) > 0
+  assert summary["answered_frac"] == 1.0
   assert "JAX version" not in out.stderr  # library INFO noise stays off
 
 

@@ -30,6 +30,20 @@ def test_check_resume_config_names_changed_fields_and_allows_bookkeeping():
     check_resume_config(saved, cfg)
 
 
+def test_a_knob_added_after_the_run_started_resumes_at_its_default_only():
+  """Upgrading the code must not strand a run: a field of the algorithm's section that the saved
+  config lacks is fine at its default, and named when set to anything else."""
+  from configs.ssrl_if.tiny_constraints import get_config
+  cfg = get_config("method")
+  saved = config_json(cfg)
+  del saved["ssrl_if"]["rm_objective"]  # as written by a version without the knob
+  check_resume_config(saved, cfg)
+  with cfg.unlocked():
+    cfg.ssrl_if.rm_objective = "bt"
+  with pytest.raises(ConfigError, match=r"ssrl_if.rm_objective: saved '<absent>', now 'bt'"):
+    check_resume_config(saved, cfg)
+
+
 @pytest.mark.slow
 def test_rerunning_a_workdir(tmp_path):
   workdir = str(tmp_path / "run")

@@ -363,3 +363,44 @@ def test_a_prepared_state_that_does_not_fit_is_a_clear_error(tmp_path):
     prep._load_tree({"rm": {"w": jax.ShapeDtypeStruct((8, 2), jnp.float32)}}, str(tmp_path))  # pylint: disable=protected-access
   got = prep._load_tree({"rm": {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}}, str(tmp_path))  # pylint: disable=protected-access
   assert got["rm"]["w"].shape == (4, 2)
+
+
+def test_arms_that_differ_only_in_levels_share_the_warm_start_and_the_classifier():
+  """The arms' SFT overrides the levels and the classifier's ladders are the full instructions of the
+  training rows, the same whatever rung is drawn: one warm start and one classifier per seed."""
+  from configs.ssrl_if import tiny_constraints
+  from selfrl_jax.train.loop import _sft_task_key  # pylint: disable=protected-access
+  sparse, method = tiny_constraints.get_config("sparse_full"), tiny_constraints.get_config("method")
+  assert sparse.task.params.levels != method.task.params.levels
+  assert _sft_task_key(sparse) == _sft_task_key(method)
+  assert ssrl_if._prepare_settings(sparse) == ssrl_if._prepare_settings(method)  # pylint: disable=protected-access
+  with method.unlocked():
+    method.sft.task_params.levels = "0"
+  assert _sft_task_key(sparse) != _sft_task_key(method)
+  full = make_task("if_toy", levels="5", splits={"train": 100, "valid": 10, "test": 10})
+  mixed = make_task("if_toy", levels="12345", splits={"train": 100, "valid": 10, "test": 10})
+  strip = lambda rec: {k: v for k, v in record_meta(rec).items() if k != "level"}  # noqa: E731
+  assert [strip(r) for r in full.records("train", 40)] == [strip(r) for r in mixed.records("train", 40)]
+
+
+@pytest.mark.parametrize("edits,message", [
+    ({"ssrl_if.soft_reward": "prob2"}, r"config.ssrl_if.soft_reward: 'prob2' is not one of"),
+    ({"ssrl_if.rm_objective": "bt", "ssrl_if.soft_reward": "binary"}, "config.ssrl_if.rm_objective: 'bt' learns only"),
+    ({"ssrl_if.rm_objective": "bt", "ssrl_if.aggregation": "all_or_nothing"}, "config.ssrl_if.rm_objective"),
+    ({"ssrl_if.use_rule_reward": False, "ssrl_if.rm_pairs": "soft"}, "config.ssrl_if.rm_pairs: use_rule_reward=False"),
+    ({"ssrl_if.answer_pattern": "</think>"}, "config.ssrl_if.answer_pattern: needs a group"),
+    ({"ssrl_if.rm_forward_batch": -1}, "config.ssrl_if.rm_forward_batch"),
+    ({"rl.kl_coef": -0.1}, "config.rl.kl_coef: must be >= 0"),
+    ({"ssrl_if.world": "ifeval"}, "config.task.name: ssrl_if.world='ifeval' reads the task 'if_ladder'"),
+])
+def test_bad_knobs_name_the_field(edits, message):
+  from configs.ssrl_if import tiny_constraints
+  from selfrl_jax.train.builders import ConfigError, validate_config
+  cfg = tiny_constraints.get_config("method")
+  with cfg.unlocked():
+    for key, value in edits.items():
+      section, name = key.split(".")
+      cfg[section][name] = value
+  with pytest.raises(ConfigError, match=message):
+    validate_config(cfg, num_devices=1)
+

@@ -199,6 +199,17 @@ def test_inconsistent_config_names_the_field(field, value, message):
     validate_config(cfg)
 
 
+def test_a_prompt_buffer_no_eval_prompt_fits_fails_before_the_warm_start(tmp_path):
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.task.data_dir = str(tmp_path / "data")
+    cfg.sft.steps, cfg.rl.max_prompt_len = 10, 3
+    cfg.train.progress = False
+  with pytest.raises(ConfigError, match=r"config.train.eval_size: .* rl.max_prompt_len=3 tokens"):
+    train(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "warm_start").exists()
+
+
 def test_bfloat16_weights_round_small_updates_away():
   """The premise of the param_dtype check: optax adds an update in the weight's dtype."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel

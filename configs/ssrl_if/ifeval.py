@@ -8,8 +8,8 @@ constraints, GRPO as released (EasyR1 `examples/config.yaml`), one ablation per 
 The paper's policies are R1-Distill-Qwen-1.5B / 7B, R1-0528-Qwen3-8B and Qwen2.5-7B-Instruct(-R) (set
 `--config.model.source=/path/to/model`; for the R1-distilled ones also
 `--config.ssrl_if.answer_pattern='</think>\n\n(.*)'`, the released think gate). `smollm2`
-(SmolLM2-135M-Instruct, which does not think: the whole response is the answer) is the default that
-runs here. The hyperparameters are the released config's (§4.2): 384 prompts x 5 responses per step,
+(SmolLM2-135M-Instruct, which does not think: the whole response is the answer) is the default model;
+at these sizes it needs an accelerator, and `smollm2_cpu.py` is the same run sized for a CPU. The hyperparameters are the released config's (§4.2): 384 prompts x 5 responses per step,
 4 optimizer steps per batch (global batch 96 prompts), AdamW lr 1e-6 with weight decay 0.01, no
 warm-up, clip 0.2, grad-norm clip 1.0, the 0.01 low_var_kl KL loss (the paper's text says "no KL":
 `--config.rl.kl_coef=0` is that reading), temperature 1.0, 260 steps (the released 5 epochs of 52

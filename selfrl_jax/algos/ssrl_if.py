@@ -178,10 +178,13 @@ class SSRLIF(GRPO):
     math_row_B = jnp.any(aux["kind_BxK"] == ANSWER, axis=1)
     parts = {"oracle_constraint_acc_B": (aux["oracle_BxK"] * known).sum(axis=1) / n_known,
              "oracle_all_met_B": jnp.all((aux["oracle_BxK"] > 0) | ~known, axis=1).astype(jnp.float32),
-             "rm_scored_B": (prob * judged).sum(axis=1) / jnp.maximum(judged.sum(axis=1), 1),
+             # the fraction of responses `answer_pattern` finds an answer in (the rest score 0)
+             "answered_B": aux["answered_B"].astype(jnp.float32),
              # accuracy on math rows = reward/math_solved / reward/math_row
              "math_row_B": math_row_B.astype(jnp.float32),
              "math_solved_B": (math_row_B & (aux["rule_BxK"][:, 0] > 0)).astype(jnp.float32)}
+    if needs_rm:  # no classifier ran otherwise (arm F): nothing to report
+      parts["rm_scored_B"] = (prob * judged).sum(axis=1) / jnp.maximum(judged.sum(axis=1), 1)
     return record.replace(rewards=Rewards(reward_B=reward_B, parts=parts))
 
   def host_counters(self) -> dict[str, int]:
@@ -252,7 +255,11 @@ def _prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
 
 def _prepare_settings(cfg) -> dict:
   s = cfg.ssrl_if
-  return {"seed": cfg.seed, "task": cfg.task.to_dict(), "rl_sampling": [cfg.rl.temperature, cfg.rl.top_k, cfg.rl.top_p,
+  # The ladders are built from the full instructions of the training rows, which are the same whatever
+  # rung `levels` draws (data.ladders): arms that differ only in levels share one classifier.
+  task = cfg.task.to_dict()
+  task["params"] = {k: v for k, v in task.get("params", {}).items() if k != "levels"}
+  return {"seed": cfg.seed, "task": task, "rl_sampling": [cfg.rl.temperature, cfg.rl.top_k, cfg.rl.top_p,
                                                                        cfg.rl.max_new_tokens, cfg.rl.max_prompt_len],
           **{k: s[k] for k in ("world", "rm_ladders", "rm_pairs", "rm_holdout", "rm_steps", "rm_batch_size",
                                "rm_learning_rate", "rm_init", "rm_objective", "rm_width", "answer_pattern")},

@@ -47,6 +47,10 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
     check(value in allowed, f"ssrl_if.{field}", f"{value!r} is not one of {allowed}")
   check(s.use_rule_reward or s.rm_pairs == "all", "ssrl_if.rm_pairs",
         "use_rule_reward=False lets the classifier score hard constraints, so it must be trained on them (rm_pairs='all')")
+  # Bradley-Terry fixes only differences of r = z1 - z0: sigma(r) is a monotone score, but its 0.5 is arbitrary.
+  check(s.rm_objective == "ce" or (s.soft_reward == "prob" and s.aggregation == "mean"), "ssrl_if.rm_objective",
+        "'bt' learns only differences of the classifier's score, so thresholding it at 0.5 (soft_reward='binary' or "
+        "aggregation='all_or_nothing') has no meaning: use rm_objective='ce' with those")
   check(s.reward_scale > 0, "ssrl_if.reward_scale", f"must be > 0, got {s.reward_scale}")
   check(0.0 < s.rm_holdout < 1.0, "ssrl_if.rm_holdout", f"must be in (0, 1), got {s.rm_holdout}")
   check(s.rm_ladders >= 10, "ssrl_if.rm_ladders", f"must be >= 10, got {s.rm_ladders}")

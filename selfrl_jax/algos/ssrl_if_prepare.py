@@ -31,6 +31,7 @@ from selfrl_jax.data.pipeline import encode_prompt
 from selfrl_jax.data.records import normalize_record
 from selfrl_jax.sampling.sampler import Sampler
 from selfrl_jax.sampling.texts import generate_in_batches
+from selfrl_jax.train.builders import ConfigError
 
 _SAMPLE_BATCH = 64
 
@@ -80,7 +81,7 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
   skipped = len(ladders) - sum(fits)
   ladders = [ladder for ladder, ok in zip(ladders, fits) if ok]
   if len(ladders) < 2:
-    raise ValueError(f"ssrl_if.rm_ladders: only {len(ladders)} of {n} ladders fit rl.max_prompt_len={width}")
+    raise ConfigError(f"config.ssrl_if.rm_ladders: only {len(ladders)} of {n} ladders fit rl.max_prompt_len={width}")
   instructions = [instruction for _, instruction in ladders]
   prompts = [p for ladder_prompts, _ in ladders for p in ladder_prompts]
   with tqdm.tqdm(total=len(prompts), desc="prepare: ladder responses", unit="response",
@@ -94,6 +95,9 @@ def prepare(cfg, algorithm, algo_state, model, tokenizer, train_source):
     pairs, dropped = training_pairs(ladder, instruction, s.rm_pairs)
     pairs_by_ladder.append(pairs)
     unanswered += dropped
+  if unanswered and not any(pairs_by_ladder):
+    raise ConfigError(f"config.ssrl_if.answer_pattern: {s.answer_pattern!r} matched none of the policy's ladder responses: "
+                     "every reward would be 0 (is it a thinking model's tag this model never writes?)")
   held = max(1, math.ceil(s.rm_holdout * len(ladders)))
   train_pairs = [p for ladder in pairs_by_ladder[:-held] for p in ladder]
   test_pairs = [p for ladder in pairs_by_ladder[-held:] for p in ladder]

@@ -47,7 +47,9 @@ def ifeval_report(responses: Sequence[str], records: Sequence[Mapping[str, Any]]
   Returns:
     {"prompt_level_strict", "prompt_level_loose", "instruction_level_strict",
      "instruction_level_loose", "num_prompts", "num_instructions",
-     "per_instruction": {id: {"strict", "loose", "count"}}, "checker_errors", "checker_timeouts"}.
+     "per_instruction": {id: {"strict", "loose", "count"}},
+     "per_prompt": [{"instruction_id_list", "strict": [bool], "loose": [bool]}] (one per record),
+     "checker_errors", "checker_timeouts"}.
     A checker that raised or timed out counts as not followed and is counted.
   """
   if len(responses) != len(records):
@@ -68,8 +70,12 @@ def ifeval_report(responses: Sequence[str], records: Sequence[Mapping[str, Any]]
       verifier.close()
   report: dict[str, Any] = {"num_prompts": len(records)}
   per_type: dict[str, dict[str, float]] = collections.defaultdict(dict)
+  per_prompt = [{"instruction_id_list": list(record_meta(r)["instruction_id_list"]), "strict": [], "loose": []}
+                for r in records]
   for mode, (ok, ids, prompt_of) in verdicts.items():
     ok = np.asarray(ok, bool)
+    for p, v in zip(prompt_of, ok):
+      per_prompt[p][mode].append(bool(v))
     report[f"instruction_level_{mode}"] = float(ok.mean()) if ok.size else 0.0
     followed_all = np.ones(len(records), bool)
     np.logical_and.at(followed_all, prompt_of, ok)
@@ -81,6 +87,7 @@ def ifeval_report(responses: Sequence[str], records: Sequence[Mapping[str, Any]]
       per_type[i].update({mode: float(np.mean(vs)), "count": len(vs)})
     report["num_instructions"] = int(ok.size)
   report["per_instruction"] = dict(sorted(per_type.items()))
+  report["per_prompt"] = per_prompt
   report["checker_errors"], report["checker_timeouts"] = counters["errors"], counters["timeouts"]
   return report
 

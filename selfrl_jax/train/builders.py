@@ -304,13 +304,25 @@ def config_differences(saved: dict, cfg: ml_collections.ConfigDict, ignore: tupl
   return "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in diff)
 
 
+def _new_knobs_at_default(saved: dict, cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Fields of the algorithm's own section that the saved config predates and that still hold the
+  algorithm's default: a knob added to the code after the run started, leaving its behaviour as it was."""
+  section = cfg.rl.algorithm
+  if section not in cfg:
+    return ()
+  defaults = _flatten({section: get_algorithm_spec(section).default_config().to_dict()})
+  old, new = _flatten(saved), _flatten(config_json(cfg))
+  return tuple(k for k, v in defaults.items() if k not in old and new.get(k) == v)
+
+
 def check_resume_config(saved: dict, cfg: ml_collections.ConfigDict) -> None:
-  """A workdir's run resumes only with the config it was trained with (up to RESUMABLE_CHANGES).
+  """A workdir's run resumes only with the config it was trained with, up to RESUMABLE_CHANGES and
+  knobs of the algorithm's section added since the run started that still hold their default.
 
   Raises:
     ConfigError: naming every field whose value differs, with both values.
   """
-  changes = config_differences(saved, cfg, RESUMABLE_CHANGES)
+  changes = config_differences(saved, cfg, RESUMABLE_CHANGES + _new_knobs_at_default(saved, cfg))
   if changes:
     raise ConfigError(f"config: the workdir holds a run trained with a different config ({changes}). Resume with "
                       f"the saved values, or start the changed run in a new --workdir.")

@@ -41,11 +41,22 @@ class NonFiniteAbort(RuntimeError):
   """Too many consecutive non-finite updates in a row (none of them was applied)."""
 
 
+def eval_batches(cfg, tok, source, size: int):
+  """The first `size` usable prompts of `source` as fixed batches; too few is a ConfigError naming the
+  buffers that skip records (checked before the warm start, so a wrong size fails at once)."""
+  try:
+    return fixed_eval_batches(source, tok, eval_size=size, batch_size=cfg.train.eval_batch_size,
+                              max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
+                              chat=cfg.task.chat, system_prompt=cfg.task.system_prompt or None)
+  except ValueError as e:
+    raise builders.ConfigError(f"config.train.eval_size: {e} A record is skipped when its prompt is longer than "
+                               f"rl.max_prompt_len={cfg.rl.max_prompt_len} tokens or its answer does not fit "
+                               f"rl.max_answer_len={cfg.rl.max_answer_len}.") from None
+
+
 def make_evaluator(cfg, graphdef, tok, source, size: int) -> Evaluator:
-  """Greedy evaluation of the configured algorithm on the first `size` prompts of `source`."""
-  batches = fixed_eval_batches(source, tok, eval_size=size, batch_size=cfg.train.eval_batch_size,
-                               max_prompt_len=cfg.rl.max_prompt_len, max_answer_len=cfg.rl.max_answer_len,
-                               chat=cfg.task.chat, system_prompt=cfg.task.system_prompt or None)
+  """Evaluation of the configured algorithm (its evaluation decoding) on the first `size` prompts of `source`."""
+  batches = eval_batches(cfg, tok, source, size)
   return Evaluator(graphdef, builders.build_algorithm(cfg, tok, source), builders.eval_sampling(cfg, tok), batches)
 
 
@@ -60,6 +71,17 @@ def _sft_demos(cfg, tok, train_source):
   stream = noisy_demonstrations(batches, error_rate=cfg.sft.error_rate, corrupt_ids=builders.corrupt_ids(tok),
                                 seed=seed)
   return stream, {}
+
+
+def _sft_task_key(cfg) -> dict:
+  """The task the warm start learns from: `task` with `sft.task_params` applied, so RL arms that differ
+  only in params SFT overrides (e.g. the ladder levels) share one warm start. With early stopping
+  (`sft.target_accuracy`) the RL validation split decides when SFT stops, so the RL task counts too."""
+  task = builders.config_json(cfg.task)
+  overrides = cfg.sft.task_params.to_dict()
+  if overrides:
+    task["params"] = {**task.get("params", {}), **overrides}
+  return {"sft_task": task, "valid_task": builders.config_json(cfg.task) if cfg.sft.target_accuracy > 0 else None}
 
 
 def _sft_seed(cfg) -> int:
@@ -79,7 +101,7 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
     return model
   demos, demo_settings = _sft_demos(cfg, tok, train_source)
   settings = {"model": model.cfg.__dict__, "base": builders.base_weights_fingerprint(cfg),
-              "task": builders.config_json(cfg.task), "sft": cfg.sft.to_dict(),
+              "task": _sft_task_key(cfg), "sft": cfg.sft.to_dict(),
               "max_prompt_len": cfg.rl.max_prompt_len, "max_answer_len": cfg.rl.max_answer_len, "seed": _sft_seed(cfg),
               **demo_settings}
 
@@ -183,6 +205,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
+  eval_batches(cfg, tok, test_source, cfg.train.eval_size)  # before the warm start: a size that cannot work fails now
   ckpt = CheckpointManager(directory, max_to_keep=cfg.train.keep_checkpoints,
                            save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
   cache_root = sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start")
