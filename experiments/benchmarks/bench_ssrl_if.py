@@ -44,6 +44,7 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "verifier: pool processes.")
 _STEPS = flags.DEFINE_integer("steps", 12, "rm_toy: RL iterations per run (the first, compiling, is dropped).")
 _METRICS = flags.DEFINE_string("metrics", None, "rm_forward: metrics.jsonl of a run of --config.")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ssrl_if/ifeval.py", "rm_forward: the config.")
+_TIMINGS = flags.DEFINE_integer("timings", 3, "rm_forward: timed forwards per process after the compiling one.")
 
 
 def _verifier_side(side: str) -> dict:
@@ -109,7 +110,7 @@ def _rm_forward_side() -> dict:
 
   jax.block_until_ready(forward(params, tokens, valid))
   times = []
-  for _ in range(3):
+  for _ in range(_TIMINGS.value):
     start = time.perf_counter()
     jax.block_until_ready(forward(params, tokens, valid))
     times.append(time.perf_counter() - start)
