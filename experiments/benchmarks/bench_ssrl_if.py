@@ -1,7 +1,6 @@
 r"""SSRL-IF's two costs outside the policy: the host IFEval checks and the reward classifier.
 
   python -m experiments.benchmarks.bench_ssrl_if --part=verifier --responses=/tmp/ifeval.jsonl
-  python -m experiments.benchmarks.bench_ssrl_if --part=rm_toy
   python -m experiments.benchmarks.bench_ssrl_if --part=rm_forward --config=configs/ssrl_if/ifeval.py \
       --config.rl.prompts_per_step=8 --config.rl.group_size=4 --config.ssrl_if.rm_width=256 \
       --metrics=/tmp/ssrl_real/metrics.jsonl
@@ -11,10 +10,6 @@ verifier: every (response, instruction) pair of IFEval's 541 prompts, strict, ch
   with a time limit that training uses; `--workers`). Responses come from an
   `eval.py --benchmark=ifeval --output=...` file (the model's real answers) or, without one, the
   prompts themselves. Reports responses/s and checks/s.
-rm_toy: the tiny reproduction's iteration with the classifier scoring soft constraints (arm C,
-  `method`) against the same iteration with the hidden oracle instead (arm F, `oracle_soft`: no
-  classifier forward), `--steps` iterations each; the difference of the median step times is the
-  classifier's cost.
 rm_forward: the classifier's forward alone at a config's reward shapes (B = prompts x group
   responses, K constraints, `ssrl_if.rm_width` tokens) against the median `time/step_s` of a run of
   that config (`--metrics`), e.g. the SmolLM2 run in configs/ssrl_if/README.md.
@@ -26,22 +21,19 @@ an idle machine.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_PART = flags.DEFINE_enum("part", "verifier", ["verifier", "rm_toy", "rm_forward"], "What to measure.")
+_PART = flags.DEFINE_enum("part", "verifier", ["verifier", "rm_forward"], "What to measure.")
 _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
 _RESPONSES = flags.DEFINE_string("responses", None, "verifier: eval.py --benchmark=ifeval --output JSONL.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "verifier: pool processes.")
-_STEPS = flags.DEFINE_integer("steps", 12, "rm_toy: RL iterations per run (the first, compiling, is dropped).")
 _METRICS = flags.DEFINE_string("metrics", None, "rm_forward: metrics.jsonl of a run of --config.")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ssrl_if/ifeval.py", "rm_forward: the config.")
 _TIMINGS = flags.DEFINE_integer("timings", 3, "rm_forward: timed forwards per process after the compiling one.")
@@ -72,20 +64,6 @@ def _verifier_side(side: str) -> dict:
       seconds = time.perf_counter() - start
   return {"responses_per_s": len(responses) / seconds, "checks_per_s": len(pairs) / seconds,
           "seconds": seconds, "checks": len(pairs)}
-
-
-def _rm_toy_side(arm: str, workdir: str) -> dict:
-  from experiments.arms import load_config_module  # pylint: disable=import-outside-toplevel
-  from selfrl_jax.train.loop import train  # pylint: disable=import-outside-toplevel
-  from selfrl_jax.train.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
-  cfg = load_config_module("ssrl_if/tiny_constraints.py").get_config(arm)
-  with cfg.unlocked():
-    cfg.train.num_steps, cfg.train.eval_every, cfg.train.checkpoint_every = _STEPS.value, 0, 0
-    cfg.train.progress = False
-  run_dir = tempfile.mkdtemp(dir=workdir)
-  train(cfg, run_dir, sft_cache_dir=os.path.join(workdir, "warm_start"))
-  times = [r["time/step_s"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "time/step_s" in r]
-  return {"step_s": statistics.median(times[1:])}
 
 
 def _rm_forward_side() -> dict:
@@ -133,35 +111,21 @@ def main(argv):
   del argv
   passthrough = [a for a in sys.argv[1:] if not a.startswith(("--part", "--side", "--repeats"))]
   if _SIDE.value:
-    if _PART.value == "verifier":
-      result = _verifier_side(_SIDE.value)
-    elif _PART.value == "rm_toy":
-      result = _rm_toy_side(_SIDE.value, os.environ["BENCH_WORKDIR"])
-    else:
-      result = _rm_forward_side()
-    print(json.dumps(result))
+    print(json.dumps(_verifier_side(_SIDE.value) if _PART.value == "verifier" else _rm_forward_side()))
     return
   if _PART.value == "verifier":
     for side in ("serial", "pool"):
       runs = [_spawn(side, passthrough) for _ in range(_REPEATS.value)]
       print(f"{side:>7} ({runs[0]['checks']} checks): responses/s {_summary([r['responses_per_s'] for r in runs])}; "
             f"checks/s {_summary([r['checks_per_s'] for r in runs])}")
-  elif _PART.value == "rm_toy":
-    os.environ["BENCH_WORKDIR"] = tempfile.mkdtemp(prefix="bench_ssrl_if_")
-    _spawn("method", passthrough)  # builds the shared warm start and classifier once, untimed
-    steps = {arm: [_spawn(arm, passthrough)["step_s"] for _ in range(_REPEATS.value)] for arm in ("method", "oracle_soft")}
-    for arm, values in steps.items():
-      print(f"{arm:>12}: step s {_summary(values)}")
-    with_rm, without = statistics.median(steps["method"]), statistics.median(steps["oracle_soft"])
-    print(f"classifier share of the step: {(with_rm - without) / with_rm:.1%}")
-  else:
-    runs = [_spawn("forward", passthrough) for _ in range(_REPEATS.value)]
-    forward = [r["forward_s"] for r in runs]
-    print(f"classifier forward at {runs[0]['rows']} x {runs[0]['width']} tokens: s {_summary(forward)}")
-    if _METRICS.value:
-      with open(_METRICS.value) as f:
-        step = [r["time/step_s"] for r in map(json.loads, f) if "time/step_s" in r][1:]
-      print(f"run step s {_summary(step)}; classifier share {statistics.median(forward) / statistics.median(step):.1%}")
+    return
+  runs = [_spawn("forward", passthrough) for _ in range(_REPEATS.value)]
+  forward = [r["forward_s"] for r in runs]
+  print(f"classifier forward at {runs[0]['rows']} x {runs[0]['width']} tokens: s {_summary(forward)}")
+  if _METRICS.value:
+    with open(_METRICS.value) as f:
+      step = [r["time/step_s"] for r in map(json.loads, f) if "time/step_s" in r][1:]
+    print(f"run step s {_summary(step)}; classifier share {statistics.median(forward) / statistics.median(step):.1%}")
 
 
 if __name__ == "__main__":
