@@ -350,9 +350,10 @@ def test_math_rows_mix_into_training_only_and_are_checked_by_math_verify(shared_
   answer = rec["answer"].replace(",", "")
   responses = [f"So the total is \\boxed{{{answer}}}.", f"\\boxed{{{int(answer) + 1}}}", f"The answer is {answer}.",
                f"\\boxed{{{int(answer) + 1}}} no, \\boxed{{{answer}}}"]
+  before = world.counters().get("math_items", 0)  # the pool is shared by the process: count the difference
   rule, oracle = world.verdicts(responses, [cs] * len(responses))
   assert [r[0] for r in rule] == [1.0, 0.0, 0.0, 1.0] and oracle == rule  # the last box wins; no box scores 0
-  assert world.counters()["math_items"] == len(responses)
+  assert world.counters()["math_items"] - before == len(responses)
 
 
 def test_a_prepared_state_that_does_not_fit_is_a_clear_error(tmp_path):
