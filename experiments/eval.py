@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 
@@ -74,16 +73,13 @@ def _restore(workdir: str) -> RestoredRun:
 def _ifeval() -> None:
   from selfrl_jax.data.benchmarks import load_ifeval  # pylint: disable=import-outside-toplevel
   from selfrl_jax.eval import ifeval  # pylint: disable=import-outside-toplevel
-  from selfrl_jax.rewards.host import answer_span  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.rewards.host import answer_pattern_problem, answer_span  # pylint: disable=import-outside-toplevel
   from selfrl_jax.models.loading import load_model  # pylint: disable=import-outside-toplevel
   if (_MODEL.value is None) == (_WORKDIR.value is None):
     raise ConfigError("--benchmark=ifeval takes exactly one of --model (a checkpoint) or --workdir (a run)")
-  try:
-    groups = re.compile(_ANSWER.value).groups if _ANSWER.value else 1
-  except re.error as e:
-    raise ConfigError(f"--answer_pattern={_ANSWER.value!r}: not a regular expression ({e})") from None
-  if groups < 1:
-    raise ConfigError(f"--answer_pattern={_ANSWER.value!r} needs a group: group 1 is the answer")
+  problem = answer_pattern_problem(_ANSWER.value)
+  if problem:
+    raise ConfigError(f"--answer_pattern={_ANSWER.value!r} {problem}")
   if _MODEL.value is not None:
     model, tok = load_model(_MODEL.value)
     source, step = _MODEL.value, None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
+from experiments.arms import load_config_module
 from selfrl_jax.train import builders
 from selfrl_jax.train.loop import train
 
@@ -15,10 +15,7 @@ CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.py") if p.name not in ("__i
 
 
 def load_config(path: pathlib.Path, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_module(str(path)).get_config(arg)
 
 
 def one_real_gsm8k_step(cfg):
@@ -67,19 +64,13 @@ def test_configs_exist():
   assert CONFIG_FILES, CONFIG_DIR
 
 
-def _size_variant_of(path: pathlib.Path) -> str | None:
-  """A config that only resizes another (module attribute SIZE_VARIANT_OF) shrinks to the same step."""
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return getattr(module, "SIZE_VARIANT_OF", None)
-
-
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_builds_and_runs_one_step(path, tmp_path):
-  cfg = load_config(path)
+  module = load_config_module(str(path))
+  cfg = module.get_config(None)
   builders.validate_config(cfg)  # the full-size config is consistent as written
-  variant_of = _size_variant_of(path)
+  # A config that only resizes another (SIZE_VARIANT_OF) shrinks to that config's step.
+  variant_of = getattr(module, "SIZE_VARIANT_OF", None)
   if variant_of is not None:
     assert (path.parent / variant_of).exists(), variant_of
     return  # its one shrunk step is the other config's

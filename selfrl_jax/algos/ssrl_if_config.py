@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import ml_collections
+
+from selfrl_jax.rewards.host import answer_pattern_problem
 
 WORLDS = ("toy", "ifeval")
 AGGREGATIONS = ("mean", "all_or_nothing")
@@ -59,12 +59,8 @@ def validate(cfg: ml_collections.ConfigDict, check) -> None:
   check(s.rm_width >= 4, "ssrl_if.rm_width", f"must be >= 4 tokens, got {s.rm_width}")
   check(s.rm_forward_batch >= 0, "ssrl_if.rm_forward_batch", f"must be >= 0 (0 = all at once), got {s.rm_forward_batch}")
   check(s.eval_temperature >= 0, "ssrl_if.eval_temperature", "must be >= 0")
-  try:
-    pattern = re.compile(s.answer_pattern) if s.answer_pattern else None
-  except re.error as e:
-    pattern = None
-    check(False, "ssrl_if.answer_pattern", f"not a regular expression: {e}")
-  check(pattern is None or pattern.groups >= 1, "ssrl_if.answer_pattern", "needs a group: group 1 is the answer")
+  problem = answer_pattern_problem(s.answer_pattern)
+  check(problem is None, "ssrl_if.answer_pattern", problem)
   check(rl.group_size >= 2, "rl.group_size", "GRPO compares rollouts within a prompt's group: use group_size >= 2")
   check(rl.advantage in ("grpo", "grpo_sample_std", "dr_grpo", "rloo"), "rl.advantage",
         f"{rl.advantage!r}: SSRL-IF uses a group-relative estimator (released: grpo_sample_std)")

@@ -121,6 +121,17 @@ class CodeTestReward(VerifierReward):
     return code_tests_of(record)
 
 
+def answer_pattern_problem(pattern: str) -> str | None:
+  """Why `pattern` cannot be an answer pattern (not a regex, or no group 1), None when it can ("" can)."""
+  if not pattern:
+    return None
+  try:
+    groups = re.compile(pattern).groups
+  except re.error as e:
+    return f"not a regular expression: {e}"
+  return None if groups >= 1 else "needs a group: group 1 is the answer"
+
+
 def answer_span(text: str, pattern: str) -> str | None:
   """The part of a response constraints are checked on: group 1 of the first match of `pattern`
   (DOTALL; e.g. the released think gate `</think>\\n\\n(.*)`), None when it does not match, or the

@@ -54,9 +54,10 @@ def eval_batches(cfg, tok, source, size: int):
                                f"rl.max_answer_len={cfg.rl.max_answer_len}.") from None
 
 
-def make_evaluator(cfg, graphdef, tok, source, size: int) -> Evaluator:
-  """Evaluation of the configured algorithm (its evaluation decoding) on the first `size` prompts of `source`."""
-  batches = eval_batches(cfg, tok, source, size)
+def make_evaluator(cfg, graphdef, tok, source, size: int, batches=None) -> Evaluator:
+  """Evaluation of the configured algorithm (its evaluation decoding) on the first `size` prompts of
+  `source` (`batches`: those prompts already built by `eval_batches`)."""
+  batches = eval_batches(cfg, tok, source, size) if batches is None else batches
   return Evaluator(graphdef, builders.build_algorithm(cfg, tok, source), builders.eval_sampling(cfg, tok), batches)
 
 
@@ -77,11 +78,10 @@ def _sft_task_key(cfg) -> dict:
   """The task the warm start learns from: `task` with `sft.task_params` applied, so RL arms that differ
   only in params SFT overrides (e.g. the ladder levels) share one warm start. With early stopping
   (`sft.target_accuracy`) the RL validation split decides when SFT stops, so the RL task counts too."""
-  task = builders.config_json(cfg.task)
+  rl_task = builders.config_json(cfg.task)
   overrides = cfg.sft.task_params.to_dict()
-  if overrides:
-    task["params"] = {**task.get("params", {}), **overrides}
-  return {"sft_task": task, "valid_task": builders.config_json(cfg.task) if cfg.sft.target_accuracy > 0 else None}
+  sft_task = {**rl_task, "params": {**rl_task.get("params", {}), **overrides}} if overrides else rl_task
+  return {"sft_task": sft_task, "valid_task": rl_task if cfg.sft.target_accuracy > 0 else None}
 
 
 def _sft_seed(cfg) -> int:
@@ -205,7 +205,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
   builders.check_answers_fit(cfg, tok, train_source)
-  eval_batches(cfg, tok, test_source, cfg.train.eval_size)  # before the warm start: a size that cannot work fails now
+  test_batches = eval_batches(cfg, tok, test_source, cfg.train.eval_size)  # before the warm start: a size that cannot work fails now
   ckpt = CheckpointManager(directory, max_to_keep=cfg.train.keep_checkpoints,
                            save_every=cfg.train.checkpoint_every or cfg.train.num_steps)
   cache_root = sft_cache_dir or cfg.train.warm_start_cache or os.path.join(workdir, "warm_start")
@@ -221,7 +221,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
   train_step = make_train_step(builders.build_update_settings(cfg, algorithm), algorithm, graphdef, tx,
                              state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh),
                              replicated_sharding=sharding.replicated(mesh))
-  evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size)
+  evaluator = make_evaluator(cfg, graphdef, tok, test_source, cfg.train.eval_size, test_batches)
   # Each host reads its own slice of the data; shard_batch assembles the global batch.
   process_index, process_count, _ = process_info()
   batches = builders.prompt_batches(cfg, train_source, tok, batch_size=cfg.rl.prompts_per_step // process_count,
