@@ -143,7 +143,7 @@ def test_batch_shardings_for_kv_cache():
   mesh = make_mesh()
   cache = init_cache(tiny_config(), batch_size=2, capacity=8)
   sh = sharding.batch_tree_shardings(cache, mesh)
-  assert sh.kv.k_BxSxKxH[0].spec == P(("data", "fsdp"))
+  assert sh.kv.k_BxKxHxS[0].spec == P(("data", "fsdp"))
   assert sh.valid_BxS.spec == P(("data", "fsdp")) and sh.next_pos_B.spec == P(("data", "fsdp"))
   assert sh.end_index.spec == P()
   placed = jax.device_put(cache, sh)

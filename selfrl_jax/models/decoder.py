@@ -26,14 +26,18 @@ _INIT = nnx.initializers.normal(stddev=0.02)
 
 
 class KVBuffers(NamedTuple):
-  """Key/value cache storage, one [B, S, K, H] buffer per layer, written at a shared slot index.
+  """Key/value cache storage, one buffer per layer, written at a shared slot index.
 
   Per-layer buffers (not one stacked [L, ...] array) let XLA update each layer in place inside the
-  decode loop; a stacked array would be copied whole on every step.
+  decode loop; a stacked array would be copied whole on every step. Keys are stored [B, K, H, S]
+  and values [B, K, S, H]: the two attention matmuls (q.k over H, probs.v over S) then read the
+  buffers in the layout a batched GEMM takes. In [B, S, K, H] XLA:CPU transposed both whole
+  buffers of every layer on every decode step, a cost growing with batch x capacity that
+  dominated decoding (experiments/benchmarks/README.md, "KV-cache layout").
   """
 
-  k_BxSxKxH: tuple[jax.Array, ...]
-  v_BxSxKxH: tuple[jax.Array, ...]
+  k_BxKxHxS: tuple[jax.Array, ...]
+  v_BxKxSxH: tuple[jax.Array, ...]
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -114,7 +118,12 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, cfg.rms_eps, **kw)
       self.k_norm = RMSNorm(h, cfg.rms_eps, **kw)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_BxSxKxH=None, write_index=None):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv=None, write_index=None):
+    """Attention over the chunk, or over the cache after writing the chunk into it.
+
+    `kv` is (k_BxKxHxS, v_BxKxSxH) of this layer (see `KVBuffers`); without it S == T.
+    Returns (output_BxTxD, updated (k, v) or None).
+    """
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
     q = self.q_proj(x_BxTxD).reshape(b, t, cfg.n_heads, cfg.head_dim)
@@ -125,22 +134,26 @@ class Attention(nnx.Module):
     inv_freq = rope_inv_freq(cfg)  # host constant, folded into the compiled program
     q = apply_rope(q, positions_BxT, inv_freq)
     k = apply_rope(k, positions_BxT, inv_freq)
-    if kv_BxSxKxH is not None:
+    # Chunk-sized transposes into the cache layout; the cache itself is never transposed.
+    k_BxKxHxT = k.transpose(0, 2, 3, 1)
+    v_BxKxTxH = v.transpose(0, 2, 1, 3)
+    if kv is not None:
       # Write this chunk into the cache at the shared slot, then attend over the whole buffer.
-      k_cache, v_cache = kv_BxSxKxH
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
-      new_kv = (k, v)
+      k_cache, v_cache = kv
+      k_BxKxHxT = jax.lax.dynamic_update_slice(k_cache, k_BxKxHxT.astype(k_cache.dtype), (0, 0, 0, write_index))
+      v_BxKxTxH = jax.lax.dynamic_update_slice(v_cache, v_BxKxTxH.astype(v_cache.dtype), (0, 0, write_index, 0))
+      new_kv = (k_BxKxHxT, v_BxKxTxH)
     else:
       new_kv = None
     groups = cfg.n_heads // cfg.n_kv_heads
-    q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+    q_BxKxGxTxH = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkgth,bkhs->bkgts", q_BxKxGxTxH, k_BxKxHxT.astype(q.dtype)).astype(jnp.float32)
     scores = scores * (cfg.head_dim ** -0.5)
     scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(q.dtype))
-    return self.o_proj(out.reshape(b, t, cfg.n_heads * cfg.head_dim)), new_kv
+    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs, v_BxKxTxH.astype(q.dtype))
+    out_BxTxD = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads * cfg.head_dim)
+    return self.o_proj(out_BxTxD), new_kv
 
 
 class MLP(nnx.Module):
@@ -205,7 +218,7 @@ class Decoder(nnx.Module):
       tokens_BxT: input ids.
       positions_BxT: RoPE position of each token (padding excluded from the count).
       mask_BxTxS: True where query t may attend key slot s. Without a cache S == T.
-      kv: per-layer cache buffers [B, S, K, H]; the chunk's keys/values are written at `write_index`.
+      kv: per-layer cache buffers (layouts in `KVBuffers`); the chunk's keys/values are written at `write_index`.
       write_index: first cache slot of this chunk (shared by the batch).
 
     Returns:
@@ -214,7 +227,7 @@ class Decoder(nnx.Module):
     x = self.model.embed_tokens(tokens_BxT)
     new_k, new_v = [], []
     for i, layer in enumerate(self.model.layers):
-      layer_kv = None if kv is None else (kv.k_BxSxKxH[i], kv.v_BxSxKxH[i])
+      layer_kv = None if kv is None else (kv.k_BxKxHxS[i], kv.v_BxKxSxH[i])
       x, layer_new_kv = layer(x, positions_BxT, mask_BxTxS, layer_kv, write_index)
       if kv is not None:
         new_k.append(layer_new_kv[0])

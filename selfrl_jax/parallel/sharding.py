@@ -232,7 +232,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def batch_tree_shardings(tree: Any, mesh: Mesh) -> Any:
   """Row sharding for every array leaf of `tree` with a batch dim, replication for scalars.
 
-  Fits activation-side pytrees such as a `KVCache` (buffers [B, S, K, H], `valid_BxS`,
+  Fits activation-side pytrees such as a `KVCache` (batch-leading buffers, `valid_BxS`,
   `next_pos_B` split by row; the shared scalar `end_index` replicated).
   """
   return jax.tree.map(lambda x: batch_sharding(mesh) if np.ndim(x) else replicated(mesh), tree)

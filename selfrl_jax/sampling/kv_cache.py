@@ -24,7 +24,7 @@ class KVCache:
   """Cache buffers plus the bookkeeping needed to append more tokens.
 
   Attributes:
-    kv: per-layer key/value buffers [B, S, K, H].
+    kv: per-layer key/value buffers (keys [B, K, H, S], values [B, K, S, H]).
     valid_BxS: slot holds a real token.
     end_index: next slot to write (scalar, shared by the batch).
     next_pos_B: RoPE position of each row's next valid token.
@@ -50,10 +50,11 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch_size: int, capacity: int) -> KVCache:
   """An empty cache with room for `capacity` slots per row."""
-  shape = (batch_size, capacity, cfg.n_kv_heads, cfg.head_dim)
+  k_shape = (batch_size, cfg.n_kv_heads, cfg.head_dim, capacity)
+  v_shape = (batch_size, cfg.n_kv_heads, capacity, cfg.head_dim)
   dtype = jnp.dtype(cfg.compute_dtype)
-  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
-  return KVCache(kv=KVBuffers(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))),
+  return KVCache(kv=KVBuffers(tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layers)),
+                              tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layers))),
                  valid_BxS=jnp.zeros((batch_size, capacity), bool),
                  end_index=jnp.zeros((), jnp.int32),
                  next_pos_B=jnp.zeros((batch_size,), jnp.int32))
