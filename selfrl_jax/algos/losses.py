@@ -53,9 +53,11 @@ KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _
 def kl_loss_problem(estimator: str) -> str | None:
   """Why `estimator` cannot work as a KL *loss* term (None when it can), for config validation.
 
-  The KL term is minimised as a loss on samples of the current policy. k1 = log pi - log ref has
-  gradient grad log pi, whose expectation under pi is 0: it adds noise and no penalty at all.
-  k2 and k3 have the gradient of KL(pi || ref) in expectation (k2 to first order).
+  The KL term is minimised as a loss on samples of the current policy (the samples carry no
+  gradient). Expected gradients, exact (tests/test_algos_losses.py enumerates a categorical):
+  k1 = log pi - log ref gives E_pi[grad log pi] = 0, noise and no penalty at all; k2 gives
+  grad KL(pi || ref); k3 (and low_var_kl where its clamp does not bind) gives grad KL(ref || pi),
+  the reverse divergence, although its value estimates KL(pi || ref). Both anchor pi to ref.
   """
   if estimator == "k1":
     return ("k1 = log pi - log ref as a loss term has zero expected gradient (E_pi[grad log pi] = 0), so "
@@ -69,6 +71,8 @@ def kl_estimate(logp_BxT, ref_logp_BxT, estimator: str) -> jax.Array:
   k1 = logp - ref (unbiased, can be negative); k2 = 0.5 (logp - ref)^2 (biased, low variance);
   k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased and >= 0; used by GRPO, eq. 4); low_var_kl =
   k3 clamped to [-10, 10] (verl / EasyR1: a token far from the reference adds at most 10).
+  "Unbiased" is about the value; as a loss term each follows a different gradient
+  (`kl_loss_problem`).
   """
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"Unknown kl_estimator {estimator!r}; valid keys: {sorted(KL_ESTIMATORS)}.")
