@@ -63,15 +63,18 @@ def test_fused_equals_split_and_compiles_once(batch):
   split_fns, _, _ = _setup(num_epochs=2, num_minibatches=2, micro_batch_size=4, mode="split")
   assert fns.mode == "fused" and split_fns.mode == "split"
   fused_state, split_state = state, jax.tree.map(jnp.copy, state)
-  for _ in range(3):
+  for i in range(3):
     fused_state, fused_metrics = fns(fused_state, batch)
-    split_state, split_metrics = split_fns(split_state, batch)
+    seconds = {} if i == 2 else None  # timing the segments changes nothing
+    split_state, split_metrics = split_fns.split(split_state, batch, seconds)
     for a, b in zip(_leaves(fused_state), _leaves(split_state)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(float(fused_metrics["loss"]), float(split_metrics["loss"]), rtol=1e-5, atol=1e-7)
   # Fused: one program; split: one per run of device phases (rollout, then update).
   assert fns.fused._cache_size() == 1 and fns.compilations() == 1
   assert split_fns.compilations() == 2
+  assert split_fns.segment_names == ("rollout", "reward", "update")
+  assert sorted(seconds) == sorted(split_fns.segment_names) and all(v > 0 for v in seconds.values())
   assert int(split_state.step) == 3
   assert int(fused_state.step) == 3
   assert float(fused_metrics["logp_gap"]) < 1e-4  # sampler and trainer agree on the same tokens

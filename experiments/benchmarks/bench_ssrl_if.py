@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from experiments.benchmarks.sides import passthrough_flags, spawn, summary
 
 _PART = flags.DEFINE_enum("part", "verifier", ["verifier", "rm_forward"], "What to measure.")
 _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
@@ -96,36 +96,28 @@ def _rm_forward_side() -> dict:
 
 
 def _spawn(side: str, extra: list[str]) -> dict:
-  cmd = [sys.executable, "-m", "experiments.benchmarks.bench_ssrl_if", f"--part={_PART.value}", f"--side={side}", *extra]
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if out.returncode:
-    raise SystemExit(f"side {side} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _summary(values: list[float]) -> str:
-  return f"median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f}, n={len(values)})"
+  return spawn("experiments.benchmarks.bench_ssrl_if", side, [f"--part={_PART.value}", *extra])
 
 
 def main(argv):
   del argv
-  passthrough = [a for a in sys.argv[1:] if not a.startswith(("--part", "--side", "--repeats"))]
+  passthrough = passthrough_flags(("--part", "--side", "--repeats"))
   if _SIDE.value:
     print(json.dumps(_verifier_side(_SIDE.value) if _PART.value == "verifier" else _rm_forward_side()))
     return
   if _PART.value == "verifier":
     for side in ("serial", "pool"):
       runs = [_spawn(side, passthrough) for _ in range(_REPEATS.value)]
-      print(f"{side:>7} ({runs[0]['checks']} checks): responses/s {_summary([r['responses_per_s'] for r in runs])}; "
-            f"checks/s {_summary([r['checks_per_s'] for r in runs])}")
+      print(f"{side:>7} ({runs[0]['checks']} checks): responses/s {summary([r['responses_per_s'] for r in runs])}; "
+            f"checks/s {summary([r['checks_per_s'] for r in runs])}")
     return
   runs = [_spawn("forward", passthrough) for _ in range(_REPEATS.value)]
   forward = [r["forward_s"] for r in runs]
-  print(f"classifier forward at {runs[0]['rows']} x {runs[0]['width']} tokens: s {_summary(forward)}")
+  print(f"classifier forward at {runs[0]['rows']} x {runs[0]['width']} tokens: s {summary(forward)}")
   if _METRICS.value:
     with open(_METRICS.value) as f:
       step = [r["time/step_s"] for r in map(json.loads, f) if "time/step_s" in r][1:]
-    print(f"run step s {_summary(step)}; classifier share {statistics.median(forward) / statistics.median(step):.1%}")
+    print(f"run step s {summary(step)}; classifier share {statistics.median(forward) / statistics.median(step):.1%}")
 
 
 if __name__ == "__main__":

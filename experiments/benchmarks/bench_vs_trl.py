@@ -33,6 +33,7 @@ import numpy as np
 
 from configs.common import get_base_config
 from selfrl_jax.data.batch import PromptBatch
+from experiments.benchmarks.grpo_common import digit_table, trl_step_timer
 from selfrl_jax.models.config import ModelConfig
 from selfrl_jax.models.decoder import forward_full, init_model
 from selfrl_jax.models.gguf_io import smollm2_gguf_path
@@ -58,16 +59,6 @@ _ITERS = flags.DEFINE_integer("iterations", 3, "Timed iterations per side.")
 _SKIP_TRL = flags.DEFINE_bool("skip_trl", False, "Only time our side.")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", 512, "Our rl.logprob_chunk (0 = unchunked log-probs).")
 _LR = 1e-4
-
-
-def _digit_table(tok: HFTokenizer) -> np.ndarray:
-  """digit_V[id] = 1.0 iff the token decodes to one or more digit characters only."""
-  table = np.zeros(tok.vocab_size, np.float32)
-  for token, i in tok.hf.get_vocab().items():
-    text = tok.hf.convert_tokens_to_string([token]).strip()
-    if text and text.isdigit() and i < table.size:
-      table[i] = 1.0
-  return table
 
 
 def _prompts(tok: HFTokenizer, count: int, length: int, seed: int) -> list[str]:
@@ -125,7 +116,7 @@ def _trl(model_dir: str, prompts: list[str], digit_V: np.ndarray, out_dir: str) 
   # pylint: disable=import-outside-toplevel
   import datasets
   import torch
-  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+  from transformers import AutoModelForCausalLM, AutoTokenizer
   from trl import GRPOConfig, GRPOTrainer
 
   p, g = _PROMPTS.value, _GROUP.value
@@ -135,17 +126,6 @@ def _trl(model_dir: str, prompts: list[str], digit_V: np.ndarray, out_dir: str) 
   def digit_fraction(completions, completion_ids, **kwargs):
     del completions, kwargs
     return [sum(t in digit_set for t in ids) / max(len(ids), 1) for ids in completion_ids]
-
-  class StepTimer(TrainerCallback):
-    def __init__(self):
-      self.stamps = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-      self.stamps.append(time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-      self.stamps.append(time.perf_counter())
-      print(f"  TRL iteration {len(self.stamps) - 2}: {self.stamps[-1] - self.stamps[-2]:.2f} s", flush=True)
 
   config = GRPOConfig(
       output_dir=out_dir, per_device_train_batch_size=p * g, gradient_accumulation_steps=1,
@@ -157,7 +137,7 @@ def _trl(model_dir: str, prompts: list[str], digit_V: np.ndarray, out_dir: str) 
       dataloader_num_workers=0, shuffle_dataset=False, log_completions=False)
   dataset = datasets.Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(steps * p)]})
   hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-  timer = StepTimer()
+  timer = trl_step_timer()
   trainer = GRPOTrainer(model=hf_model, reward_funcs=digit_fraction, args=config, train_dataset=dataset,
                         processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[timer])
   trainer.train()
@@ -193,7 +173,7 @@ def main(argv):
   p, g, t, n = _PROMPTS.value, _GROUP.value, _PROMPT_LEN.value, _NEW_TOKENS.value
   prompts = _prompts(tok, p * (_WARMUP.value + _ITERS.value), t, seed=0)
   prompt_ids = np.asarray([tok.hf(text=x)["input_ids"] for x in prompts], np.int32)
-  digit_V = _digit_table(tok)
+  digit_V = digit_table(tok)
   print(f"machine: {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), trl {trl.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"our logprob_chunk={_CHUNK.value}")

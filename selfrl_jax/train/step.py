@@ -16,6 +16,7 @@ algorithm state.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -233,29 +234,39 @@ class TrainStep:
   Attributes:
     mode: "fused" or "split".
     fused: the whole iteration as one compiled program (state donated).
-    segments: split mode: ("device", compiled fn) and ("host", phase) in order; the segment holding
-      UPDATE returns (state, record) and donates the state, the others return the record.
+    segments: split mode: ("device", compiled fn), ("host", phase) and last ("update", compiled fn)
+      in order; the "update" segment holds UPDATE, returns (state, record) and donates the state,
+      the others return the record.
+    segment_names: the phase names each segment runs, joined by "+" (e.g. "rollout", "reward").
   """
 
   mode: str
   fused: Callable[[TrainState, PromptBatch], tuple[TrainState, dict]]
   segments: tuple[tuple[str, Any], ...]
   graphdef: Any
+  segment_names: tuple[str, ...] = ()
 
   def __call__(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     if self.mode == "fused":
       return self.fused(state, PromptBatch.of(batch))
     return self.split(state, batch)
 
-  def split(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+  def split(self, state: TrainState, batch, seconds: dict[str, float] | None = None,
+            ) -> tuple[TrainState, dict]:
+    """The iteration in split mode. With `seconds` (a dict to fill), each segment's wall time goes
+    under its `segment_names` entry, waiting for its results before the next starts (benchmarks)."""
     record = StepRecord(batch=PromptBatch.of(batch))
-    for kind, fn in self.segments:
+    for (kind, fn), name in zip(self.segments, self.segment_names):
+      start = time.perf_counter()
       if kind == "host":
         record = fn.fn(_context(self.graphdef, state, model=False), record)
       elif kind == "update":
         state, record = fn(state, record)
       else:
         record = fn(state, record)
+      if seconds is not None:
+        jax.block_until_ready((state, record))
+        seconds[name] = time.perf_counter() - start
     return state, record.metrics
 
   def compilations(self) -> int:
@@ -342,17 +353,21 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
   else:
     fused_fn = jax.jit(fused, donate_argnums=(0,))
 
-  segments, run = [], []
+  segments, names, run = [], [], []
   for phase in phases:
     if phase.host:
       if run:
         segments.append(("device", compile_(lambda st, rec, r=tuple(run): run_device(r, st, rec), False, False)))
+        names.append("+".join(p.name for p in run))
         run = []
       segments.append(("host", phase))
+      names.append(phase.name)
     else:
       run.append(phase)
   segments.append(("update", compile_(lambda st, rec, r=tuple(run): run_device(r, st, rec), True, True)))
-  return TrainStep(mode=settings.mode, fused=fused_fn, segments=tuple(segments), graphdef=graphdef)
+  names.append("+".join(p.name for p in run))
+  return TrainStep(mode=settings.mode, fused=fused_fn, segments=tuple(segments), graphdef=graphdef,
+                   segment_names=tuple(names))
 
 
 class _ShardedJit:
