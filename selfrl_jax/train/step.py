@@ -244,7 +244,7 @@ class TrainStep:
   fused: Callable[[TrainState, PromptBatch], tuple[TrainState, dict]]
   segments: tuple[tuple[str, Any], ...]
   graphdef: Any
-  segment_names: tuple[str, ...] = ()
+  segment_names: tuple[str, ...]
 
   def __call__(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     if self.mode == "fused":
