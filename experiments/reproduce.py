@@ -3,14 +3,17 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py                                  # GRPO, 3 seeds, ~10 min on 2 CPU cores
   python experiments/reproduce.py --seeds=0 --num_steps=20         # a quick look
   python experiments/reproduce.py --config=configs/tiny/grpo_arithmetic.py --workdir=/tmp/repro
-  python experiments/reproduce.py --method=score                   # SCoRe toy: every arm x 3 seeds
+  python experiments/reproduce.py --method=score                   # SCoRe prefix-sums toy: P1-P3, every arm x 3 seeds
+  python experiments/reproduce.py --method=score --score_toy=addition   # the spec's §11 toy (bugged addition)
   python experiments/reproduce.py --method=score --arms=score,naive_multi_turn --seeds=0
   python experiments/reproduce.py --method=rlavr                   # RLAVR toy: six arms x 3 seeds, ~15 min
   python experiments/reproduce.py --method=rlavr --arms=ttrl,care,entropy,avg_prob --seeds=0
   python experiments/reproduce.py --method=ssrl_if                 # SSRL-IF toy: arms A-F x 3 seeds
 
-`--method=score` runs the arms of configs/score/tiny_arithmetic.py (see experiments/score_toy.py)
-and writes <workdir>/score_table.md, score_results.json and score_curves.png; `--method=rlavr` the
+`--method=score` runs the arms of configs/score/tiny_prefix_sums.py (`--score_toy=addition`:
+configs/score/tiny_arithmetic.py; see experiments/score_toy.py), the prefix-sums toy's preconditions
+(experiments/score_prefix_checks.py) and its claims per length bucket, and writes
+<workdir>/score_table.md, score_results.json and score_curves.png; `--method=rlavr` the
 arms of configs/rlavr/tiny_arithmetic.py (experiments/rlavr_toy.py): rlavr_table.md (table and the
 §10 claims, each checked on the numbers), rlavr_results.json and rlavr_curves.png; `--method=ssrl_if`
 the arms of configs/ssrl_if/tiny_constraints.py (experiments/ssrl_if_toy.py): ssrl_if_table.md (table,
@@ -37,7 +40,8 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import cli, plots, rlavr_toy, score_toy, ssrl_if_toy  # noqa: E402
+from experiments import arms as arms_lib  # noqa: E402
+from experiments import cli, plots, rlavr_toy, score_prefix_checks, score_toy, ssrl_if_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -49,26 +53,48 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps."
 _METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if"],
                             "grpo: --config x seeds; score / rlavr / ssrl_if: that paper's toy arms x seeds.")
 _ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if: arms to run (default: every arm).")
+_SCORE_TOY = flags.DEFINE_enum("score_toy", "prefix_sums", list(score_toy.TOYS), "--method=score: which toy.")
 
 
 def reproduce_score(workdir: str) -> None:
-  """Every SCoRe toy arm x seed; prints and saves the summary table and the Acc@t1/t2 curves."""
-  seeds = [int(s) for s in _SEEDS.value]
+  """Every SCoRe toy arm x seed; prints and saves the summary tables (per length bucket, after the
+  preconditions, for the prefix-sums toy) and the Acc@t1/t2 curves."""
+  seeds, toy = [int(s) for s in _SEEDS.value], _SCORE_TOY.value
+  config = score_toy.TOYS[toy]
   t0 = time.perf_counter()
-  out = score_toy.run_arms(_ARMS.value or list(score_toy.LABELS)[1:], seeds, workdir, num_steps=_NUM_STEPS.value)
-  total = time.perf_counter() - t0
-  table = score_toy.format_table(score_toy.summarize(out["runs"]), len(seeds))
-  mid = score_toy.mid_training_step(out["runs"])
+  out = score_toy.run_arms(_ARMS.value or list(score_toy.DEFAULT_ARMS[toy]), seeds, workdir,
+                           num_steps=_NUM_STEPS.value, config=config)
+  sections, extra = [], {}
+  if toy == "prefix_sums":
+    cfg = arms_lib.load_config_module(config).get_config("score")
+    checked = score_prefix_checks.check_preconditions(workdir, out["runs"])
+    sections.append("Preconditions (checked before any claim):\n\n" + arms_lib.format_claims(checked))
+    for name, lens in score_prefix_checks.buckets(cfg).items():
+      rows = score_toy.summarize(out["runs"], prompt_lens=lens)
+      extra[name] = rows
+      sections.append(f"{name} items (prompt lengths {lens} tokens):\n\n" + score_toy.format_table(rows, len(seeds)))
+    if all(ok for _, ok, _ in checked):
+      claims = score_prefix_checks.claims(extra["long"])
+      sections.append("Claims on long items:\n\n" + arms_lib.format_claims(claims))
+    else:
+      claims = []
+      sections.append("A precondition failed: the toy cannot test the claims; none is reported.")
+    extra = {"preconditions": checked, "claims": claims, "buckets": extra}
+  rows = score_toy.summarize(out["runs"])
+  sections.append("all items:\n\n" + score_toy.format_table(rows, len(seeds)))
+  mid = score_toy.mid_training_step(out["runs"], config)
   if mid is not None:
-    table += (f"\n\nAt step {mid} (SCoRe in Stage I until step {score_toy.stage1_steps()}):\n\n"
-              + score_toy.format_table(score_toy.summarize(out["runs"], step=mid), len(seeds)))
+    sections.append(f"At step {mid} (SCoRe in Stage I until step {score_toy.stage1_steps(config)}), all items:\n\n"
+                    + score_toy.format_table(score_toy.summarize(out["runs"], step=mid), len(seeds)))
+  total = time.perf_counter() - t0
   timing = ", ".join(f"{arm} {sec:.0f} s" for arm, sec in out["seconds"].items())
-  print(f"\nSCoRe toy (bugged 3-digit addition)\n{table}\n\nwall time {total:.0f} s ({timing})")
+  report = "\n\n".join(sections) + f"\n\nwall time {total:.0f} s ({timing})"
+  print(f"\nSCoRe toy ({toy})\n{report}")
   with open(os.path.join(workdir, "score_table.md"), "w") as f:
-    f.write(f"{table}\n\nwall time {total:.0f} s ({timing})\n")
+    f.write(report + "\n")
   score_toy.plot_curves(out["runs"], os.path.join(workdir, "score_curves.png"))
   with open(os.path.join(workdir, "score_results.json"), "w") as f:
-    json.dump({"seconds": total, "arm_seconds": out["seconds"],
+    json.dump({"seconds": total, "arm_seconds": out["seconds"], "toy": toy, **extra,
                "runs": {a: {str(s): r for s, r in by.items()} for a, by in out["runs"].items()}}, f, indent=2)
   print(f"wrote {workdir}/score_table.md, score_results.json and score_curves.png")
 

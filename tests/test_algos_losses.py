@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selfrl_jax.algos.losses import (AGGREGATIONS, KL_ESTIMATORS, SURROGATES, SurrogateParams,
-                                     aggregate, kl_estimate, pg_loss, policy_loss)
+from selfrl_jax.algos.logprobs import token_kl
+from selfrl_jax.algos.losses import (AGGREGATIONS, FULL_KL, KL_ESTIMATORS, KL_MODES, SURROGATES, SurrogateParams,
+                                     aggregate, kl_estimate, kl_problem, kl_reward_to_go, pg_loss, policy_loss)
 
 # ----------------------------------------------------------------------------------------------
 # KL estimators
@@ -80,6 +81,116 @@ def test_kl_loss_gradients_follow_the_divergence_their_docs_name():
   np.testing.assert_allclose(_expected_loss_gradient("k3", theta, ref_logp), reverse, rtol=1e-5, atol=1e-6)
   # low_var_kl is k3 wherever its clamp does not bind (|k3| <= 10 for every token here).
   np.testing.assert_allclose(_expected_loss_gradient("low_var_kl", theta, ref_logp), reverse, rtol=1e-5, atol=1e-6)
+
+
+# Two-token policies: y1 ~ pi1 = softmax(theta1), y2 ~ pi2(. | y1) = softmax(theta2[y1]). Every
+# (estimator, mode) pair that validation allows is run through `policy_loss` on all V^2 sequences
+# (batch = the sequences, kl_coef = their probability, zero task advantage), so B * grad(loss) is the
+# exact expected gradient. Loss mode is compared with the per-position KL (each position's context
+# distribution held fixed), reward mode with the KL of the whole sequence: the two differ here.
+V = 3
+
+
+def _two_step_setup():
+  dtype = jnp.float64 if jax.config.x64_enabled else jnp.float32
+  rng = np.random.default_rng(28)  # the three target gradients differ by >= 0.3; every k3 <= 1.9 (no clamp)
+  theta = {"t1": jnp.asarray(rng.normal(size=V), dtype), "t2": jnp.asarray(1.5 * rng.normal(size=(V, V)), dtype)}
+  ref1 = jax.nn.log_softmax(jnp.asarray(rng.normal(size=V), dtype))
+  ref2 = jax.nn.log_softmax(jnp.asarray(1.5 * rng.normal(size=(V, V)), dtype), axis=-1)
+  y1, y2 = np.divmod(np.arange(V * V), V)
+  return theta, ref1, ref2, y1, y2
+
+
+def _kl(logp, ref, forward=True):
+  """KL(p || ref) (forward) or KL(ref || p) over the last axis, from log-probs."""
+  return (jnp.exp(logp) * (logp - ref)).sum(-1) if forward else (jnp.exp(ref) * (ref - logp)).sum(-1)
+
+
+def _expected_gradient(estimator, mode, theta, ref1, ref2, y1, y2):
+  def loss(th):
+    lp1, lp2 = jax.nn.log_softmax(th["t1"]), jax.nn.log_softmax(th["t2"], axis=-1)
+    logp_BxT = jnp.stack([lp1[y1], lp2[y1, y2]], axis=1)
+    ref_BxT = jnp.stack([ref1[y1], ref2[y1, y2]], axis=1)
+    prob_B = jax.lax.stop_gradient(jnp.exp(logp_BxT.sum(1)))
+    full_BxT = jnp.stack([jnp.broadcast_to(_kl(lp1, ref1), y1.shape), _kl(lp2, ref2)[y1]], axis=1)
+    value, _ = policy_loss(logp_BxT, jax.lax.stop_gradient(logp_BxT), ref_BxT, jnp.zeros(len(y1)),
+                           jnp.ones(logp_BxT.shape, bool), clip_low=0.2, clip_high=0.2,
+                           kl_coef=prob_B[:, None], kl_estimator=estimator, kl_mode=mode,
+                           agg_mode="seq_mean_token_sum_norm", norm_len=1.0,
+                           full_kl_BxT=full_BxT if estimator == FULL_KL else None)
+    return len(y1) * value
+  return jax.grad(loss)(theta)
+
+
+def _target_gradients(theta, ref1, ref2):
+  def per_position(th, forward):
+    lp1, lp2 = jax.nn.log_softmax(th["t1"]), jax.nn.log_softmax(th["t2"], axis=-1)
+    return _kl(lp1, ref1, forward) + (jax.lax.stop_gradient(jnp.exp(lp1)) * _kl(lp2, ref2, forward)).sum()
+
+  def sequence_kl(th):
+    lp1, lp2 = jax.nn.log_softmax(th["t1"]), jax.nn.log_softmax(th["t2"], axis=-1)
+    return _kl(lp1, ref1) + (jnp.exp(lp1) * _kl(lp2, ref2)).sum()
+  return {"per_position_forward": jax.grad(per_position)(theta, True),
+          "per_position_reverse": jax.grad(per_position)(theta, False),
+          "sequence_forward": jax.grad(sequence_kl)(theta), "zero": jax.tree.map(jnp.zeros_like, theta)}
+
+
+# What each allowed (estimator, mode) follows; kl_problem rejects every pair not listed.
+FOLLOWS = {("k2", "loss"): "per_position_forward", ("full", "loss"): "per_position_forward",
+           ("k3", "loss"): "per_position_reverse", ("low_var_kl", "loss"): "per_position_reverse",
+           ("k1", "reward"): "sequence_forward", ("full", "reward"): "sequence_forward"}
+
+
+def test_kl_validation_allows_exactly_the_pairs_with_a_known_gradient():
+  allowed = {(e, m) for e in [*KL_ESTIMATORS, FULL_KL] for m in KL_MODES if kl_problem(e, m) is None}
+  assert allowed == set(FOLLOWS)
+  assert "zero expected gradient" in kl_problem("k1", "loss")
+  assert "no divergence" in kl_problem("k3", "reward")
+  with pytest.raises(ValueError, match="no divergence"):
+    policy_loss(np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32),
+                np.zeros(1, np.float32), np.ones((1, 2), bool), clip_low=0.2, clip_high=0.2, kl_coef=0.1,
+                kl_estimator="k3", kl_mode="reward")
+
+
+@pytest.mark.parametrize("estimator,mode", sorted(FOLLOWS))
+def test_kl_exact_expected_gradient_on_a_two_token_policy(estimator, mode):
+  theta, ref1, ref2, y1, y2 = _two_step_setup()
+  targets = _target_gradients(theta, ref1, ref2)
+  flat = lambda t: np.concatenate([np.ravel(t["t1"]), np.ravel(t["t2"])])  # noqa: E731
+  # The three targets are far apart here, so matching one is not matching all.
+  names = ("per_position_forward", "per_position_reverse", "sequence_forward")
+  for a in names:
+    for b in names:
+      if a < b:
+        assert np.abs(flat(targets[a]) - flat(targets[b])).max() > 0.3, (a, b)
+  got = flat(_expected_gradient(estimator, mode, theta, ref1, ref2, y1, y2))
+  np.testing.assert_allclose(got, flat(targets[FOLLOWS[estimator, mode]]), rtol=1e-4, atol=1e-5)
+
+
+def test_kl_reward_to_go_hand_values():
+  pen = np.array([[1.0, 2.0, 4.0, 8.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
+  mask = np.array([[1, 1, 0, 1], [0, 1, 1, 0]], bool)
+  np.testing.assert_array_equal(np.asarray(kl_reward_to_go(pen, mask)), [[11, 10, 8, 8], [2, 2, 1, 0]])
+  np.testing.assert_array_equal(np.asarray(kl_reward_to_go(pen, mask, inclusive=False)), [[10, 8, 8, 0], [2, 1, 0, 0]])
+
+
+def test_token_kl_matches_numpy_chunked_and_per_position_temperature():
+  rng = np.random.default_rng(0)
+  h, rh = rng.normal(size=(2, 5, 4)).astype(np.float32), rng.normal(size=(2, 5, 4)).astype(np.float32)
+  w, rw = rng.normal(size=(4, 7)).astype(np.float32), rng.normal(size=(4, 7)).astype(np.float32)
+  temp = rng.uniform(0.5, 1.5, size=(2, 5)).astype(np.float32)
+
+  def ref_kl(t):
+    z, rz = (h @ w) / t[..., None], (rh @ rw) / t[..., None]
+    lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    lr = rz - np.log(np.exp(rz).sum(-1, keepdims=True))
+    return (np.exp(lp) * (lp - lr)).sum(-1)
+  for chunk in (None, 3):
+    np.testing.assert_allclose(np.asarray(token_kl(h, w, rh, rw, chunk_size=chunk, temperature=temp)),
+                               ref_kl(temp), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(token_kl(h, w, rh, rw, chunk_size=chunk)), ref_kl(np.ones_like(temp)),
+                               rtol=1e-4, atol=1e-6)
+  assert float(np.abs(np.asarray(token_kl(h, w, h, w))).max()) < 1e-5
 
 
 # ----------------------------------------------------------------------------------------------

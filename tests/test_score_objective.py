@@ -151,7 +151,7 @@ def test_no_turn1_policy_gradient_in_stage1():
   klw_s1 = np.asarray(klw_s1)
   assert (klw_s1[turn_BxS == 1] == np.float32(0.1)).all() and (klw_s1[turn_BxS == 2] == np.float32(0.01)).all()
   assert (klw_s1[turn_BxS == 0] == 0).all()
-  _, klw_only, _ = _terms(_algo(beta2=0.1, stage1_steps=10, first_turn_kl_only=True), rollout, rewards, 0)
+  _, klw_only, _ = _terms(_algo(beta2=0.1, stage1_steps=10, stage1_turn2_kl=False), rollout, rewards, 0)
   assert (np.asarray(klw_only)[turn_BxS == 2] == 0).all()
   _, klw_s2, _ = _terms(_algo(beta1=0.01, beta2=0.1, stage1_steps=10), rollout, rewards, jnp.int32(10))
   assert (np.asarray(klw_s2)[turn_BxS > 0] == np.float32(0.01)).all()
@@ -250,3 +250,37 @@ def test_invalid_knobs_raise():
     _algo(kl_estimator="k7")
   with pytest.raises(ValueError, match="instr_ids is empty"):
     _algo(instr_ids=())
+
+
+def test_under_per_turn_credit_alpha_only_scales_turn2_in_expectation():
+  """configs/score/README.md's calculation, exactly on all 4^4 groups: with RLOO per turn, Stage II's
+  A2 with shaping alpha equals (1 + alpha) times the alpha = 0 advantage minus alpha A1. A1 depends on
+  y1 (and the other samples) only, so E[A1 grad log pi(y2 | y1)] = 0: the shaping arm and the control
+  arm (alpha = 0, turn2_adv_scale = 1 + alpha) follow the same expected gradient. Stage I is unscaled."""
+  groups = np.array(list(itertools.product(range(4), repeat=4)))
+  r1, r2 = jnp.asarray(R1[groups].reshape(-1)), jnp.asarray(R2[groups].reshape(-1))
+  a1, a2, _, _ = _algo(alpha=10.0).turn_terms(r1, r2, jnp.int32(2))
+  c1, c2, _, _ = _algo(alpha=0.0, turn2_adv_scale=11.0).turn_terms(r1, r2, jnp.int32(2))
+  np.testing.assert_allclose(np.asarray(a1), np.asarray(c1))
+  np.testing.assert_allclose(np.asarray(a2), np.asarray(c2) - 10.0 * np.asarray(a1), atol=1e-5)
+  s1, s2, _, _ = _algo(alpha=0.0, turn2_adv_scale=11.0, stage1_steps=5).turn_terms(r1, r2, jnp.int32(1))
+  u1, u2, _, _ = _algo(alpha=0.0, stage1_steps=5).turn_terms(r1, r2, jnp.int32(1))
+  np.testing.assert_array_equal(np.asarray(s2), np.asarray(u2))
+  np.testing.assert_array_equal(np.asarray(s1), np.asarray(u1))
+
+
+def test_eval_metrics_per_prompt_length_match_the_subsets():
+  rng = np.random.default_rng(0)
+  b, n = 12, 3
+  outputs = {"reward_KxB": rng.integers(0, 2, (2, b)).astype(np.float32),
+             "tokens_KxBxN": rng.integers(3, 9, (2, b, n)), "len_KxB": rng.integers(1, n + 1, (2, b)),
+             "prompt_len_B": np.array([4, 11] * 6)}
+  algo = _algo(eval_by_prompt_len=True)
+  metrics = algo.eval_metrics(outputs)
+  for length in (4, 11):
+    keep = outputs["prompt_len_B"] == length
+    sub = _algo().eval_metrics({k: v[..., keep] if k == "prompt_len_B" else v[:, keep] for k, v in outputs.items()})
+    assert metrics[f"eval/by_prompt_len/{length}/count"] == keep.sum()
+    for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "frac_changed"):
+      assert metrics[f"eval/by_prompt_len/{length}/{key}"] == pytest.approx(sub[f"eval/{key}"])
+  assert not any(k.startswith("eval/by_prompt_len") for k in _algo().eval_metrics(outputs))

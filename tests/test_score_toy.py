@@ -84,3 +84,56 @@ def test_stream_and_errors(data):
   with pytest.raises(KeyError, match="buggy_answer"):
     toy_demonstrations(batch, [{"prompt": "1+1=", "answer": "2", "meta": "{}"}] * 16, TOK,
                        np.random.default_rng(0), instr_ids=fix, max_new_tokens1=N1, max_new_tokens2=N2)
+
+
+# --- The second toy: backward prefix sums -------------------------------------------------------
+
+from selfrl_jax.data.prefix_sums import backward_prefix_sums, first_attempts, offset_attempt  # noqa: E402
+from selfrl_jax.data.records import normalize_record  # noqa: E402
+
+
+def test_backward_prefix_sums_by_hand_and_the_check_in_y1():
+  # d = 6 5 2 3: prefix sums 6, 11, 13, 16 -> mod 10: 6 1 3 6, written y4 y3 y2 y1.
+  assert backward_prefix_sums([6, 5, 2, 3]) == "6316"
+  assert offset_attempt("6316", 3) == "9649"
+  task = make_task("prefix_sums_backward", splits={"train": 400}, seed=0, lengths=(3, 10))
+  for rec in task.records("train")[:50]:
+    meta = record_meta(rec)
+    digits, answer = meta["digits"], rec["answer"]
+    assert rec["prompt"] == "".join(map(str, digits)) + "="
+    assert len(answer) == meta["n"] == len(digits)
+    assert int(answer[-1]) == digits[0]                   # y1 = d1: the check a second attempt can use
+    for i in range(1, len(digits)):                        # every later digit is local: y_{i} = y_{i+1} - d_{i+1}
+      assert int(answer[::-1][i - 1]) == (int(answer[::-1][i]) - digits[i]) % 10
+    for c in range(1, 10):                                 # every offset attempt fails the check
+      assert int(offset_attempt(answer, c)[-1]) != digits[0]
+  reversed_task = make_task("prefix_sums_backward", splits={"train": 10}, seed=0, reverse_prompt=True)
+  rec = reversed_task.record("train", 0)
+  assert rec["prompt"] == "".join(map(str, record_meta(rec)["digits"][::-1])) + "="
+  with pytest.raises(ValueError, match="lengths"):
+    make_task("prefix_sums_backward", lengths=())
+
+
+def test_prefix_toy_demonstrations_statistics():
+  records = make_task("prefix_sums_backward", splits={"train": P}, seed=1).records("train")
+  it = make_prompt_iterator(records, TOK, batch_size=P, max_prompt_len=12, max_answer_len=11, shuffle=False)
+  batch = next(it)
+  recs = it.records(batch.example_id_P)
+  fix = correction_instruction_ids(TOK, "<fix>")
+  demo = toy_demonstrations(batch, recs, TOK, np.random.default_rng(0), instr_ids=fix, max_new_tokens1=11,
+                            max_new_tokens2=11, copy_prob=0.8, first_right_prob=0.7)
+  texts = [TOK.decode([int(t) for t, v in zip(row, ok) if v]) for row, ok in zip(demo["tokens_BxS"], demo["valid_BxS"])]
+  y1 = [t.split("=", 1)[1].split("<fix>")[0] for t in texts]
+  y2 = [t.split("<fix>")[1] for t in texts]
+  answers = [normalize_record(r)["answer"] for r in recs]
+  right1 = np.array([a == b for a, b in zip(y1, answers)])
+  assert abs(right1.mean() - 0.7) < 0.03
+  # Wrong first attempts are whole-answer offsets (1..9), never the answer.
+  offsets = {(int(a[0]) - int(b[0])) % 10 for a, b, r in zip(y1, answers, right1) if not r}
+  assert offsets == set(range(1, 10))
+  assert all(offset_attempt(b, (int(a[0]) - int(b[0])) % 10) == a for a, b in zip(y1, answers))
+  copied = np.array([a == b for a, b in zip(y1, y2)])
+  fixed = np.array([b == c for b, c in zip(y2, answers)])
+  assert abs(copied[~right1].mean() - 0.8) < 0.05 and fixed[~right1 & ~copied].all()
+  _, offsets_P = first_attempts(recs[:10], np.random.default_rng(0), 1.0)
+  assert (offsets_P == 0).all()

@@ -16,6 +16,7 @@ from test_configs import CONFIG_DIR, load_config
 from test_score_objective import R1, R2, _algo, _fake_rollout, _rewards, _terms
 
 from configs.score.tiny_arithmetic import ARMS
+from configs.score.tiny_prefix_sums import ARMS as PREFIX_ARMS
 from selfrl_jax.algos.losses import policy_loss
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.eval.self_correction import self_correction_metrics
@@ -110,6 +111,12 @@ def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
     (lambda c: setattr(c.rl, "reward", "math"), "rl.reward"),
     (lambda c: setattr(c.rl, "kl_coef", 0.05), "rl.kl_coef"),
     (lambda c: setattr(c.rl, "advantage", "rloo"), "rl.advantage"),
+    # Stage I switched on but zero steps long would silently be the "w/o Stage I" ablation.
+    (lambda c: setattr(c.score, "stage1_steps", 0), "score.stage1_steps"),
+    (lambda c: setattr(c.score, "turn2_adv_scale", 0.0), "score.turn2_adv_scale"),
+    (lambda c: setattr(c.rl, "kl_estimator", "k1"), "rl.kl_estimator"),   # k1 in the loss anchors nothing
+    (lambda c: setattr(c.rl, "kl_mode", "reward"), "rl.kl_estimator"),    # k3 as a reward follows no KL
+    (lambda c: setattr(c.rl, "kl_mode", "return"), "rl.kl_mode"),
 ])
 def test_bad_score_configs_name_the_field(edit, field):
   cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
@@ -143,15 +150,23 @@ def test_score_config_without_its_section_names_it():
   assert cfg.rl.algorithm == "score" and cfg.score.baseline == "rloo"
 
 
-@pytest.mark.parametrize("arm", ARMS)
-def test_every_toy_arm_is_a_valid_config(arm):
-  cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py", arm)
+TOY_ARMS = [("tiny_arithmetic.py", arm) for arm in ARMS] + [("tiny_prefix_sums.py", arm) for arm in PREFIX_ARMS]
+
+
+@pytest.mark.parametrize("config,arm", TOY_ARMS)
+def test_every_toy_arm_is_the_row_it_is_named_after(config, arm):
+  cfg = load_config(CONFIG_DIR / "score" / config, arm)
   builders.validate_config(cfg, num_devices=1)
   algo = builders.build_algorithm(cfg, builders.build_model(cfg)[1])
   assert algo.multi_turn == (arm != "single_turn")
-  assert algo.use_stage1 == (arm in ("score", "no_shaping", "single_turn"))
-  assert algo.alpha == (0.0 if arm in ("naive_multi_turn", "no_shaping") else 10.0)
-  assert algo.stage2_algo == ("star" if arm == "star" else "reinforce")
+  # Table 4's "STaR instead of REINFORCE in Stage II" keeps Stage I; only these arms drop it.
+  assert algo.use_stage1 == (arm not in ("naive_multi_turn", "naive_per_turn", "no_stage1", "star_no_stage1"))
+  assert (algo.stage1_steps > 0) == algo.use_stage1
+  assert algo.alpha == (0.0 if arm in ("naive_multi_turn", "naive_per_turn", "no_shaping", "shaping_control") else 10.0)
+  assert algo.turn2_adv_scale == (11.0 if arm == "shaping_control" else 1.0)
+  # The paper's naive baseline maximises the summed return: every token sees r1 + r2.
+  assert algo.turn_credit == ("episode" if arm in ("naive_multi_turn", "episode") else "per_turn")
+  assert algo.stage2_algo == ("star" if arm.startswith("star") else "reinforce")
 
 
 def test_score_fused_and_split_steps_are_identical():

@@ -149,3 +149,38 @@ def test_exact_match_reward_in_step(batch):
     answer = [t for t, v in zip(tokens[b], valid[b]) if v]
     answer = answer[:answer.index(TOK.eos_ids[0])] if TOK.eos_ids[0] in answer else answer
     assert got[b] == float(answer == list(targets[b, :1]))
+
+
+def test_full_kl_of_the_update_matches_the_two_models_logits():
+  """`sequence_logprobs(kl_reference=...)` (the `full` estimator's path) vs KL from both models'
+  full [B, S, V] logits; slots before `start` are 0."""
+  from selfrl_jax.models.decoder import forward_full
+  from selfrl_jax.train.step import reference_hidden, sequence_logprobs
+  cfg = tiny_config(vocab_size=TOK.vocab_size, d_model=32, d_ff=64, n_heads=2, n_kv_heads=1, head_dim=16)
+  policy, ref = init_model(cfg, seed=0), init_model(cfg, seed=1)
+  rs = np.random.RandomState(1)
+  tokens = jnp.asarray(rs.randint(3, 40, (3, 9)), jnp.int32)
+  valid = jnp.asarray(np.arange(9)[None] >= np.array([[0], [2], [1]]))
+  start, temp = 4, 0.7
+  ref_h = reference_hidden(ref, tokens, valid, start)
+  _, kl = sequence_logprobs(policy, tokens, valid, temperature=temp, chunk_size=5, start=start,
+                            kl_reference=(ref_h, ref.output_embedding()))
+
+  def log_softmax(model):
+    z = np.asarray(forward_full(model, tokens, valid) @ model.output_embedding(), np.float64) / temp
+    return z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+  lp, lr = log_softmax(policy), log_softmax(ref)
+  want = (np.exp(lp) * (lp - lr)).sum(-1)[:, start - 1:-1]
+  np.testing.assert_array_equal(np.asarray(kl)[:, :start], 0.0)
+  np.testing.assert_allclose(np.asarray(kl)[:, start:], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator,mode", [("full", "loss"), ("full", "reward"), ("k1", "reward")])
+def test_kl_modes_run_in_the_compiled_step(batch, estimator, mode):
+  fns, state, _ = _setup(kl_coef=0.5, kl_estimator=estimator, kl_mode=mode)
+  for _ in range(3):
+    state, metrics = fns(state, batch)
+  assert fns.compilations() == 1
+  assert np.isfinite(float(metrics["loss"])) and int(metrics["nonfinite_skipped"]) == 0
+  assert float(metrics["kl"]) > 0  # the policy has moved away from the reference
+  assert (float(metrics["kl_loss"]) > 0) == (estimator == "full")  # k1 in the reward: no loss term

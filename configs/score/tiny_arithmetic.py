@@ -7,14 +7,17 @@ One file, one arm per config argument (the README table's rows):
   python experiments/reproduce.py --method=score        # every arm x 3 seeds, table + plots
 
 Arms: score (Stage I then Stage II, alpha = 10), single_turn (RL on turn 1 only), naive_multi_turn
-(Eq. 4 with alpha = 0, no Stage I), no_stage1, no_shaping (alpha = 0, with Stage I), star (on-policy
-STaR: SFT on this batch's successful corrections). "base" is the warm start without RL
-(`train.num_steps = 0` is not allowed, so reproduce.py reads the base row from step 0 of any arm).
+(the paper's naive baseline: every token maximises r1 + r2, `episode` credit, no Stage I),
+naive_per_turn (turn 1 on r1, turn 2 on r2), no_stage1, no_shaping (alpha = 0, with Stage I), star
+(Stage I, then on-policy STaR: SFT on this batch's successful corrections, Table 4's row),
+star_no_stage1 (STaR from step 0). "base" is the warm start without RL (`train.num_steps = 0` is not
+allowed, so reproduce.py reads the base row from step 0 of any arm).
 """
 
 from configs.common import get_base_config
 
-ARMS = ("score", "single_turn", "naive_multi_turn", "no_stage1", "no_shaping", "star")
+ARMS = ("score", "single_turn", "naive_multi_turn", "naive_per_turn", "no_stage1", "no_shaping", "star",
+        "star_no_stage1")
 
 
 def get_config(arm: str | None = None):
@@ -52,14 +55,17 @@ def get_config(arm: str | None = None):
   s.alpha, s.beta1, s.beta2 = 10.0, 0.01, 0.1
   if arm == "single_turn":
     s.multi_turn = False
-  elif arm == "naive_multi_turn":
+  elif arm in ("naive_multi_turn", "naive_per_turn"):
     s.use_stage1, s.alpha, s.stage1_steps = False, 0.0, 0
+    s.turn_credit = "episode" if arm == "naive_multi_turn" else "per_turn"
   elif arm == "no_stage1":
     s.use_stage1, s.stage1_steps = False, 0
   elif arm == "no_shaping":
     s.alpha = 0.0
-  elif arm == "star":
-    s.use_stage1, s.stage1_steps, s.stage2_algo = False, 0, "star"
+  elif arm in ("star", "star_no_stage1"):
+    s.stage2_algo = "star"              # star: Stage I kept, as in Table 4's "STaR instead of REINFORCE"
+    if arm == "star_no_stage1":
+      s.use_stage1, s.stage1_steps = False, 0
     c.rl.loss_agg = "token_mean"  # STaR's SFT loss is a token mean (see SCoRe.star_advantages)
   c.lock()
   return c

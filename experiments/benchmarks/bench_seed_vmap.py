@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import score_toy
+from experiments import arms as arms_lib, score_toy
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.train import builders
 from selfrl_jax.train.state import create_train_state, make_optimizer
@@ -49,7 +49,7 @@ def _batch(cfg, tok, rs: np.random.RandomState) -> PromptBatch:
 
 def main(argv):
   del argv
-  cfg = score_toy.load_config_module().get_config("score")
+  cfg = arms_lib.load_config_module(score_toy.CONFIG).get_config("score")
   model, tok = builders.build_model(cfg)
   algorithm = builders.build_algorithm(cfg, tok)
   tx = make_optimizer(cfg.optim)

@@ -15,7 +15,7 @@ import numpy as np
 
 from selfrl_jax.algos.advantages import ADVANTAGES, compute_advantages
 from selfrl_jax.algos.base import Algorithm, Rewards, TokenTerms
-from selfrl_jax.algos.losses import kl_loss_problem
+from selfrl_jax.algos.losses import kl_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import Decoder
@@ -84,7 +84,7 @@ def _validate(cfg, check) -> None:
         f"rl.advantage={rl.advantage!r} compares rollouts within a prompt's group: with group_size=1 every "
         "advantage is 0 and nothing is learned (use group_size >= 2, or advantage='reinforce')")
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
-  problem = kl_loss_problem(rl.kl_estimator)
+  problem = kl_problem(rl.kl_estimator, rl.kl_mode)
   check(rl.kl_coef == 0 or problem is None, "rl.kl_estimator", f"{problem} (rl.kl_coef={rl.kl_coef})")
 
 

@@ -115,3 +115,53 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
   if not return_entropy:
     return logp_BxT
   return logp_BxT, ent_N.reshape(b, t)
+
+
+def _kl_block(h_NxD, w_DxV, ref_h_NxD, ref_w_DxV, inv_temp):
+  """KL(softmax(h w / T) || softmax(ref_h ref_w / T)) per position, float32."""
+  if inv_temp.ndim == 1:
+    inv_temp = inv_temp[:, None]
+  logp_NxV = jax.nn.log_softmax(jnp.dot(h_NxD, w_DxV, preferred_element_type=jnp.float32) * inv_temp, axis=-1)
+  ref_NxV = jax.nn.log_softmax(jnp.dot(ref_h_NxD, ref_w_DxV, preferred_element_type=jnp.float32) * inv_temp,
+                               axis=-1)
+  return (jnp.exp(logp_NxV) * (logp_NxV - ref_NxV)).sum(axis=-1)
+
+
+def token_kl(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, ref_hidden_BxTxD: jax.Array,
+             ref_w_out_DxV: jax.Array, *, chunk_size: int | None = None,
+             temperature: float | jax.Array = 1.0) -> jax.Array:
+  """Exact KL(pi || ref) over the vocabulary at every position (the `full` KL estimator).
+
+  pi = softmax(hidden @ w_out / T), ref = softmax(ref_hidden @ ref_w_out / T), T a scalar or [B, T]
+  per position as in `token_logprobs`. Differentiable in the policy's hidden states and w_out; pass
+  the reference's as constants. Chunked like `token_logprobs` (one [chunk, V] block of each model's
+  logits at a time, recomputed in the backward).
+
+  Returns:
+    kl_BxT (float32, >= 0 up to rounding).
+  """
+  b, t, d = hidden_BxTxD.shape
+  if ref_hidden_BxTxD.shape != hidden_BxTxD.shape:
+    raise ValueError(f"ref_hidden_BxTxD shape {tuple(ref_hidden_BxTxD.shape)} must equal hidden_BxTxD "
+                     f"shape {tuple(hidden_BxTxD.shape)}.")
+  if w_out_DxV.shape != ref_w_out_DxV.shape:
+    raise ValueError(f"w_out_DxV {tuple(w_out_DxV.shape)} and ref_w_out_DxV {tuple(ref_w_out_DxV.shape)} differ.")
+  per_token = jnp.ndim(temperature) > 0
+  inv_temp = 1.0 / jnp.asarray(temperature, jnp.float32)
+  h, rh = (x.reshape(b * t, d).astype(jnp.float32) for x in (hidden_BxTxD, ref_hidden_BxTxD))
+  w, rw = w_out_DxV.astype(jnp.float32), ref_w_out_DxV.astype(jnp.float32)
+  if per_token:
+    inv_temp = inv_temp.reshape(b * t)
+  if chunk_size is None:
+    return _kl_block(h, w, rh, rw, inv_temp).reshape(b, t)
+  n = b * t
+  n_chunks = -(-n // chunk_size)
+  pad = n_chunks * chunk_size - n
+  chunks = lambda x: jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, d)  # noqa: E731
+  block = jax.checkpoint(_kl_block)
+  if per_token:
+    it = jnp.pad(inv_temp, (0, pad), constant_values=1.0).reshape(n_chunks, chunk_size)
+    kl = jax.lax.map(lambda xs: block(xs[0], w, xs[1], rw, xs[2]), (chunks(h), chunks(rh), it))
+  else:
+    kl = jax.lax.map(lambda xs: block(xs[0], w, xs[1], rw, inv_temp), (chunks(h), chunks(rh)))
+  return kl.reshape(-1)[:n].reshape(b, t)

@@ -50,18 +50,34 @@ KL_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {"k1": _k1, "k2": _
                                                               "low_var_kl": _low_var_kl}
 
 
-def kl_loss_problem(estimator: str) -> str | None:
-  """Why `estimator` cannot work as a KL *loss* term (None when it can), for config validation.
+# The exact KL over the vocabulary at each position (`logprobs.token_kl`): computed from both models'
+# hidden states, not from sampled log-probs, so it has no entry in KL_ESTIMATORS.
+FULL_KL = "full"
+KL_MODES = ("loss", "reward")
 
-  The KL term is minimised as a loss on samples of the current policy (the samples carry no
-  gradient). Expected gradients, exact (tests/test_algos_losses.py enumerates a categorical):
-  k1 = log pi - log ref gives E_pi[grad log pi] = 0, noise and no penalty at all; k2 gives
-  grad KL(pi || ref); k3 (and low_var_kl where its clamp does not bind) gives grad KL(ref || pi),
-  the reverse divergence, although its value estimates KL(pi || ref). Both anchor pi to ref.
+
+def kl_problem(estimator: str, mode: str = "loss") -> str | None:
+  """Why `estimator` in `mode` optimises no KL (None when it does), for config validation.
+
+  Expected gradients, exact by enumeration (tests/test_algos_losses.py, one- and two-token policies;
+  the table in docs/algorithms.md). `loss`: the weighted estimate is added to the loss on samples of
+  the current policy, the samples carrying no gradient. Each position's KL is then differentiated
+  with its context held fixed (the per-position KL): k2 and full follow grad KL(pi || ref), k3 (and
+  low_var_kl where its clamp does not bind) grad KL(ref || pi), and k1 has expected gradient 0.
+  `reward`: the penalty enters the return (`kl_reward_to_go`): k1 follows the gradient of the whole
+  sequence's KL(pi || ref), and full too (its own position differentiated exactly, later positions
+  through the return). k2, k3 and low_var_kl as rewards follow no divergence's gradient.
   """
-  if estimator == "k1":
+  if mode not in KL_MODES:
+    return f"unknown kl_mode {mode!r}; valid: {KL_MODES}"
+  if estimator != FULL_KL and estimator not in KL_ESTIMATORS:
+    return f"unknown kl_estimator {estimator!r}; valid: {sorted(KL_ESTIMATORS) + [FULL_KL]}"
+  if mode == "loss" and estimator == "k1":
     return ("k1 = log pi - log ref as a loss term has zero expected gradient (E_pi[grad log pi] = 0), so "
-            "the KL weight would only add noise: use 'k3' (GRPO) or 'k2'")
+            "the KL weight would only add noise: use 'k3' (GRPO), 'k2' or 'full', or rl.kl_mode='reward'")
+  if mode == "reward" and estimator not in ("k1", FULL_KL):
+    return (f"{estimator} as a reward penalty follows no divergence's gradient (E_pi[k(x) grad log pi] is "
+            "not a KL gradient for k2 / k3): with rl.kl_mode='reward' use 'k1' or 'full'")
   return None
 
 
@@ -71,8 +87,7 @@ def kl_estimate(logp_BxT, ref_logp_BxT, estimator: str) -> jax.Array:
   k1 = logp - ref (unbiased, can be negative); k2 = 0.5 (logp - ref)^2 (biased, low variance);
   k3 = exp(ref - logp) - (ref - logp) - 1 (unbiased and >= 0; used by GRPO, eq. 4); low_var_kl =
   k3 clamped to [-10, 10] (verl / EasyR1: a token far from the reference adds at most 10).
-  "Unbiased" is about the value; as a loss term each follows a different gradient
-  (`kl_loss_problem`).
+  "Unbiased" is about the value; as a loss term each follows a different gradient (`kl_problem`).
   """
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"Unknown kl_estimator {estimator!r}; valid keys: {sorted(KL_ESTIMATORS)}.")
@@ -334,39 +349,76 @@ def pg_loss(logp_BxT, old_logp_BxT, adv, mask_BxT, *, clip_low: float, clip_high
   return loss, metrics
 
 
+def kl_reward_to_go(penalty_BxT, mask_BxT, inclusive: bool = True) -> jax.Array:
+  """Sum of each row's penalties at positions >= t (> t when not `inclusive`), masked positions 0.
+
+  The KL penalty in the return (`kl_mode="reward"`): token t's advantage loses the penalties of
+  itself and every later token of its sequence, the REINFORCE form of the KL-regularised objective.
+  """
+  p_BxT = jnp.where(jnp.asarray(mask_BxT, bool), jnp.asarray(penalty_BxT, jnp.float32), 0.0)
+  rtg_BxT = jnp.cumsum(p_BxT[:, ::-1], axis=1)[:, ::-1]
+  return rtg_BxT if inclusive else rtg_BxT - p_BxT
+
+
 def policy_loss(logp_BxT, old_logp_BxT, ref_logp_BxT, adv, mask_BxT, *, clip_low: float,
                 clip_high: float, kl_coef, kl_estimator: str = "k3", agg_mode: str = "token_mean",
                 norm_len: float | None = None, objective_BxT=None,
                 objectives: tuple[str, ...] = ("ppo_clip",), dual_clip_c: float = 3.0,
-                is_gamma: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """pg_loss + aggregate(kl_coef * KL estimate), the GRPO objective (eq. 3) with DAPO options.
+                is_gamma: float = 1.0, kl_mode: str = "loss", full_kl_BxT=None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """pg_loss + the KL term to a frozen reference, the GRPO objective (eq. 3) with DAPO options.
 
   `objective_BxT`, `objectives`, `dual_clip_c`, `is_gamma` pass through to `pg_loss` (per-token
   surrogate choice). `kl_coef` is a scalar or an array broadcastable to [B, T] (e.g. a per-turn KL
-  weight); with a scalar the KL term equals kl_coef * aggregate(kl). With `ref_logp_BxT=None` the KL
-  term is skipped (no reference forward pass needed); this requires a Python `kl_coef == 0`.
+  weight). The KL term (which divergence each combination follows: `kl_problem`):
+    kl_mode="loss": + aggregate(kl_coef * k), k the per-token estimate (`kl_estimate` from
+      ref_logp_BxT; for kl_estimator="full" the exact per-position KL `full_kl_BxT`, differentiable).
+    kl_mode="reward": the advantage of token t becomes A_t - sum_{t' >= t} kl_coef * k1_{t'}
+      (`kl_reward_to_go`, k1 from old_logp_BxT, the sampling policy). For "full", later positions
+      enter the return (t' > t) and the own position stays in the loss, differentiated exactly.
+  With `ref_logp_BxT=None` (and no `full_kl_BxT`) the KL term is skipped (no reference forward
+  pass needed); this requires a Python `kl_coef == 0`.
 
-  Metrics: those of `pg_loss`, plus pg_loss, kl_loss (the weighted KL term, 0 without a reference)
-  and, when a reference is given, kl (mean per-token estimate over valid tokens).
+  Metrics: those of `pg_loss`, plus pg_loss, kl_loss (the weighted KL loss term, 0 without a
+  reference or for k1 in the reward) and, with a reference, kl (mean per-token estimate over valid
+  tokens).
   """
+  m_BxT = jnp.asarray(mask_BxT).astype(bool)
+  if kl_mode not in KL_MODES:
+    raise ValueError(f"Unknown kl_mode {kl_mode!r}; valid: {KL_MODES}.")
+  full = kl_estimator == FULL_KL
+  has_reference = (full_kl_BxT if full else ref_logp_BxT) is not None
+  kl_BxT = None
+  if not has_reference:
+    if not (isinstance(kl_coef, (int, float)) and kl_coef == 0):
+      raise ValueError(f"no reference ({'full_kl_BxT' if full else 'ref_logp_BxT'} is None) but "
+                       f"kl_coef={kl_coef!r}; pass the reference's values or set kl_coef=0.")
+  else:
+    given = full_kl_BxT if full else ref_logp_BxT
+    if jnp.shape(given) != m_BxT.shape:
+      raise ValueError(f"{'full_kl_BxT' if full else 'ref_logp_BxT'} shape {tuple(jnp.shape(given))} must "
+                       f"equal mask_BxT shape {m_BxT.shape}.")
+    if full:
+      kl_BxT = _masked(full_kl_BxT, m_BxT)
+    else:
+      ref_BxT = jax.lax.stop_gradient(_masked(ref_logp_BxT, m_BxT))
+      kl_BxT = kl_estimate(_masked(logp_BxT, m_BxT), ref_BxT, kl_estimator)
+    coef_BxT = jnp.broadcast_to(jnp.asarray(kl_coef, jnp.float32), m_BxT.shape)
+    if kl_mode == "reward":
+      problem = kl_problem(kl_estimator, kl_mode)
+      if problem is not None:
+        raise ValueError(problem)
+      sampled_BxT = kl_BxT if full else kl_estimate(_masked(old_logp_BxT, m_BxT), ref_BxT, "k1")
+      penalty_BxT = jax.lax.stop_gradient(coef_BxT * sampled_BxT)
+      adv = _broadcast_adv(adv, m_BxT.shape) - kl_reward_to_go(penalty_BxT, m_BxT, inclusive=not full)
   pg, metrics = pg_loss(logp_BxT, old_logp_BxT, adv, mask_BxT, clip_low=clip_low,
                         clip_high=clip_high, agg_mode=agg_mode, norm_len=norm_len,
                         objective_BxT=objective_BxT, objectives=objectives, dual_clip_c=dual_clip_c,
                         is_gamma=is_gamma)
-  m_BxT = jnp.asarray(mask_BxT).astype(bool)
-  if ref_logp_BxT is None:
-    if not (isinstance(kl_coef, (int, float)) and kl_coef == 0):
-      raise ValueError(f"ref_logp_BxT is None but kl_coef={kl_coef!r}; pass reference log-probs "
-                       "or set kl_coef=0.")
-    kl_loss = jnp.zeros((), jnp.float32)
-  else:
-    if jnp.shape(ref_logp_BxT) != m_BxT.shape:
-      raise ValueError(f"ref_logp_BxT shape {tuple(jnp.shape(ref_logp_BxT))} must equal mask_BxT "
-                       f"shape {m_BxT.shape}.")
-    ref_BxT = jax.lax.stop_gradient(_masked(ref_logp_BxT, m_BxT))
-    kl_BxT = kl_estimate(_masked(logp_BxT, m_BxT), ref_BxT, kl_estimator)
-    coef = jnp.asarray(kl_coef, jnp.float32)
-    kl_loss = aggregate(jnp.broadcast_to(coef, m_BxT.shape) * kl_BxT, m_BxT, agg_mode, norm_len)
+  kl_loss = jnp.zeros((), jnp.float32)
+  if kl_BxT is not None:
+    if kl_mode == "loss" or full:
+      kl_loss = aggregate(coef_BxT * kl_BxT, m_BxT, agg_mode, norm_len)
     metrics["kl"] = _token_mean_metric(kl_BxT, m_BxT)
   metrics["pg_loss"] = jax.lax.stop_gradient(pg)
   metrics["kl_loss"] = jax.lax.stop_gradient(kl_loss)

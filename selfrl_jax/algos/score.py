@@ -116,12 +116,12 @@ def per_token(value1_B: jax.Array, value2_B: jax.Array, turn_id_BxS: jax.Array) 
                    jnp.where(turn_id_BxS == 2, jnp.asarray(value2_B, jnp.float32)[:, None], 0.0))
 
 
-def turn_kl_weights(stage: jax.Array, beta1: float, beta2: float, first_turn_kl_only: bool = False
+def turn_kl_weights(stage: jax.Array, beta1: float, beta2: float, stage1_turn2_kl: bool = True
                     ) -> tuple[jax.Array, jax.Array]:
-  """(kl_w1, kl_w2): Stage I beta2 on turn 1 and beta1 on turn 2 (0 with first_turn_kl_only); Stage II beta1, beta1."""
+  """(kl_w1, kl_w2): Stage I beta2 on turn 1 and beta1 on turn 2 (0 without stage1_turn2_kl); Stage II beta1, beta1."""
   stage1 = jnp.asarray(stage) == 1
   w1 = jnp.where(stage1, beta2, beta1).astype(jnp.float32)
-  w2 = jnp.where(stage1, 0.0 if first_turn_kl_only else beta1, beta1).astype(jnp.float32)
+  w2 = jnp.where(stage1, beta1 if stage1_turn2_kl else 0.0, beta1).astype(jnp.float32)
   return w1, w2
 
 
@@ -193,7 +193,10 @@ class SCoRe(Algorithm):
     alpha: shaping weight of Eq. 5 (0: "w/o reward shaping").
     beta1: KL weight on both turns in Stage II and on turn 2 in Stage I.
     beta2: first-attempt KL weight in Stage I.
-    first_turn_kl_only: Stage I puts no KL on turn-2 tokens.
+    stage1_turn2_kl: Stage I puts the beta1 KL on turn-2 tokens (False: no KL on them in Stage I;
+      Stage II and turn 1 are unaffected).
+    turn2_adv_scale: Stage II multiplies turn-2 advantages by this (1: the paper). With alpha = 0 and
+      scale 1 + alpha it is the control arm of the shaping ablation (configs/score/README.md).
     turn_credit: per_turn | episode.
     baseline: rloo | batch_mean | none (per turn, over the group or batch).
     adv_norm: none | std.
@@ -202,6 +205,8 @@ class SCoRe(Algorithm):
       batch's successful corrections (Table 4), i.e. the mean NLL of their y2 tokens; no KL.
     star_include_c2c: star also keeps right -> right traces (D+_STaR).
     n_attempts_eval: sequential attempts at evaluation (K >= 2; metrics compare t1 with t2).
+    eval_by_prompt_len: also report every evaluation metric per prompt length in tokens
+      (`eval/by_prompt_len/<L>/<metric>`; the length buckets of a toy whose items differ in length).
   """
 
   sampling: SamplingParams
@@ -216,7 +221,8 @@ class SCoRe(Algorithm):
   alpha: float = 10.0
   beta1: float = 0.01
   beta2: float = 0.1
-  first_turn_kl_only: bool = False
+  stage1_turn2_kl: bool = True
+  turn2_adv_scale: float = 1.0
   turn_credit: str = "per_turn"
   baseline: str = "rloo"
   adv_norm: str = "none"
@@ -224,6 +230,7 @@ class SCoRe(Algorithm):
   stage2_algo: str = "reinforce"
   star_include_c2c: bool = False
   n_attempts_eval: int = 2
+  eval_by_prompt_len: bool = False
 
   def __post_init__(self):
     _check_choice("turn_credit", self.turn_credit, TURN_CREDITS)
@@ -258,9 +265,10 @@ class SCoRe(Algorithm):
         end_ids=turn_end_ids(tokenizer, c.chat_instruction), reward_fn=reward_fn,
         max_new_tokens2=c.max_new_tokens2, multi_turn=c.multi_turn, use_stage1=c.use_stage1,
         stage1_steps=c.stage1_steps, alpha=c.alpha, beta1=c.beta1, beta2=c.beta2,
-        first_turn_kl_only=c.first_turn_kl_only, turn_credit=c.turn_credit, baseline=c.baseline,
-        adv_norm=c.adv_norm, kl_estimator=cfg.rl.kl_estimator, stage2_algo=c.stage2_algo,
-        star_include_c2c=c.star_include_c2c, n_attempts_eval=c.n_attempts_eval)
+        stage1_turn2_kl=c.stage1_turn2_kl, turn2_adv_scale=c.turn2_adv_scale, turn_credit=c.turn_credit,
+        baseline=c.baseline, adv_norm=c.adv_norm, kl_estimator=cfg.rl.kl_estimator,
+        stage2_algo=c.stage2_algo, star_include_c2c=c.star_include_c2c, n_attempts_eval=c.n_attempts_eval,
+        eval_by_prompt_len=c.eval_by_prompt_len)
 
   @property
   def sampling2(self) -> SamplingParams:
@@ -306,7 +314,8 @@ class SCoRe(Algorithm):
     R1_B, R2_B = score_turn_rewards(r1_B, r2_B, self.alpha, stage)
     a1_B, a2_B = turn_advantages(R1_B, R2_B, group_size=self.group_size, turn_credit=self.turn_credit,
                                  baseline=self.baseline, adv_norm=self.adv_norm)
-    w1, w2 = turn_kl_weights(stage, self.beta1, self.beta2, self.first_turn_kl_only)
+    a2_B = jnp.where(stage == 2, self.turn2_adv_scale * a2_B, a2_B)
+    w1, w2 = turn_kl_weights(stage, self.beta1, self.beta2, self.stage1_turn2_kl)
     return a1_B, a2_B, w1, w2
 
   def advantages(self, rollout: TwoTurnRollout, rewards: Rewards, step: jax.Array, algo_state=None
@@ -365,10 +374,27 @@ class SCoRe(Algorithm):
     reward_KxB = jnp.stack([self.reward_fn(response_view(out.tokens_KxBxN[k], out.valid_KxBxN[k],
                                                          out.stopped_KxB[k]), batch)
                             for k in range(self.n_attempts_eval)])
-    return {"reward_KxB": reward_KxB, "tokens_KxBxN": out.tokens_KxBxN, "len_KxB": out.valid_KxBxN.sum(axis=2)}
+    prompt_len_B = jnp.repeat(batch.prompt_valid_PxT.sum(axis=1), self.group_size)
+    return {"reward_KxB": reward_KxB, "tokens_KxBxN": out.tokens_KxBxN, "len_KxB": out.valid_KxBxN.sum(axis=2),
+            "prompt_len_B": prompt_len_B}
 
   def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Acc@t1..t_K, Delta(t1, t2), Delta(i->c), Delta(c->i), frac_changed and the edit-ratio histogram."""
+    """Acc@t1..t_K, Delta(t1, t2), Delta(i->c), Delta(c->i), frac_changed and the edit-ratio histogram;
+    with `eval_by_prompt_len`, each of them again per prompt length (`eval/by_prompt_len/<L>/...`)."""
+    result = self._correction_metrics(outputs)
+    if self.eval_by_prompt_len:
+      lengths_B = np.asarray(outputs["prompt_len_B"])
+      for length in np.unique(lengths_B):
+        keep = lengths_B == length
+        part = {k: np.asarray(v)[..., keep] if k == "prompt_len_B" else np.asarray(v)[:, keep]
+                for k, v in outputs.items()}
+        prefix = f"eval/by_prompt_len/{int(length)}/"
+        result.update({prefix + k[len("eval/"):]: v
+                       for k, v in self._correction_metrics(part).items() if "edit_ratio_hist" not in k})
+        result[prefix + "count"] = float(keep.sum())
+    return result
+
+  def _correction_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     correct_KxN = np.asarray(outputs["reward_KxB"]) > 0.5
     tokens, lengths = outputs["tokens_KxBxN"], outputs["len_KxB"]
     m = self_correction_metrics(correct_KxN[0], correct_KxN[1], tokens[0], lengths[0], tokens[1], lengths[1])

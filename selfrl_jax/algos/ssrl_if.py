@@ -33,7 +33,7 @@ from flax import nnx
 from selfrl_jax.algos import ssrl_if_config
 from selfrl_jax.algos.base import UPDATE, Phase, Rewards, host_call
 from selfrl_jax.algos.grpo import GRPO
-from selfrl_jax.algos.losses import kl_loss_problem
+from selfrl_jax.algos.losses import kl_problem
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.algos.ssrl_if_rm import RM_TEMPLATE_VERSION, classifier_graphdef, init_classifier, rm_inputs, rm_prob
 from selfrl_jax.algos.ssrl_if_worlds import RM_TEMPLATES, WORLDS
@@ -233,7 +233,7 @@ def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
 def _validate(cfg, check) -> None:
   ssrl_if_config.validate(cfg, check)
   check(cfg.rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {cfg.rl.kl_coef}")
-  problem = kl_loss_problem(cfg.rl.kl_estimator)
+  problem = kl_problem(cfg.rl.kl_estimator, cfg.rl.kl_mode)
   check(cfg.rl.kl_coef == 0 or problem is None, "rl.kl_estimator", f"{problem} (rl.kl_coef={cfg.rl.kl_coef})")
 
 

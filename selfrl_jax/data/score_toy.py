@@ -1,4 +1,4 @@
-"""SFT warm start for the SCoRe toy (score.md §11): a "base model" that errs and rarely self-corrects.
+"""SFT warm start for the SCoRe toys: a "base model" that errs and rarely self-corrects.
 
     it = make_prompt_iterator(train_records, tok, batch_size=64, max_prompt_len=16, max_answer_len=8)
     batch = next(it)
@@ -13,6 +13,10 @@ true sum outside the ~40% bug subset of `arithmetic_bugged`); y2 copies y1 with 
 `copy_prob`, else re-solves (the true sum). Loss on y1 and y2 tokens, EOS included. Greedy decoding
 of a fitted model then gives Acc@t1 ~ 0.6 and copies at turn 2 (Delta <= 0), while sampling at
 temperature 1 fixes about 1 - copy_prob of the bugs: the RL signal Stage I needs.
+
+The second toy (backward prefix sums, `data/prefix_sums.py`) passes `first_right_prob`: y1 is then the
+right answer with that probability, else the answer shifted by a random offset (`first_attempts`),
+and y2 copies y1 with probability `copy_prob`, else writes the right answer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from selfrl_jax.data.prefix_sums import first_attempts
 from selfrl_jax.data.records import normalize_record
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.tokenizers import Tokenizer
@@ -48,6 +53,19 @@ def toy_targets(records: Sequence[Mapping[str, Any]], rng: np.random.Generator, 
   return y1, y2, np.asarray(bug, bool), copied
 
 
+def prefix_toy_targets(records: Sequence[Mapping[str, Any]], rng: np.random.Generator, copy_prob: float,
+                       first_right_prob: float) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+  """(y1 texts, y2 texts, is_wrong_P, copied_P) for `prefix_sums_backward` records: y1 right with
+  probability `first_right_prob`, else shifted by an offset in 1..9; y2 copies y1 with probability
+  `copy_prob`, else the answer."""
+  if not 0.0 <= copy_prob <= 1.0:
+    raise ValueError(f"prefix_toy_targets: copy_prob must be in [0, 1], got {copy_prob}.")
+  y1, offsets = first_attempts(records, rng, first_right_prob)
+  copied = rng.random(len(records)) < copy_prob
+  y2 = [a if c else normalize_record(r)["answer"] for a, c, r in zip(y1, copied, records)]
+  return y1, y2, offsets != 0, copied
+
+
 def _response_slots(texts: Sequence[str], tokenizer: Tokenizer, width: int, field: str
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Each text + EOS, left-aligned in `width` slots, pad (invalid) after."""
@@ -65,8 +83,8 @@ def _response_slots(texts: Sequence[str], tokenizer: Tokenizer, width: int, fiel
 
 def toy_demonstrations(batch: PromptBatch, records: Sequence[Mapping[str, Any]],
                        tokenizer: Tokenizer, rng: np.random.Generator, *, instr_ids: Sequence[int],
-                       max_new_tokens1: int, max_new_tokens2: int, copy_prob: float = 0.7
-                       ) -> dict[str, np.ndarray]:
+                       max_new_tokens1: int, max_new_tokens2: int, copy_prob: float = 0.7,
+                       first_right_prob: float | None = None) -> dict[str, np.ndarray]:
   """Two-turn SFT demonstrations for a prompt batch, in the two-turn rollout's slot layout.
 
   Args:
@@ -77,6 +95,8 @@ def toy_demonstrations(batch: PromptBatch, records: Sequence[Mapping[str, Any]],
     instr_ids: the correction instruction ids (as `SCoRe.instr_ids`).
     max_new_tokens1, max_new_tokens2: N1 and N2, the RL rollout's turn buffers.
     copy_prob: probability that y2 copies y1.
+    first_right_prob: None for `arithmetic_bugged` records (y1 = the record's `buggy_answer`); a
+      probability for `prefix_sums_backward` records (`prefix_toy_targets`).
 
   Returns:
     tokens_BxS, valid_BxS, loss_mask_BxS (S = T + N1 + I + N2), as `train.sft.demonstrations`.
@@ -84,7 +104,10 @@ def toy_demonstrations(batch: PromptBatch, records: Sequence[Mapping[str, Any]],
   prompt_PxT = np.asarray(batch.prompt_tokens_PxT)
   if len(records) != prompt_PxT.shape[0]:
     raise ValueError(f"toy_demonstrations: {len(records)} records for a batch of {prompt_PxT.shape[0]} prompts.")
-  y1_text, y2_text, _, _ = toy_targets(records, rng, copy_prob)
+  if first_right_prob is None:
+    y1_text, y2_text, _, _ = toy_targets(records, rng, copy_prob)
+  else:
+    y1_text, y2_text, _, _ = prefix_toy_targets(records, rng, copy_prob, first_right_prob)
   y1, y1_valid = _response_slots(y1_text, tokenizer, max_new_tokens1, "y1")
   y2, y2_valid = _response_slots(y2_text, tokenizer, max_new_tokens2, "y2")
   p = prompt_PxT.shape[0]
@@ -97,11 +120,12 @@ def toy_demonstrations(batch: PromptBatch, records: Sequence[Mapping[str, Any]],
 
 
 def toy_demonstration_stream(prompt_iterator, tokenizer: Tokenizer, *, seed: int, instr_ids: Sequence[int],
-                             max_new_tokens1: int, max_new_tokens2: int, copy_prob: float = 0.7
-                             ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless demonstrations from a `PromptIterator` over `arithmetic_bugged` records."""
+                             max_new_tokens1: int, max_new_tokens2: int, copy_prob: float = 0.7,
+                             first_right_prob: float | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Endless demonstrations from a `PromptIterator` (arguments as `toy_demonstrations`)."""
   rng = np.random.default_rng(seed)
   for batch in prompt_iterator:
     yield toy_demonstrations(batch, prompt_iterator.records(batch.example_id_P), tokenizer, rng,
                              instr_ids=instr_ids, max_new_tokens1=max_new_tokens1,
-                             max_new_tokens2=max_new_tokens2, copy_prob=copy_prob)
+                             max_new_tokens2=max_new_tokens2, copy_prob=copy_prob,
+                             first_right_prob=first_right_prob)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from selfrl_jax.algos.losses import AGGREGATIONS, KL_ESTIMATORS
+from selfrl_jax.algos.losses import AGGREGATIONS, FULL_KL, KL_ESTIMATORS, KL_MODES
 from selfrl_jax.algos.registry import get_algorithm_spec
 from selfrl_jax.data import benchmarks
 from selfrl_jax.data.builders import load_task_split
@@ -65,11 +65,12 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
   num_devices = num_devices or jax.device_count()
   spec = _algorithm_spec(cfg)
   _validate_algorithm_sections(cfg, spec)
+  _check(rl.kl_mode in KL_MODES, "rl.kl_mode", f"{rl.kl_mode!r} is not one of {KL_MODES}")
   if spec.validate is not None:  # first: the algorithm names the root cause (e.g. rloo needs group_size >= 2)
     spec.validate(cfg, _check)
   _check(rl.loss_agg in AGGREGATIONS, "rl.loss_agg", f"{rl.loss_agg!r} is not one of {sorted(AGGREGATIONS)}")
-  _check(rl.kl_estimator in KL_ESTIMATORS, "rl.kl_estimator",
-         f"{rl.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
+  _check(rl.kl_estimator in KL_ESTIMATORS or rl.kl_estimator == FULL_KL, "rl.kl_estimator",
+         f"{rl.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS) + [FULL_KL]}")
   _check(rl.mode in MODES, "rl.mode", f"{rl.mode!r} must be one of {MODES}")
   for field in ("prompts_per_step", "group_size", "max_prompt_len", "max_new_tokens", "num_epochs",
                 "num_minibatches", "micro_batch_size"):
@@ -275,7 +276,7 @@ def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSe
   return UpdateSettings(
       rollouts=rl.prompts_per_step * rl.group_size, group_size=rl.group_size, temperature=rl.temperature,
       clip_low=rl.clip_low, clip_high=rl.clip_high, use_reference=algorithm.needs_reference,
-      kl_estimator=rl.kl_estimator, loss_agg=rl.loss_agg, norm_len=algorithm.response_slots,
+      kl_estimator=rl.kl_estimator, kl_mode=rl.kl_mode, loss_agg=rl.loss_agg, norm_len=algorithm.response_slots,
       num_epochs=rl.num_epochs, num_minibatches=rl.num_minibatches, micro_batch_size=rl.micro_batch_size,
       logprob_chunk=rl.logprob_chunk or None, mode=rl.mode, objectives=tuple(algorithm.objectives),
       surrogate_kwargs=tuple(algorithm.surrogate_kwargs))

@@ -26,8 +26,8 @@ from flax import nnx, struct
 
 from selfrl_jax.algos.advantages import zero_std_group_fraction
 from selfrl_jax.algos.base import UPDATE, Algorithm, PhaseContext, Rewards, StepRecord
-from selfrl_jax.algos.logprobs import token_logprobs
-from selfrl_jax.algos.losses import policy_loss
+from selfrl_jax.algos.logprobs import token_kl, token_logprobs
+from selfrl_jax.algos.losses import FULL_KL, policy_loss
 from selfrl_jax.data.batch import PromptBatch
 from selfrl_jax.models.decoder import Decoder, forward_full
 from selfrl_jax.rollouts.types import Rollout
@@ -62,6 +62,12 @@ class UpdateSettings:
   mode: str = "fused"
   objectives: tuple[str, ...] = ("ppo_clip",)
   surrogate_kwargs: tuple[tuple[str, float], ...] = ()
+  kl_mode: str = "loss"
+
+  @property
+  def full_kl(self) -> bool:
+    """The exact KL over the vocabulary: the reference pass keeps hidden states, not log-probs."""
+    return self.kl_estimator == FULL_KL
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -89,35 +95,57 @@ class UpdateBatch:
   ref_logp_BxS: jax.Array | None
   temperature_BxS: jax.Array | None = None
   objective_BxS: jax.Array | None = None
+  ref_hidden_BxSxD: jax.Array | None = None  # kl_estimator="full": the reference's final hidden states
 
 
 def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature,
-                      chunk_size: int | None, return_entropy: bool = False, start: int = 1):
+                      chunk_size: int | None, return_entropy: bool = False, start: int = 1,
+                      kl_reference: tuple[jax.Array, jax.Array] | None = None):
   """Log-prob of every slot's token given the slots before it, trainer side.
 
   `temperature` is a float or per-slot `temperature_BxS` (each token rescored at the temperature it
   was sampled with). Slots before `start` get 0 (slot 0 has no context). The update passes the
   prompt width as `start`: prompt tokens are never in the loss, and skipping them skips their
-  share of the vocabulary projection, the largest matmul at large vocab.
+  share of the vocabulary projection, the largest matmul at large vocab. With `kl_reference` =
+  (the reference's `reference_hidden`, its output embedding), the exact per-slot KL(pi || ref) over
+  the vocabulary (`token_kl`) comes last in the returned tuple.
   """
   hidden_BxSxD = forward_full(model, tokens_BxS, valid_BxS)
   if not isinstance(temperature, (int, float)):
     temperature = temperature[:, start:]
   out = token_logprobs(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), tokens_BxS[:, start:],
                        chunk_size=chunk_size, temperature=temperature, return_entropy=return_entropy)
+  out = out if return_entropy else (out,)
+  if kl_reference is not None:
+    ref_hidden_BxSxD, ref_w_out = kl_reference
+    out = (*out, token_kl(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), ref_hidden_BxSxD[:, start:],
+                          ref_w_out, chunk_size=chunk_size, temperature=temperature))
   pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
-  return (pad(out[0]), pad(out[1])) if return_entropy else pad(out)
+  out = tuple(pad(x) for x in out)
+  return out if len(out) > 1 else out[0]
+
+
+def reference_hidden(model: Decoder, tokens_BxS, valid_BxS, start: int) -> jax.Array:
+  """The reference's final hidden states that predict each slot (slot s holds the state after slot
+  s - 1; slots before `start` are 0), the input `sequence_logprobs(kl_reference=...)` takes."""
+  hidden_BxSxD = forward_full(model, tokens_BxS, valid_BxS)
+  return jnp.pad(hidden_BxSxD[:, start - 1:-1], ((0, 0), (start, 0), (0, 0)))
 
 
 def _masked_mean(x_BxS, mask_BxS):
   return jnp.where(mask_BxS, x_BxS, 0.0).sum() / jnp.maximum(mask_BxS.sum(), 1)
 
 
-def _microbatched_logprobs(graphdef, params, ub: UpdateBatch, s: UpdateSettings):
-  """Frozen-parameter log-probs (old policy or reference), one micro-batch at a time."""
+def _microbatched_logprobs(graphdef, params, ub: UpdateBatch, s: UpdateSettings, hidden: bool = False):
+  """Frozen-parameter log-probs (old policy or reference), one micro-batch at a time; with `hidden`,
+  the `reference_hidden` states instead (the exact KL's reference side)."""
   model = nnx.merge(graphdef, params)
   m = s.micro_batch_size
   split = lambda x: x.reshape(-1, m, *x.shape[1:])  # noqa: E731
+  if hidden:
+    out = jax.lax.map(lambda xs: reference_hidden(model, xs[0], xs[1], s.first_loss_slot),
+                      (split(ub.tokens_BxS), split(ub.valid_BxS)))
+    return jax.lax.stop_gradient(out.reshape(*ub.tokens_BxS.shape, -1))
   temperature = s.temperature if ub.temperature_BxS is None else split(ub.temperature_BxS)
   logp = jax.lax.map(lambda xs: sequence_logprobs(model, xs[0], xs[1], temperature=xs[2],
                                                   chunk_size=s.logprob_chunk, start=s.first_loss_slot),
@@ -125,20 +153,27 @@ def _microbatched_logprobs(graphdef, params, ub: UpdateBatch, s: UpdateSettings)
   return jax.lax.stop_gradient(logp.reshape(ub.tokens_BxS.shape))
 
 
-def _loss_fn(params, graphdef, mb: UpdateBatch, s: UpdateSettings):
+def _loss_fn(params, graphdef, mb: UpdateBatch, s: UpdateSettings, ref_w_out=None):
   model = nnx.merge(graphdef, params)
   temperature = s.temperature if mb.temperature_BxS is None else mb.temperature_BxS
-  logp_BxS, entropy_BxS = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=temperature,
-                                            chunk_size=s.logprob_chunk, return_entropy=True,
-                                            start=s.first_loss_slot)
+  full_kl_BxS = None
+  kl_reference = None if mb.ref_hidden_BxSxD is None else (mb.ref_hidden_BxSxD, ref_w_out)
+  out = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=temperature,
+                          chunk_size=s.logprob_chunk, return_entropy=True, start=s.first_loss_slot,
+                          kl_reference=kl_reference)
+  logp_BxS, entropy_BxS = out[:2]
+  if kl_reference is not None:
+    full_kl_BxS = out[2]
+  has_reference = mb.ref_logp_BxS is not None or full_kl_BxS is not None
   old_BxS = mb.old_logp_BxS if mb.old_logp_BxS is not None else jax.lax.stop_gradient(logp_BxS)
   surrogate = {}
   if mb.objective_BxS is not None or s.objectives != ("ppo_clip",):
     surrogate = dict(objective_BxT=mb.objective_BxS, objectives=s.objectives, **dict(s.surrogate_kwargs))
   loss, metrics = policy_loss(
       logp_BxS, old_BxS, mb.ref_logp_BxS, mb.adv_BxS, mb.loss_mask_BxS, clip_low=s.clip_low,
-      clip_high=s.clip_high, kl_coef=mb.kl_weight_BxS if mb.ref_logp_BxS is not None else 0.0,
-      kl_estimator=s.kl_estimator, agg_mode=s.loss_agg, norm_len=s.norm_len, **surrogate)
+      clip_high=s.clip_high, kl_coef=mb.kl_weight_BxS if has_reference else 0.0,
+      kl_estimator=s.kl_estimator, agg_mode=s.loss_agg, norm_len=s.norm_len, kl_mode=s.kl_mode,
+      full_kl_BxT=full_kl_BxS, **surrogate)
   metrics["entropy"] = jax.lax.stop_gradient(_masked_mean(entropy_BxS, mb.loss_mask_BxS))
   # Sampler vs trainer log-prob of the same tokens (exact for the first minibatch; `update`
   # replaces it with the pre-update value when old log-probs are computed separately).
@@ -155,13 +190,16 @@ def _optimize(state: TrainState, graphdef, tx: optax.GradientTransformation, ub:
   perms = jnp.stack([jax.random.permutation(jax.random.fold_in(key, e), b) for e in range(s.num_epochs)])
   index_UxAxM = perms.reshape(s.num_epochs * s.num_minibatches, a, m)
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+  ref_w_out = None
+  if ub.ref_hidden_BxSxD is not None:  # the exact KL projects the reference's hidden states itself
+    ref_w_out = jax.lax.stop_gradient(nnx.merge(graphdef, state.ref_params).output_embedding())
 
   def minibatch_step(state: TrainState, index_AxM):
     tokens_in_minibatch = jnp.maximum(ub.loss_mask_BxS[index_AxM.reshape(-1)].sum(), 1)
 
     def micro_step(grads, index_M):
       mb = jax.tree.map(lambda x: x[index_M], ub)
-      (loss, metrics), g = grad_fn(state.params, graphdef, mb, s)
+      (loss, metrics), g = grad_fn(state.params, graphdef, mb, s, ref_w_out)
       # Re-weight so the accumulated gradient equals the minibatch-level aggregation exactly.
       weight = (mb.loss_mask_BxS.sum() / tokens_in_minibatch if s.loss_agg == "token_mean" else 1.0 / a)
       return jax.tree.map(lambda acc, x: acc + weight * x, grads, g), metrics
@@ -310,8 +348,11 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
                      old_logp_BxS=None, ref_logp_BxS=None, temperature_BxS=rollout.temperature_BxS,
                      objective_BxS=terms.objective_BxS)
     old = _microbatched_logprobs(graphdef, state.params, ub, s) if s.needs_old_logprobs else None
-    ref = _microbatched_logprobs(graphdef, state.ref_params, ub, s) if s.use_reference else None
-    ub = ub.replace(old_logp_BxS=old, ref_logp_BxS=ref)
+    ref = ref_hidden = None
+    if s.use_reference:
+      ref_hidden = _microbatched_logprobs(graphdef, state.ref_params, ub, s, hidden=True) if s.full_kl else None
+      ref = None if s.full_kl else _microbatched_logprobs(graphdef, state.ref_params, ub, s)
+    ub = ub.replace(old_logp_BxS=old, ref_logp_BxS=ref, ref_hidden_BxSxD=ref_hidden)
     pre_update_step = state.step
     state, update_metrics = _optimize(state, graphdef, tx, ub, shuffle_key, s)
     metrics = {**record.metrics, **terms.metrics, **update_metrics,
