@@ -15,6 +15,7 @@ which is exactly greedy decoding reproducing y*), on held-out long items.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -123,9 +124,16 @@ def _records(source, batch):
   return [normalize_record(source[int(i)]) for i in np.asarray(batch.example_id_P)]
 
 
-def check_preconditions(workdir: str, runs: dict | None) -> list[tuple[str, bool | None, str]]:
-  """[(precondition, holds (None: not run), numbers)] for P1 (from the single_turn runs), P2, P3."""
+def check_preconditions(workdir: str, runs: dict | None, edit: Callable | None = None
+                        ) -> list[tuple[str, bool | None, str]]:
+  """[(precondition, holds (None: not run), numbers)] for P1 (from the single_turn runs), P2, P3.
+
+  `edit(cfg)` changes the config first (e.g. a longer warm start, to see what the toy would need).
+  """
   cfg = arms_lib.load_config_module(CONFIG).get_config("score")
+  if edit is not None:
+    with cfg.unlocked():
+      edit(cfg)
   model, tok, train_source, test_source = _base(cfg, workdir)
   record = normalize_record(train_source[0])
   if len(tok.encode(record["prompt"])) != record_meta(record)["n"] + 1:

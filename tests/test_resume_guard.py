@@ -42,6 +42,14 @@ def test_a_knob_added_after_the_run_started_resumes_at_its_default_only():
     cfg.ssrl_if.rm_objective = "bt"
   with pytest.raises(ConfigError, match=r"ssrl_if.rm_objective: saved '<absent>', now 'bt'"):
     check_resume_config(saved, cfg)
+  # A shared knob added later (builders.SHARED_KNOBS_ADDED): fine at the value the run behaved as.
+  shared = _cfg()
+  saved = config_json(shared)
+  del saved["rl"]["kl_mode"]
+  check_resume_config(saved, shared)
+  shared.rl.kl_mode = "reward"
+  with pytest.raises(ConfigError, match=r"rl.kl_mode: saved '<absent>', now 'reward'"):
+    check_resume_config(saved, shared)
 
 
 @pytest.mark.slow

@@ -305,13 +305,17 @@ def config_differences(saved: dict, cfg: ml_collections.ConfigDict, ignore: tupl
   return "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}" for k in diff)
 
 
+# Shared knobs added after runs may have started, with the value that keeps a run's old behaviour.
+SHARED_KNOBS_ADDED = {"rl.kl_mode": "loss"}
+
+
 def _new_knobs_at_default(saved: dict, cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Fields of the algorithm's own section that the saved config predates and that still hold the
-  algorithm's default: a knob added to the code after the run started, leaving its behaviour as it was."""
+  """Fields the saved config predates that still hold the value it behaved as: knobs of the
+  algorithm's own section at the algorithm's default, and shared ones (SHARED_KNOBS_ADDED)."""
+  defaults = dict(SHARED_KNOBS_ADDED)
   section = cfg.rl.algorithm
-  if section not in cfg:
-    return ()
-  defaults = _flatten({section: get_algorithm_spec(section).default_config().to_dict()})
+  if section in cfg:
+    defaults.update(_flatten({section: get_algorithm_spec(section).default_config().to_dict()}))
   old, new = _flatten(saved), _flatten(config_json(cfg))
   return tuple(k for k, v in defaults.items() if k not in old and new.get(k) == v)
 

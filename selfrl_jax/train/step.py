@@ -43,6 +43,8 @@ class UpdateSettings:
   `use_reference`: compute frozen-reference log-probs for the KL term; the per-token KL weights
   come from the Algorithm. `temperature` rescores rollouts that carry no per-token temperatures.
   `surrogate_kwargs`: constants of the algorithm's surrogate losses (e.g. dual_clip_c, is_gamma).
+  `kl_estimator` / `kl_mode`: the KL term and where it enters, the loss or the return (`policy_loss`;
+  which divergence each pair follows: `losses.kl_problem`, docs/algorithms.md).
   """
 
   rollouts: int
