@@ -73,12 +73,14 @@ def reproduce_score(workdir: str) -> None:
       rows = score_toy.summarize(out["runs"], prompt_lens=lens)
       extra[name] = rows
       sections.append(f"{name} items (prompt lengths {lens} tokens):\n\n" + score_toy.format_table(rows, len(seeds)))
-    if all(ok for _, ok, _ in checked):
+    claims = []
+    if any(ok is False for _, ok, _ in checked):
+      sections.append("A precondition failed: the toy cannot test the claims; none is reported.")
+    elif any(ok is None for _, ok, _ in checked):
+      sections.append("Not every precondition was checked (P1 needs the single_turn arm): no claim is reported.")
+    else:
       claims = score_prefix_checks.claims(extra["long"])
       sections.append("Claims on long items:\n\n" + arms_lib.format_claims(claims))
-    else:
-      claims = []
-      sections.append("A precondition failed: the toy cannot test the claims; none is reported.")
     extra = {"preconditions": checked, "claims": claims, "buckets": extra}
   rows = score_toy.summarize(out["runs"])
   sections.append("all items:\n\n" + score_toy.format_table(rows, len(seeds)))

@@ -117,6 +117,8 @@ def test_evaluator_reports_self_correction_metrics_of_greedy_attempts():
     (lambda c: setattr(c.rl, "kl_estimator", "k1"), "rl.kl_estimator"),   # k1 in the loss anchors nothing
     (lambda c: setattr(c.rl, "kl_mode", "reward"), "rl.kl_estimator"),    # k3 as a reward follows no KL
     (lambda c: setattr(c.rl, "kl_mode", "return"), "rl.kl_mode"),
+    # A knob the section does not define (here one renamed since) is named, not silently ignored.
+    (lambda c: setattr(c.score, "first_turn_kl_only", True), "score.first_turn_kl_only"),
 ])
 def test_bad_score_configs_name_the_field(edit, field):
   cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
@@ -124,6 +126,15 @@ def test_bad_score_configs_name_the_field(edit, field):
     edit(cfg)
   with pytest.raises(builders.ConfigError, match=f"config.{field}"):
     builders.validate_config(cfg, num_devices=1)
+
+
+def test_full_kl_builds_for_score_in_both_modes():
+  for mode in ("loss", "reward"):
+    cfg = load_config(CONFIG_DIR / "score" / "tiny_arithmetic.py")
+    with cfg.unlocked():
+      cfg.rl.kl_estimator, cfg.rl.kl_mode = "full", mode
+    builders.validate_config(cfg, num_devices=1)
+    assert builders.build_algorithm(cfg, builders.build_model(cfg)[1]).kl_estimator == "full"
 
 
 @pytest.mark.parametrize("knob, value, instead", [("kl_coef", 0.05, "score.beta1 / score.beta2"),

@@ -4,7 +4,7 @@ One file, one arm per config argument (the README table's rows):
 
   python experiments/train.py --config=configs/score/tiny_arithmetic.py --workdir=/tmp/score          # SCoRe
   python experiments/train.py --config=configs/score/tiny_arithmetic.py:naive_multi_turn --workdir=/tmp/naive
-  python experiments/reproduce.py --method=score        # every arm x 3 seeds, table + plots
+  python experiments/reproduce.py --method=score --score_toy=addition   # the default arms x 3 seeds, table + plots
 
 Arms: score (Stage I then Stage II, alpha = 10), single_turn (RL on turn 1 only), naive_multi_turn
 (the paper's naive baseline: every token maximises r1 + r2, `episode` credit, no Stage I),

@@ -1,12 +1,12 @@
 r"""SCoRe's second toy: backward prefix sums, where the first attempt tells turn 2 something turn 1 lacks.
 
-Prompt `d1…dn=`, answer y_n … y_1 with y_i = (d1+…+di) mod 10 (`data/prefix_sums.py`). The first
+Digits d1…dn, shown as `dn…d1=` (`reverse_prompt`); answer y_n … y_1 with y_i = (d1+…+di) mod 10 (`data/prefix_sums.py`). The first
 written digit needs the whole sum; the rest are local. A wrong attempt is usually the answer shifted
 by one offset, and its last digit must equal d1: turn 2 can read the offset off y1. Items mix short
 (n = 3, 4: turn 1 can learn them) and long (n = 9, 10: it should not) lengths; every metric is also
 reported per prompt length (`score.eval_by_prompt_len`), merged into the two buckets by the report.
 
-  python experiments/reproduce.py --method=score_prefix      # preconditions P1-P3, then every arm x 3 seeds
+  python experiments/reproduce.py --method=score             # preconditions P1-P3, then the default arms x 3 seeds
   python experiments/train.py --config=configs/score/tiny_prefix_sums.py:naive_multi_turn --workdir=/tmp/naive
 
 Arms (configs/score/README.md, "Second toy"): score, single_turn, naive_multi_turn (the paper's naive
@@ -66,7 +66,7 @@ def get_config(arm: str | None = None):
     s.use_stage1, s.stage1_steps = False, 0
   elif arm == "no_shaping":
     s.alpha = 0.0
-  elif arm == "shaping_control":
+  elif arm == "shaping_control":  # the SCoRe arm's alpha (10) moved into the turn-2 scale; set both to change it
     s.alpha, s.turn2_adv_scale = 0.0, 1.0 + s.alpha
   elif arm == "episode":
     s.turn_credit = "episode"

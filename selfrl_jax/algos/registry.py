@@ -41,6 +41,8 @@ class AlgorithmSpec:
       classifier trained on the policy's own responses); `report` maps names to scalars.
     prepare_settings: `prepare_settings(cfg) -> dict`, everything besides the policy that
       determines `prepare`'s result (keys its cache).
+    renamed_knobs: knobs of the section renamed since config files may have been written: old
+      field -> what to set instead (named when a config still sets the old field).
   """
 
   name: str
@@ -51,6 +53,7 @@ class AlgorithmSpec:
   sft_demos: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
   prepare: Callable[..., Any] | None = None
   prepare_settings: Callable[[ml_collections.ConfigDict], dict] | None = None
+  renamed_knobs: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}

@@ -25,7 +25,7 @@ import numpy as np
 from selfrl_jax.algos import score_config
 from selfrl_jax.algos.advantages import flat_groups, reinforce, rloo
 from selfrl_jax.algos.base import Algorithm, Rewards, TokenTerms
-from selfrl_jax.algos.losses import KL_ESTIMATORS
+from selfrl_jax.algos.losses import FULL_KL, KL_ESTIMATORS
 from selfrl_jax.algos.registry import AlgorithmSpec
 from selfrl_jax.algos.score_config import ADV_NORMS, BASELINES, STAGE2_ALGOS, TURN_CREDITS
 from selfrl_jax.data.batch import PromptBatch
@@ -200,7 +200,7 @@ class SCoRe(Algorithm):
     turn_credit: per_turn | episode.
     baseline: rloo | batch_mean | none (per turn, over the group or batch).
     adv_norm: none | std.
-    kl_estimator: k1 | k2 | k3; must equal the shared update's `rl.kl_estimator`.
+    kl_estimator: a `losses.KL_ESTIMATORS` key or "full"; must equal the shared update's `rl.kl_estimator`.
     stage2_algo: reinforce | star. `star` replaces the Stage II policy gradient by SFT on this
       batch's successful corrections (Table 4), i.e. the mean NLL of their y2 tokens; no KL.
     star_include_c2c: star also keeps right -> right traces (D+_STaR).
@@ -236,7 +236,7 @@ class SCoRe(Algorithm):
     _check_choice("turn_credit", self.turn_credit, TURN_CREDITS)
     _check_choice("baseline", self.baseline, BASELINES)
     _check_choice("adv_norm", self.adv_norm, ADV_NORMS)
-    _check_choice("kl_estimator", self.kl_estimator, tuple(sorted(KL_ESTIMATORS)))
+    _check_choice("kl_estimator", self.kl_estimator, (*sorted(KL_ESTIMATORS), FULL_KL))
     _check_choice("stage2_algo", self.stage2_algo, STAGE2_ALGOS)
     if self.n_attempts_eval < 2:
       raise ValueError(f"SCoRe.n_attempts_eval must be >= 2, got {self.n_attempts_eval}.")
@@ -409,4 +409,5 @@ class SCoRe(Algorithm):
 
 ALGORITHM = AlgorithmSpec(name="score", build=SCoRe.from_config, default_config=score_config.default_config,
                           validate=score_config.validate, replaces=score_config.REPLACES,
-                          sft_demos={"score_toy": score_config.toy_demos})
+                          sft_demos={"score_toy": score_config.toy_demos},
+                          renamed_knobs={"first_turn_kl_only": "first_turn_kl_only=True is stage1_turn2_kl=False"})

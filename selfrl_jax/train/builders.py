@@ -137,6 +137,14 @@ def _validate_algorithm_sections(cfg: ml_collections.ConfigDict, spec) -> None:
   for section in cfg.keys():
     _check(section in SHARED_SECTIONS or (section == name and spec.default_config is not None), section,
            f"is not a shared section {SHARED_SECTIONS} nor the section of rl.algorithm={name!r}; it would be ignored")
+  if spec.default_config is not None and name in cfg:
+    # A knob the algorithm does not define (a typo, or one renamed since the file was written)
+    # would be silently ignored when set in a config file before lock().
+    known = set(spec.default_config().keys())
+    for field in cfg[name].keys():
+      _check(field in known, f"{name}.{field}",
+             f"is not a knob of rl.algorithm={name!r}; known: {sorted(known)}"
+             + (f". Renamed: {spec.renamed_knobs[field]}" if field in spec.renamed_knobs else ""))
   for knob, (neutral, instead) in spec.replaces.items():
     section, field = knob.split(".")
     _check(cfg[section][field] == neutral, knob,
