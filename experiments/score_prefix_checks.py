@@ -28,7 +28,6 @@ from experiments import score_toy
 from selfrl_jax.data.records import normalize_record, record_meta
 from selfrl_jax.data.score_toy import toy_demonstrations
 from selfrl_jax.models.decoder import forward_full
-from selfrl_jax.sampling.sampler import SamplingParams
 from selfrl_jax.train import builders
 from selfrl_jax.train.evaluation import Evaluator
 from selfrl_jax.train.loop import eval_batches, warm_start

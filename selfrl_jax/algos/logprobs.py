@@ -41,6 +41,30 @@ def _block(hidden_NxD, w_out_DxV, targets_N, inv_temp, return_entropy):
   return logp_N, lse_N - (p_NxV * logits_NxV).sum(axis=-1)
 
 
+def _over_chunks(block, rows, shared, inv_temp, per_token: bool, chunk_size: int):
+  """`block(*row_chunks, *shared, inv_temp)` over `chunk_size` positions at a time, under
+  `jax.checkpoint` (forward and backward each hold one [chunk, V] block; the backward recomputes it).
+
+  `rows` are [N, ...] arrays split along N (padded with 0); `shared` (e.g. w_out) and `inv_temp` are
+  explicit arguments, not closed over, so the checkpointed function has no hidden residuals. A
+  per-position `inv_temp` [N] is split like the rows (padded with 1). Returns `block`'s outputs with
+  the N positions back in order (a None output stays None).
+  """
+  n = rows[0].shape[0]
+  n_chunks = -(-n // chunk_size)
+  pad = n_chunks * chunk_size - n
+  chunk = lambda x: jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(  # noqa: E731
+      n_chunks, chunk_size, *x.shape[1:])
+  block = jax.checkpoint(block)
+  k = len(rows)
+  if per_token:  # padded positions get inverse temperature 1 (their outputs are dropped)
+    it_CxK = jnp.pad(inv_temp, (0, pad), constant_values=1.0).reshape(n_chunks, chunk_size)
+    out = jax.lax.map(lambda xs: block(*xs[:k], *shared, xs[k]), (*map(chunk, rows), it_CxK))
+  else:
+    out = jax.lax.map(lambda xs: block(*xs, *shared, inv_temp), tuple(map(chunk, rows)))
+  return jax.tree.map(lambda x: x.reshape(-1)[:n], out)
+
+
 def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: jax.Array, *,
                    chunk_size: int | None = None, temperature: float | jax.Array = 1.0,
                    return_entropy: bool = False):
@@ -91,25 +115,8 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
   if chunk_size is None:
     logp_N, ent_N = _block(h_NxD, w_DxV, tgt_N, inv_temp, return_entropy)
   else:
-    n = b * t
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-    h_CxKxD = jnp.pad(h_NxD, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, d)
-    tgt_CxK = jnp.pad(tgt_N, (0, pad)).reshape(n_chunks, chunk_size)
-
-    # w_out and inv_temp are explicit arguments (not closed over) so the checkpointed function has
-    # no hidden residuals; its backward recomputes the [chunk, V] block from (h, w, target).
-    block = jax.checkpoint(
-        lambda h, w, tg, it: _block(h, w, tg, it, return_entropy))
-    if per_token:  # padded positions get inverse temperature 1 (their outputs are dropped)
-      it_CxK = jnp.pad(inv_temp, (0, pad), constant_values=1.0).reshape(n_chunks, chunk_size)
-      logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], xs[2]),
-                                      (h_CxKxD, tgt_CxK, it_CxK))
-    else:
-      logp_CxK, ent_CxK = jax.lax.map(lambda xs: block(xs[0], w_DxV, xs[1], inv_temp),
-                                      (h_CxKxD, tgt_CxK))
-    logp_N = logp_CxK.reshape(-1)[:n]
-    ent_N = None if ent_CxK is None else ent_CxK.reshape(-1)[:n]
+    logp_N, ent_N = _over_chunks(lambda h, tg, w, it: _block(h, w, tg, it, return_entropy),
+                                 (h_NxD, tgt_N), (w_DxV,), inv_temp, per_token, chunk_size)
 
   logp_BxT = logp_N.reshape(b, t)
   if not return_entropy:
@@ -117,7 +124,7 @@ def token_logprobs(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, targets_BxT: j
   return logp_BxT, ent_N.reshape(b, t)
 
 
-def _kl_block(h_NxD, w_DxV, ref_h_NxD, ref_w_DxV, inv_temp):
+def _kl_block(h_NxD, ref_h_NxD, w_DxV, ref_w_DxV, inv_temp):
   """KL(softmax(h w / T) || softmax(ref_h ref_w / T)) per position, float32."""
   if inv_temp.ndim == 1:
     inv_temp = inv_temp[:, None]
@@ -153,15 +160,5 @@ def token_kl(hidden_BxTxD: jax.Array, w_out_DxV: jax.Array, ref_hidden_BxTxD: ja
   if per_token:
     inv_temp = inv_temp.reshape(b * t)
   if chunk_size is None:
-    return _kl_block(h, w, rh, rw, inv_temp).reshape(b, t)
-  n = b * t
-  n_chunks = -(-n // chunk_size)
-  pad = n_chunks * chunk_size - n
-  chunks = lambda x: jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, d)  # noqa: E731
-  block = jax.checkpoint(_kl_block)
-  if per_token:
-    it = jnp.pad(inv_temp, (0, pad), constant_values=1.0).reshape(n_chunks, chunk_size)
-    kl = jax.lax.map(lambda xs: block(xs[0], w, xs[1], rw, xs[2]), (chunks(h), chunks(rh), it))
-  else:
-    kl = jax.lax.map(lambda xs: block(xs[0], w, xs[1], rw, inv_temp), (chunks(h), chunks(rh)))
-  return kl.reshape(-1)[:n].reshape(b, t)
+    return _kl_block(h, rh, w, rw, inv_temp).reshape(b, t)
+  return _over_chunks(_kl_block, (h, rh), (w, rw), inv_temp, per_token, chunk_size).reshape(b, t)
