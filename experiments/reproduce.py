@@ -9,6 +9,7 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py --method=rlavr                   # RLAVR toy: six arms x 3 seeds, ~15 min
   python experiments/reproduce.py --method=rlavr --arms=ttrl,care,entropy,avg_prob --seeds=0
   python experiments/reproduce.py --method=ssrl_if                 # SSRL-IF toy: arms A-F x 3 seeds
+  python experiments/reproduce.py --method=herl                    # HeRL toy: arms (1)-(5) x 3 seeds
 
 `--method=score` runs the arms of configs/score/tiny_prefix_sums.py (`--score_toy=addition`:
 configs/score/tiny_arithmetic.py; see experiments/score_toy.py), the prefix-sums toy's preconditions
@@ -17,7 +18,9 @@ configs/score/tiny_arithmetic.py; see experiments/score_toy.py), the prefix-sums
 arms of configs/rlavr/tiny_arithmetic.py (experiments/rlavr_toy.py): rlavr_table.md (table and the
 §10 claims, each checked on the numbers), rlavr_results.json and rlavr_curves.png; `--method=ssrl_if`
 the arms of configs/ssrl_if/tiny_constraints.py (experiments/ssrl_if_toy.py): ssrl_if_table.md (table,
-the §9.6 preconditions and claims checked on the numbers), ssrl_if_results.json and ssrl_if_curves.png.
+the §9.6 preconditions and claims checked on the numbers), ssrl_if_results.json and ssrl_if_curves.png;
+`--method=herl` the arms of configs/herl/tiny_addition.py (experiments/herl_toy.py): herl_table.md,
+herl_results.json and herl_curves.png (exact match against generated sequences).
 
 For every seed: SFT warm start (cached under <workdir>/warm_start), GRPO for `train.num_steps`
 iterations, greedy held-out accuracy before and after. Prints a before/after table (mean ± std
@@ -41,7 +44,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import arms as arms_lib  # noqa: E402
-from experiments import cli, plots, rlavr_toy, score_prefix_checks, score_toy, ssrl_if_toy  # noqa: E402
+from experiments import cli, herl_toy, plots, rlavr_toy, score_prefix_checks, score_toy, ssrl_if_toy  # noqa: E402
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -50,9 +53,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmeti
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Output directory (resumable).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps.")
-_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if"],
-                            "grpo: --config x seeds; score / rlavr / ssrl_if: that paper's toy arms x seeds.")
-_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if: arms to run (default: every arm).")
+_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if", "herl"],
+                            "grpo: --config x seeds; score / rlavr / ssrl_if / herl: that paper's toy arms x seeds.")
+_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if|herl: arms to run (default: every arm).")
 _SCORE_TOY = flags.DEFINE_enum("score_toy", "prefix_sums", list(score_toy.TOYS), "--method=score: which toy.")
 
 
@@ -134,12 +137,18 @@ def reproduce_ssrl_if(workdir: str) -> None:
                         "Preconditions and claims (ssrl_if.md §9.6)")
 
 
+def reproduce_herl(workdir: str) -> None:
+  reproduce_with_claims(workdir, herl_toy, "herl", "HeRL toy (5-digit addition, per-character rubric)",
+                        "Preconditions and claims (herl.md §10)")
+
+
 def main(argv):
   del argv
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  if _METHOD.value in ("score", "rlavr", "ssrl_if"):
-    {"score": reproduce_score, "rlavr": reproduce_rlavr, "ssrl_if": reproduce_ssrl_if}[_METHOD.value](workdir)
+  if _METHOD.value in ("score", "rlavr", "ssrl_if", "herl"):
+    {"score": reproduce_score, "rlavr": reproduce_rlavr, "ssrl_if": reproduce_ssrl_if,
+     "herl": reproduce_herl}[_METHOD.value](workdir)
     return
   runs, t_start = {}, time.perf_counter()
   for seed in map(int, _SEEDS.value):

@@ -206,8 +206,18 @@ def is_weight(logp_BxT, old_logp_BxT, adv_BxT, p: SurrogateParams) -> jax.Array:
   return -adv_BxT * w
 
 
+def policy_shaping(logp_BxT, old_logp_BxT, adv_BxT, p: SurrogateParams) -> jax.Array:
+  """LUFFY's policy shaping (Yan et al. 2025), HeRL's `he.is_ratio = raw` option (herl.md §2 (8)):
+  the raw probability instead of a ratio, pi = exp(logp), loss = -A pi / (pi + gamma) (gamma <= 0:
+  -A pi); old log-probs are not used. d loss / d logp = -A gamma pi / (pi + gamma)^2."""
+  del old_logp_BxT
+  pi = jnp.exp(jnp.minimum(logp_BxT, 0.0))
+  w = pi / (pi + p.is_gamma) if p.is_gamma > 0 else pi
+  return -adv_BxT * w
+
+
 SURROGATES: dict[str, Callable[..., jax.Array]] = {
-    "ppo_clip": ppo_clip, "dual_clip": dual_clip, "is_weight": is_weight}
+    "ppo_clip": ppo_clip, "dual_clip": dual_clip, "is_weight": is_weight, "policy_shaping": policy_shaping}
 
 
 def _ppo_clipped(logp, old, adv, p):
@@ -229,7 +239,8 @@ def _dual_clipped(logp, old, adv, p):
 
 
 _CLIPPED = {"ppo_clip": _ppo_clipped, "dual_clip": _dual_clipped,
-            "is_weight": lambda logp, *_: jnp.zeros(jnp.shape(logp), bool)}
+            "is_weight": lambda logp, *_: jnp.zeros(jnp.shape(logp), bool),
+            "policy_shaping": lambda logp, *_: jnp.zeros(jnp.shape(logp), bool)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,6 +38,12 @@ class Tokenizer(abc.ABC):
   def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of a conversation rendered with the model's chat format."""
 
+  @property
+  def special_ids(self) -> frozenset[int]:
+    """Ids of special tokens (pad, bos, eos; chat markers; the character tokenizer's named specials),
+    e.g. what a hindsight prompt strips from a rendered prompt."""
+    return frozenset(int(i) for i in (self.pad_id, self.bos_id, *self.eos_ids) if i is not None)
+
 
 # Sampling fields of generation_config.json that `generation_defaults` carries over.
 GENERATION_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
@@ -147,6 +153,10 @@ class HFTokenizer(Tokenizer):
     ids = [int(i) for i in ids if int(i) != self.pad_id or not skip_special_tokens]
     return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
+  @property
+  def special_ids(self) -> frozenset[int]:
+    return super().special_ids | frozenset(int(i) for i in self.hf.all_special_ids)
+
   def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
     if not self.hf.chat_template:
       raise ValueError("This tokenizer has no chat template; encode the prompt text directly.")
@@ -191,6 +201,10 @@ class CharTokenizer(Tokenizer):
         ids.append(self.token_to_id[ch])
         i += 1
     return ids
+
+  @property
+  def special_ids(self) -> frozenset[int]:
+    return frozenset(self.token_to_id[t] for t in self.specials)
 
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
     out = []
