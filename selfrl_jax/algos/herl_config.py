@@ -99,7 +99,9 @@ def toy_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, see
   from selfrl_jax.algos.herl_templates import HindsightTemplate  # pylint: disable=import-outside-toplevel
   h = cfg.herl
   full, naive = HindsightTemplate("flags", "full"), HindsightTemplate("flags", "naive")
-  width, n_resp = algorithm.he_prompt_len, algorithm.response_width
+  # One layout for every arm (herl.enable changes the rollout's widths, not the warm start's), so all
+  # arms share one cached base model.
+  width, n_resp = algorithm.he_prompt_len, algorithm.sampling.max_new_tokens + 1
   rubric = algorithm.rubric
 
   def stream():
