@@ -250,8 +250,10 @@ def test_fused_equals_split(sources):
     assert float(ma[k]) == float(mb[k]), k
 
 
-def test_test_time_rounds_keep_only_better_answers(sources):
+@pytest.mark.parametrize("context", ["hindsight", "prompt"])
+def test_test_time_rounds_keep_only_better_answers(sources, context):
   cfg, algo, graphdef, state, _, batches, tok = _setup(sources)
+  algo = dataclasses.replace(algo, eval_round_context=context)
   evaluator_algo = algo.for_eval(builders.eval_sampling(cfg, tok))
   out = jax.jit(lambda params, b: evaluator_algo.eval_outputs(nnx.merge(graphdef, params), b, jax.random.key(0)))(
       state.params, PromptBatch.of(batches[0]))

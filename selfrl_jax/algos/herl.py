@@ -80,6 +80,7 @@ class HeRL(GRPO):
   append_eos: bool = True
   eval_rounds: int = 2
   eval_revision_temperature: float = 0.3
+  eval_round_context: str = "hindsight"
   truncated_reward: str = "keep"
 
   # --- shapes and the loss -----------------------------------------------------------------
@@ -322,8 +323,9 @@ class HeRL(GRPO):
 
   def eval_outputs(self, model, batch, key) -> dict[str, jax.Array]:
     """Round 0: one answer per prompt; round k: rows with an unmet item are revised from h(x, best
-    answer so far) and keep the revision if it scores higher. Returns the rubric score and whether
-    every item is met after each round ([rounds + 1, B])."""
+    answer so far) and keep the revision if it scores higher (`eval_round_context="prompt"`: resampled
+    from x alone, the best-of-k control). Returns the rubric score and whether every item is met
+    after each round ([rounds + 1, B])."""
     rollout = self.rollout(model, batch, key)
     n = self.sampling.max_new_tokens
     best_BxN, best_valid_BxN = rollout.response_tokens_BxN[:, :n], rollout.response_valid_BxN[:, :n]
@@ -333,8 +335,9 @@ class HeRL(GRPO):
     wide = dataclasses.replace(self, he_prompt_len=max(self.he_prompt_len, batch.prompt_width))
     for k in range(self.eval_rounds):
       active_B = best_B < self.threshold
+      hindsight_B = active_B & (self.eval_round_context == "hindsight")  # inactive rows get x
       h, h_valid, _ = wide.hindsight_prompts(batch.prompt_tokens_PxT, batch.prompt_valid_PxT, best_BxN, best_valid_BxN,
-                                             met_BxK, item_valid_BxK, batch.example_id_P, active_B)
+                                             met_BxK, item_valid_BxK, batch.example_id_P, hindsight_B)
       out = generate(model, h, h_valid, jax.random.fold_in(key, k + 1), self.revision_sampling)
       tokens_BxN = jnp.pad(out.tokens_BxN, ((0, 0), (0, n - out.tokens_BxN.shape[1])), constant_values=self.sampling.pad_id)
       valid_BxN = jnp.pad(out.valid_BxN, ((0, 0), (0, n - out.valid_BxN.shape[1])))
@@ -399,7 +402,8 @@ def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) ->
               bonus_clamp_min=h.bonus_clamp_min, replace_top_n=h.replace_top_n, fallback=h.fallback,
               train_with_he_prompt=h.train_with_he_prompt, is_ratio=h.is_ratio, gamma=h.gamma,
               dual_clip_c=h.dual_clip_c, append_eos=h.append_eos, eval_rounds=h.eval_rounds,
-              eval_revision_temperature=h.eval_revision_temperature, truncated_reward=cfg.rl.truncated_reward)
+              eval_revision_temperature=h.eval_revision_temperature, eval_round_context=h.eval_round_context,
+              truncated_reward=cfg.rl.truncated_reward)
 
 
 ALGORITHM = AlgorithmSpec(name="herl", build=_build, default_config=herl_config.default_config, validate=_validate,

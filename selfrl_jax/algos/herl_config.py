@@ -14,6 +14,7 @@ from selfrl_jax.algos.registry import CheckFn
 
 IS_RATIOS = {"ratio": "is_weight", "raw": "policy_shaping"}  # he.is_ratio -> surrogate of hindsight tokens
 FALLBACKS = ("copy_best", "skip")
+EVAL_CONTEXTS = ("hindsight", "prompt")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   h.append_eos = True             # a revision that hit the length limit gets EOS appended (released: response_mask_mode=eos)
   h.eval_rounds = 2               # test-time experience rounds in evaluation (eval/accuracy_round{k}, k = 1..rounds)
   h.eval_revision_temperature = 0.3  # T of the test-time revisions
+  h.eval_round_context = "hindsight"  # test-time rounds resample from: hindsight (h: draft + unmet items) | prompt (x alone: the best-of-k control)
   # Toy warm start (sft.demos = "herl_toy"): direct answers plus revision demonstrations on easy problems.
   h.sft_revision_frac = 0.3       # fraction of warm-start demonstrations in the revision format
   h.sft_revision_max_digits = 3   # revision demonstrations only on problems with operands of at most this many digits
@@ -70,6 +72,8 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(h.is_ratio in IS_RATIOS, "herl.is_ratio", f"must be one of {sorted(IS_RATIOS)}, got {h.is_ratio!r}")
   check(h.dual_clip_c > 1.0, "herl.dual_clip_c", f"must be > 1, got {h.dual_clip_c}")
   check(h.eval_rounds >= 0, "herl.eval_rounds", f"must be >= 0, got {h.eval_rounds}")
+  check(h.eval_round_context in EVAL_CONTEXTS, "herl.eval_round_context",
+        f"must be one of {EVAL_CONTEXTS}, got {h.eval_round_context!r}")
   check(rl.group_size >= 2, "rl.group_size", "GRPO's group baseline needs group_size >= 2")
   check(h.rubric != "digits" or h.template == "flags", "herl.template",
         "the digits rubric's items are character positions: use template='flags'")
