@@ -138,7 +138,7 @@ def test_a_better_revision_replaces_one_slot_with_h_as_its_prompt(sources):
     q = p * algo.num_candidates + src
     np.testing.assert_array_equal(out.rollout.tokens_BxS[row, :w], record.aux["h_RxW"][q])  # its prompt is h
     resp_mask = np.asarray(out.rollout.loss_mask_BxS[row])
-    np.testing.assert_allclose(np.asarray(out.rollout.temperature_BxS[row])[resp_mask], 0.3)
+    np.testing.assert_allclose(np.asarray(out.rollout.temperature_BxS[row])[resp_mask], 0.3)  # rescored at T_rev
     others = [j for j in range(G) if j != s]
     # Candidates got the bonus 0.05 (1 - r); others kept their score.
     idx = np.asarray(record.aux["index_PxL"])[p][cand[p]]
@@ -155,7 +155,10 @@ def test_every_revision_worse_copies_the_best_original_and_lowers_candidates(sou
   ctx, record = _phases_to_inject(algo, graphdef, state, batches[0])
   cand = np.asarray(record.aux["cand_valid_PxL"])
   score = np.asarray(record.rewards.reward_B).reshape(P, G)
-  out = _inject(algo, ctx, record, np.full(cand.size, -1.0))            # far below any group best
+  # Revisions far below any group best, distinct per slot: the copy is the candidate whose revision
+  # scored highest (the best original after the bonus, as released).
+  revised = -1.0 + 0.01 * np.arange(cand.size)
+  out = _inject(algo, ctx, record, revised)
   assert int(np.asarray(out.rewards.parts["is_he_B"]).sum()) == 0
   assert int(out.metrics["herl/fallback_copies"]) == int(cand.any(axis=1).sum())
   reward = np.asarray(out.rewards.reward_B).reshape(P, G)
@@ -166,38 +169,44 @@ def test_every_revision_worse_copies_the_best_original_and_lowers_candidates(sou
     if not cand[p].any():
       np.testing.assert_array_equal(tokens_after[p], tokens_before[p])
       continue
-    best = idx[p, 0]
+    best = idx[p][cand[p]][np.argmax(revised.reshape(P, -1)[p][cand[p]])]
     changed = [j for j in range(G) if not np.array_equal(tokens_after[p, j], tokens_before[p, j])]
     assert len(changed) <= 1 and all(np.array_equal(tokens_after[p, j], tokens_before[p, best]) for j in changed)
-    bonused = score[p, best] + 0.05 * (-1.0 - score[p, best])             # negative bonus
-    assert np.isclose(reward[p], bonused).any()
+    bonused = score[p, best] + 0.05 * (revised.reshape(P, -1)[p][list(idx[p]).index(best)] - score[p, best])
+    assert bonused < score[p, best] and np.isclose(reward[p], bonused).any()   # negative bonus
   skip = dataclasses.replace(algo, fallback="skip", bonus=False)
   same = _inject(skip, ctx, record, np.full(cand.size, -1.0))
   np.testing.assert_array_equal(same.rollout.tokens_BxS, record.rollout.tokens_BxS)
   np.testing.assert_array_equal(same.rewards.reward_B, record.rewards.reward_B)
 
 
-def test_a_truncated_revision_gets_eos_appended(sources):
+def test_a_truncated_revision_stays_truncated_as_released(sources):
+  """Released: EOS is re-appended only where the revision stopped; one that hit the length limit is
+  trained as it is. `append_eos=True` (not released) closes it with EOS in the extra slot."""
   cfg, algo, graphdef, state, _, batches, tok = _setup(sources)
   ctx, record = _phases_to_inject(algo, graphdef, state, batches[0])
   rev = record.aux["revision"]
-  # Force every revision to look truncated: full length, no stop token.
   n = rev.tokens_BxN.shape[1]
-  digits = jnp.full(rev.tokens_BxN.shape, tok.encode("7")[0], jnp.int32)
-  forced = rev._replace(tokens_BxN=digits, valid_BxN=jnp.ones_like(rev.valid_BxN), length_B=jnp.full_like(rev.length_B, n),
-                        stopped_B=jnp.zeros_like(rev.stopped_B))
+  seven = tok.encode("7")[0]
+  forced = rev._replace(tokens_BxN=jnp.full(rev.tokens_BxN.shape, seven, jnp.int32), valid_BxN=jnp.ones_like(rev.valid_BxN),
+                        length_B=jnp.full_like(rev.length_B, n), stopped_B=jnp.zeros_like(rev.stopped_B))
   record = record.replace(aux={**record.aux, "revision": forced})
   cand = np.asarray(record.aux["cand_valid_PxL"])
+  w = algo.he_prompt_len
   out = _inject(algo, ctx, record, np.where(cand.reshape(-1), 1.0, 0.0))
   rows = np.flatnonzero(np.asarray(out.rewards.parts["is_he_B"]))
   assert rows.size > 0 and float(out.metrics["herl/revision_truncated_frac"]) == 1.0
-  w = algo.he_prompt_len
+  assert out.rollout.tokens_BxS.shape[1] == w + n                     # no extra slot by default
   for r in rows:
-    resp = np.asarray(out.rollout.tokens_BxS[r, w:])
-    assert resp[:n].tolist() == [tok.encode("7")[0]] * n and resp[n] == tok.eos_ids[0]
-    assert bool(out.rollout.loss_mask_BxS[r, w + n])
-  kept = _inject(dataclasses.replace(algo, append_eos=False), ctx, record, np.where(cand.reshape(-1), 1.0, 0.0))
-  assert not np.asarray(kept.rollout.valid_BxS)[rows, w + n].any()
+    assert np.asarray(out.rollout.tokens_BxS[r, w:]).tolist() == [seven] * n
+    assert not bool(out.rollout.stopped_B[r])
+  closing = dataclasses.replace(algo, append_eos=True)
+  ctx2, record2 = _phases_to_inject(closing, graphdef, state, batches[0])
+  record2 = record2.replace(aux={**record2.aux, "revision": forced})
+  out2 = _inject(closing, ctx2, record2, np.where(np.asarray(record2.aux["cand_valid_PxL"]).reshape(-1), 1.0, 0.0))
+  for r in np.flatnonzero(np.asarray(out2.rewards.parts["is_he_B"])):
+    resp = np.asarray(out2.rollout.tokens_BxS[r, w:])
+    assert resp[:n].tolist() == [seven] * n and resp[n] == tok.eos_ids[0] and bool(out2.rollout.loss_mask_BxS[r, w + n])
 
 
 def test_no_failed_group_means_no_revision_and_no_change(sources):

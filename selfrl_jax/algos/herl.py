@@ -77,7 +77,8 @@ class HeRL(GRPO):
   is_ratio: str = "ratio"
   gamma: float = 1.0
   dual_clip_c: float = 3.0
-  append_eos: bool = True
+  append_eos: bool = False
+  rescore_temperature: str = "revision"
   eval_rounds: int = 2
   eval_revision_temperature: float = 0.3
   eval_round_context: str = "hindsight"
@@ -95,8 +96,8 @@ class HeRL(GRPO):
 
   @property
   def response_width(self) -> int:
-    """N + 1 with hindsight (room for the EOS appended to a truncated revision), else N."""
-    return self.sampling.max_new_tokens + int(self.enable)
+    """N, or N + 1 with `append_eos` (room for the EOS appended to a truncated revision)."""
+    return self.sampling.max_new_tokens + int(self.enable and self.append_eos)
 
   @property
   def response_slots(self) -> int:
@@ -241,7 +242,10 @@ class HeRL(GRPO):
     rev_rows_PxL = (jnp.arange(p)[:, None] * lc + jnp.arange(lc)[None]) * s + pick_PxL
     n_rev = out.tokens_BxN.shape[1]
     tokens, valid = out.tokens_BxN, out.valid_BxN
-    if self.append_eos:  # a truncated revision ends with EOS, as the released re-tokenisation does
+    # Released: EOS goes back only where the re-tokenised revision is shorter than the limit, i.e. on
+    # revisions that stopped (their sampled stop token is kept here); a truncated one stays truncated.
+    # `append_eos` (not released) closes truncated revisions with EOS too.
+    if self.append_eos:
       tokens = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=self.sampling.pad_id)
       valid = jnp.pad(valid, ((0, 0), (0, 1)))
       eos_at = jnp.arange(n_rev + 1)[None] == out.length_B[:, None]
@@ -255,8 +259,10 @@ class HeRL(GRPO):
     else:
       x_rows = (jnp.repeat(a, lc * s, axis=0) for a in (record.batch.prompt_tokens_PxT, record.batch.prompt_valid_PxT))
       ctx_QxW, ctx_valid_QxW = _left_pad(*x_rows, self.he_prompt_len, self.sampling.pad_id)
-    he_rollout = self._layout(ctx_QxW, ctx_valid_QxW, tokens, valid, logp, out.stopped_B | valid[:, -1],
-                              self.revision_sampling.temperature)
+    he_temperature = (self.revision_sampling.temperature if self.rescore_temperature == "revision"
+                      else self.sampling.temperature)
+    stopped = out.stopped_B | self.append_eos  # an appended EOS closes every truncated revision
+    he_rollout = self._layout(ctx_QxW, ctx_valid_QxW, tokens, valid, logp, stopped, he_temperature)
 
     # Up to replace_top_n revisions per group, best first, each into its own random slot.
     slots_PxG = jnp.argsort(jax.random.uniform(jax.random.fold_in(ctx.key, 2), (p, g)), axis=1)
@@ -276,7 +282,8 @@ class HeRL(GRPO):
       injected_P = injected_P + ok_P
     rewritten_P = cand_valid_PxL.any(axis=1)
     copy_P = rewritten_P & (injected_P == 0) & (self.fallback == "copy_best")
-    best_row_B = jnp.arange(p) * g + index_PxL[:, 0]  # the top candidate: tied at b, most items met
+    # The best original after the bonus (the candidate whose revision scored highest), as released.
+    best_row_B = jnp.arange(p) * g + jnp.argmax(new_score_PxG, axis=1)
     copied = jax.tree.map(lambda a: a[best_row_B], rollout)
     final = jax.tree.map(lambda base, d: replace_slot(base, d, slots_PxG[:, 0], copy_P, g), final, copied)
     reward_B = replace_slot(reward_B, new_score_PxG.reshape(-1)[best_row_B], slots_PxG[:, 0], copy_P, g)
@@ -292,6 +299,10 @@ class HeRL(GRPO):
                                              & rewritten_P).sum() / n_rewritten,
                "herl/revision_over_prev": (valid_PxL * (revised_PxL > jnp.take_along_axis(score_PxG, index_PxL, 1))
                                            ).sum() / n_cand,
+               # The released logs' definitions: injected groups / rewrite jobs; groups with a strictly better revision.
+               "herl/released_success_rate": (injected_P > 0).sum() / n_cand,
+               "herl/released_over_prev": ((revised_PxL.max(axis=1, where=cand_valid_PxL, initial=-1.0) > best_P)
+                                           & rewritten_P).sum(),
                "herl/revised_reward_mean": (valid_PxL * revised_PxL).sum() / n_cand,
                "herl/bonus_mean": jnp.where(cand_PxG, new_score_PxG - score_PxG, 0.0).sum() / n_cand,
                "herl/injected_per_group": injected_P.mean(),
@@ -332,7 +343,9 @@ class HeRL(GRPO):
     best_B, met_BxK, item_valid_BxK = self.judge(best_BxN, best_valid_BxN, rollout.stopped_B, batch.example_id_P)
     all_met = lambda m, v: jnp.all((m > 0) | ~v, axis=1) & v.any(axis=1)  # noqa: E731
     scores, passed = [best_B], [all_met(met_BxK, item_valid_BxK)]
-    wide = dataclasses.replace(self, he_prompt_len=max(self.he_prompt_len, batch.prompt_width))
+    # One protocol for every arm: the full diagnosis (NaiveHE's training prompt is not the test-time one).
+    wide = dataclasses.replace(self, he_prompt_len=max(self.he_prompt_len, batch.prompt_width),
+                               template=dataclasses.replace(self.template, diagnosis="full"))
     for k in range(self.eval_rounds):
       active_B = best_B < self.threshold
       hindsight_B = active_B & (self.eval_round_context == "hindsight")  # inactive rows get x
@@ -401,7 +414,8 @@ def _build(cfg, tokenizer, reward_fn, sampling: SamplingParams, records=None) ->
               candidate_limit=h.candidate_limit, revision_samples=h.revision_samples, bonus=h.bonus, alpha=h.alpha,
               bonus_clamp_min=h.bonus_clamp_min, replace_top_n=h.replace_top_n, fallback=h.fallback,
               train_with_he_prompt=h.train_with_he_prompt, is_ratio=h.is_ratio, gamma=h.gamma,
-              dual_clip_c=h.dual_clip_c, append_eos=h.append_eos, eval_rounds=h.eval_rounds,
+              dual_clip_c=h.dual_clip_c, append_eos=h.append_eos, rescore_temperature=h.rescore_temperature,
+              eval_rounds=h.eval_rounds,
               eval_revision_temperature=h.eval_revision_temperature, eval_round_context=h.eval_round_context,
               truncated_reward=cfg.rl.truncated_reward)
 

@@ -15,6 +15,7 @@ from selfrl_jax.algos.registry import CheckFn
 IS_RATIOS = {"ratio": "is_weight", "raw": "policy_shaping"}  # he.is_ratio -> surrogate of hindsight tokens
 FALLBACKS = ("copy_best", "skip")
 EVAL_CONTEXTS = ("hindsight", "prompt")
+RESCORE = ("revision", "rollout")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
   h.is_ratio = "ratio"            # hindsight tokens' weight: ratio (rho = pi/pi_old, w = rho/(rho+gamma)) | raw (LUFFY: pi/(pi+gamma))
   h.gamma = 1.0                   # he_shaping_gamma (1 for the IF run, 0.1 for the medical run; <= 0: w = rho)
   h.dual_clip_c = 3.0             # dual-clip constant of the ordinary tokens' PPO loss
-  h.append_eos = True             # a revision that hit the length limit gets EOS appended (released: response_mask_mode=eos)
+  h.append_eos = False            # True: a revision that hit the length limit is trained with EOS appended (released: only stopped revisions end with EOS)
+  h.rescore_temperature = "revision"  # T the trainer scores hindsight tokens at: revision (the T they were sampled at) | rollout (rl.temperature, verl's one batch temperature)
   h.eval_rounds = 2               # test-time experience rounds in evaluation (eval/accuracy_round{k}, k = 1..rounds)
   h.eval_revision_temperature = 0.3  # T of the test-time revisions
   h.eval_round_context = "hindsight"  # test-time rounds resample from: hindsight (h: draft + unmet items) | prompt (x alone: the best-of-k control)
@@ -72,6 +74,8 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(h.is_ratio in IS_RATIOS, "herl.is_ratio", f"must be one of {sorted(IS_RATIOS)}, got {h.is_ratio!r}")
   check(h.dual_clip_c > 1.0, "herl.dual_clip_c", f"must be > 1, got {h.dual_clip_c}")
   check(h.eval_rounds >= 0, "herl.eval_rounds", f"must be >= 0, got {h.eval_rounds}")
+  check(h.rescore_temperature in RESCORE, "herl.rescore_temperature",
+        f"must be one of {RESCORE}, got {h.rescore_temperature!r}")
   check(h.eval_round_context in EVAL_CONTEXTS, "herl.eval_round_context",
         f"must be one of {EVAL_CONTEXTS}, got {h.eval_round_context!r}")
   check(rl.group_size >= 2, "rl.group_size", "GRPO's group baseline needs group_size >= 2")
