@@ -395,7 +395,7 @@ def test_policy_loss_per_token_kl_coef():
 
 
 # ----------------------------------------------------------------------------------------------
-# Surrogate registry: ppo_clip, dual_clip, is_weight. clip_low=0.2, clip_high=0.28, c=3, gamma=1.
+# Surrogate registry: ppo_clip, dual_clip, is_weight, policy_shaping. clip_low=0.2, clip_high=0.28, c=3, gamma=1.
 
 #                     A>0 r>hi | A>0 r<lo | A<0 r>c | A<0 hi<r<c | A<0 r<lo | r=1
 SUR_RATIO_6 = np.array([1.5, 0.5, 4.0, 2.0, 0.5, 1.0])
@@ -408,7 +408,13 @@ HAND = {
     # -A r/(r+1) and -A r/(r+1)^2.
     "is_weight": ([-0.6, -1 / 3, 0.8, 2 / 3, 2 / 3, -0.25], [-0.24, -2 / 9, 0.16, 2 / 9, 4 / 9, -0.125]),
 }
-HAND_CLIPPED = {"ppo_clip": [1, 0, 0, 0, 1, 0], "dual_clip": [1, 0, 1, 0, 1, 0], "is_weight": [0] * 6}
+# policy_shaping (LUFFY): pi = exp(min(logp, 0)) with logp = -1.3 + log r; -A pi/(pi+1), -A pi/(pi+1)^2
+# (0 where logp > 0: r = 4 gives logp = 0.086, so pi is capped at 1 there).
+_PI = np.exp(np.minimum(-1.3 + np.log(SUR_RATIO_6), 0.0))
+HAND["policy_shaping"] = (list(-SUR_ADV_6 * _PI / (_PI + 1)),
+                          list(np.where(-1.3 + np.log(SUR_RATIO_6) < 0, -SUR_ADV_6 * _PI / (_PI + 1) ** 2, 0.0)))
+HAND_CLIPPED = {"ppo_clip": [1, 0, 0, 0, 1, 0], "dual_clip": [1, 0, 1, 0, 1, 0], "is_weight": [0] * 6,
+                "policy_shaping": [0] * 6}
 
 
 def _sur_inputs(ratio=SUR_RATIO_6, adv=SUR_ADV_6):
@@ -479,7 +485,7 @@ def _direct_surrogate(name, r, a):
   return -a * r / (r + g)
 
 
-@pytest.mark.parametrize("name", sorted(HAND))
+@pytest.mark.parametrize("name", ["dual_clip", "is_weight", "ppo_clip"])  # ratio surrogates; policy_shaping below
 def test_surrogate_exact_enumeration_on_categorical(name):
   # J(z) = sum_y pi_old(y) loss(log softmax(z)_y, log pi_old(y), A_y), over all 4 tokens y.
   z_old = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
@@ -515,6 +521,21 @@ def test_surrogate_exact_enumeration_on_categorical(name):
   want = (pi_old * dlogp) @ (np.eye(4) - pi[None, :])
   np.testing.assert_allclose(g_direct, want, rtol=1e-4, atol=1e-6)
   assert np.abs(want).max() > 1e-2
+
+
+def test_policy_shaping_exact_enumeration_on_categorical():
+  """J(z) = sum_y pi_old(y) (-A_y pi_y / (pi_y + gamma)), pi = softmax(z): the registry's gradient equals
+  the hand chain rule dJ/dz_k = sum_y pi_old(y) (-A_y gamma pi_y / (pi_y + gamma)^2) (1[y = k] - pi_k)."""
+  z_old = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+  z = np.array([0.8, -0.6, 0.1, 1.6], np.float32)
+  a = np.array([1.0, -1.0, 1.0, -1.0], np.float32)
+  pi_old = np.exp(z_old - np.log(np.exp(z_old.astype(np.float64)).sum()))
+  p = SurrogateParams(0.2, 0.28, 3.0, 0.5)
+  j = lambda zz: (pi_old * SURROGATES["policy_shaping"](jax.nn.log_softmax(zz), jnp.zeros(4), a, p)).sum()  # noqa: E731
+  pi = np.exp(z - np.log(np.exp(z.astype(np.float64)).sum()))
+  want = (pi_old * (-a * 0.5 * pi / (pi + 0.5) ** 2)) @ (np.eye(4) - pi[None, :])
+  np.testing.assert_allclose(np.asarray(jax.grad(j)(z)), want, rtol=1e-4, atol=1e-6)
+  assert float(j(z)) == pytest.approx(float((pi_old * (-a * pi / (pi + 0.5))).sum()), rel=1e-5)
 
 
 def _mix_case():
