@@ -202,7 +202,8 @@ class HeRL(GRPO):
     h_RxW, h_valid_RxW, h_truncated_R = self.hindsight_prompts(
         x_RxT, x_valid_RxT, rollout.response_tokens_BxN[rows_R], rollout.response_valid_BxN[rows_R],
         met_BxK[rows_R], item_valid_BxK[rows_R], example_id_B[rows_R], cand_valid_PxL.reshape(-1))
-    aux = {"index_PxL": index_PxL, "cand_valid_PxL": cand_valid_PxL, "h_RxW": h_RxW, "h_valid_RxW": h_valid_RxW}
+    aux = {"index_PxL": index_PxL, "cand_valid_PxL": cand_valid_PxL, "h_RxW": h_RxW, "h_valid_RxW": h_valid_RxW,
+           "example_id_R": example_id_B[rows_R]}
     metrics = {**record.metrics, "herl/he_prompt_truncated": (h_truncated_R & cand_valid_PxL.reshape(-1)).sum()}
     return record.replace(rewards=rewards, aux=aux, metrics=metrics)
 
@@ -215,9 +216,7 @@ class HeRL(GRPO):
   def rejudge_phase(self, ctx, record):
     del ctx
     out = record.aux["revision"]
-    example_id_B = jnp.repeat(record.batch.example_id_P, self.group_size)
-    rows_R = (jnp.arange(record.batch.num_prompts)[:, None] * self.group_size + record.aux["index_PxL"]).reshape(-1)
-    example_id_Q = jnp.repeat(example_id_B[rows_R], self.revision_samples)
+    example_id_Q = jnp.repeat(record.aux["example_id_R"], self.revision_samples)
     score_Q, _, _ = self.judge(out.tokens_BxN, out.valid_BxN, out.stopped_B, example_id_Q)
     return record.replace(aux={**record.aux, "revised_Q": score_Q})
 
@@ -253,9 +252,8 @@ class HeRL(GRPO):
       tokens = jnp.where(add, self.tokenizer.eos_ids[0], tokens)
       valid = valid | add
     logp = jnp.pad(out.logp_BxN, ((0, 0), (0, tokens.shape[1] - n_rev)))
-    h_rows_R = jnp.repeat(aux["h_RxW"], s, axis=0), jnp.repeat(aux["h_valid_RxW"], s, axis=0)
     if self.train_with_he_prompt:
-      ctx_QxW, ctx_valid_QxW = h_rows_R
+      ctx_QxW, ctx_valid_QxW = jnp.repeat(aux["h_RxW"], s, axis=0), jnp.repeat(aux["h_valid_RxW"], s, axis=0)
     else:
       x_rows = (jnp.repeat(a, lc * s, axis=0) for a in (record.batch.prompt_tokens_PxT, record.batch.prompt_valid_PxT))
       ctx_QxW, ctx_valid_QxW = _left_pad(*x_rows, self.he_prompt_len, self.sampling.pad_id)
@@ -292,17 +290,16 @@ class HeRL(GRPO):
     n_cand = jnp.maximum(valid_PxL.sum(), 1.0)
     n_rewritten = jnp.maximum(rewritten_P.sum(), 1)
     he_tokens = (final.loss_mask_BxS & (is_he_B[:, None] > 0)).sum()
+    improved_P = (revised_PxL.max(axis=1, where=cand_valid_PxL, initial=-1.0) > best_P) & rewritten_P
     metrics = {**record.metrics,
                "herl/groups_rewritten_frac": rewritten_P.mean(),
                "herl/candidates_per_group": valid_PxL.sum() / p,
-               "herl/rewrite_success_rate": ((revised_PxL.max(axis=1, where=cand_valid_PxL, initial=-1.0) > best_P)
-                                             & rewritten_P).sum() / n_rewritten,
+               "herl/rewrite_success_rate": improved_P.sum() / n_rewritten,
                "herl/revision_over_prev": (valid_PxL * (revised_PxL > jnp.take_along_axis(score_PxG, index_PxL, 1))
                                            ).sum() / n_cand,
                # The released logs' definitions: injected groups / rewrite jobs; groups with a strictly better revision.
                "herl/released_success_rate": (injected_P > 0).sum() / n_cand,
-               "herl/released_over_prev": ((revised_PxL.max(axis=1, where=cand_valid_PxL, initial=-1.0) > best_P)
-                                           & rewritten_P).sum(),
+               "herl/released_over_prev": improved_P.sum(),
                "herl/revised_reward_mean": (valid_PxL * revised_PxL).sum() / n_cand,
                "herl/bonus_mean": jnp.where(cand_PxG, new_score_PxG - score_PxG, 0.0).sum() / n_cand,
                "herl/injected_per_group": injected_P.mean(),

@@ -104,6 +104,7 @@ def toy_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, see
   with probability `sft.error_rate` (a weak base on long problems).
   """
   from selfrl_jax.data.records import normalize_record, record_meta  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.algos.herl_rubrics import character_items  # pylint: disable=import-outside-toplevel
   from selfrl_jax.algos.herl_templates import HindsightTemplate  # pylint: disable=import-outside-toplevel
   h = cfg.herl
   full, naive = HindsightTemplate("flags", "full"), HindsightTemplate("flags", "naive")
@@ -128,8 +129,7 @@ def toy_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, see
         easy = max(len(str(meta["a"])), len(str(meta["b"]))) <= h.sft_revision_max_digits
         if easy and rng.random() < h.sft_revision_frac:
           draft = _corrupt(answer, rng)
-          met = [(draft[i] if i < len(draft) else None) == (answer[i] if i < len(answer) else None)
-                 for i in range(rubric.width)] + [len(draft) == len(answer)]
+          met = character_items(draft, answer, rubric.width)
           template = full if rng.random() < 0.5 else naive
           context = template.ids(tokenizer, x, tokenizer.encode(draft), met, rubric.descriptions(0))[-width:]
           target = answer

@@ -27,6 +27,13 @@ import numpy as np
 from selfrl_jax.data.records import normalize_record
 
 
+def character_items(got: str, ref: str, width: int) -> list[bool]:
+  """The digits rubric's verdicts: character i of `got` equals that of `ref` (missing on both sides
+  counts as equal) for i < width, then "the length is right"."""
+  at = lambda text, i: text[i] if i < len(text) else None  # noqa: E731
+  return [at(got, i) == at(ref, i) for i in range(width)] + [len(got) == len(ref)]
+
+
 @dataclasses.dataclass
 class DigitRubric:
   """Per-digit rubric of an arithmetic answer (reference = the record's answer string)."""
@@ -51,10 +58,7 @@ class DigitRubric:
     b, k = len(texts), self.num_items
     met = np.zeros((b, k), np.float32)
     for row, (text, e) in enumerate(zip(texts, example_ids)):
-      ref, got = self.reference(e), text.strip()
-      met[row, :self.width] = [(got[i] if i < len(got) else None) == (ref[i] if i < len(ref) else None)
-                               for i in range(self.width)]
-      met[row, self.width] = len(got) == len(ref)
+      met[row] = character_items(text.strip(), self.reference(e), self.width)
     return met, np.ones((b, k), bool), np.ones((b, k), np.float32)
 
 
