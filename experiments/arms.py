@@ -7,7 +7,9 @@ Used by `experiments/reproduce.py --method=<paper>`; every (arm, seed) is a plai
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
+import multiprocessing
 import os
 import sys
 import time
@@ -15,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
+from selfrl_jax.train import builders
 from selfrl_jax.train.builders import ConfigError, validate_config
-from selfrl_jax.train.loop import train
+from selfrl_jax.train.loop import train, warm_start
 from selfrl_jax.train.metrics import read_jsonl
 from selfrl_jax.train.preemption import EXIT_PREEMPTED
 
@@ -33,11 +36,14 @@ def load_config_module(path: str):
 
 
 def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
-             edit: Callable | None = None) -> dict:
+             edit: Callable | None = None, jobs: int = 1) -> dict:
   """Trains every (arm, seed); returns {"runs": {arm: {seed: train() summary}}, "seconds": {arm: s}}.
 
   Args:
     edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
+    jobs: runs trained side by side, each in its own process (after the warm start is built alone).
+      A tiny model's sampling loop keeps one core busy, so on a 2-core machine 2 jobs finish a toy
+      sooner; `seconds` then sums each arm's runs, not wall time.
 
   Raises:
     SystemExit: a run was preempted (SIGTERM / Ctrl-C), with status `EXIT_PREEMPTED`; rerunning
@@ -57,19 +63,48 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
           edit(cfg)
       validate_config(cfg)
       configs[arm, seed] = cfg
-  runs, seconds = {}, {}
-  for arm in arms:
-    runs[arm] = {}
-    t_arm = time.perf_counter()
-    for seed in seeds:
-      cfg = configs[arm, seed]
-      runs[arm][seed] = train(cfg, os.path.join(workdir, arm, f"seed_{seed}"),
-                              sft_cache_dir=os.path.join(workdir, "warm_start"))
-      if runs[arm][seed]["preempted"]:
-        print("Preempted: rerun the same command to resume.", file=sys.stderr)
-        raise SystemExit(EXIT_PREEMPTED)
-    seconds[arm] = time.perf_counter() - t_arm
-  return {"runs": runs, "seconds": seconds}
+  order = [(arm, seed) for arm in arms for seed in seeds]
+  cache = os.path.join(workdir, "warm_start")
+  runs, seconds = {arm: {} for arm in arms}, {arm: 0.0 for arm in arms}
+
+  def record(key, result) -> None:
+    (arm, seed), (summary, sec) = key, result
+    runs[arm][seed] = summary
+    seconds[arm] += sec
+    if summary["preempted"]:
+      print("Preempted: rerun the same command to resume.", file=sys.stderr)
+      raise SystemExit(EXIT_PREEMPTED)
+
+  if jobs <= 1:
+    for key in order:
+      record(key, _train_one(configs[key], _run_dir(workdir, *key), cache))
+    return {"runs": runs, "seconds": seconds}
+  # The shared warm start is built once, alone; then `jobs` processes train the runs side by side.
+  prepare_warm_start(configs[order[0]], cache)
+  with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    futures = {pool.submit(_train_one, configs[key], _run_dir(workdir, *key), cache): key for key in order}
+    for future in concurrent.futures.as_completed(futures):
+      record(futures[future], future.result())
+  return {"runs": {arm: dict(sorted(by.items())) for arm, by in runs.items()}, "seconds": seconds}
+
+
+def _run_dir(workdir: str, arm: str, seed: int) -> str:
+  return os.path.join(workdir, arm, f"seed_{seed}")
+
+
+def _train_one(cfg, workdir: str, sft_cache_dir: str) -> tuple[dict, float]:
+  start = time.perf_counter()
+  summary = train(cfg, workdir, sft_cache_dir=sft_cache_dir)
+  return summary, time.perf_counter() - start
+
+
+def prepare_warm_start(cfg, cache_dir: str) -> None:
+  """Builds (or finds) the SFT warm start `cfg` trains from in `cache_dir`, without any RL."""
+  if cfg.sft.steps == 0:
+    return
+  model, tok = builders.build_model(cfg)
+  train_source, valid_source, _ = builders.build_sources(cfg)
+  warm_start(cfg, model, tok, train_source, valid_source, cache_dir)
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -26,8 +26,8 @@ BASE_RANGE = (0.02, 0.10)        # §10: initial success on the RL problems abou
 MIN_REWRITE_SUCCESS = 0.05       # §6 tiny-model risk: revisions must sometimes beat the group best
 
 
-def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None) -> dict:
-  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=5))
+def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None, jobs: int = 1) -> dict:
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=5), jobs=jobs)
 
 
 def _sequences_at_evals(workdir: str, arm: str, seed: int, history: dict, per_step: int) -> np.ndarray:

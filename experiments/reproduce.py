@@ -10,6 +10,7 @@ r"""The main job: warm-start a tiny model, run RL on the arithmetic task, evalua
   python experiments/reproduce.py --method=rlavr --arms=ttrl,care,entropy,avg_prob --seeds=0
   python experiments/reproduce.py --method=ssrl_if                 # SSRL-IF toy: arms A-F x 3 seeds
   python experiments/reproduce.py --method=herl                    # HeRL toy: arms (1)-(5) x 3 seeds
+  python experiments/reproduce.py --method=self_guide --jobs=2     # Self-Guide grid toy: arms (a)-(g) x 3 seeds
 
 `--method=score` runs the arms of configs/score/tiny_prefix_sums.py (`--score_toy=addition`:
 configs/score/tiny_arithmetic.py; see experiments/score_toy.py), the prefix-sums toy's preconditions
@@ -20,7 +21,10 @@ arms of configs/rlavr/tiny_arithmetic.py (experiments/rlavr_toy.py): rlavr_table
 the arms of configs/ssrl_if/tiny_constraints.py (experiments/ssrl_if_toy.py): ssrl_if_table.md (table,
 the §9.6 preconditions and claims checked on the numbers), ssrl_if_results.json and ssrl_if_curves.png;
 `--method=herl` the arms of configs/herl/tiny_addition.py (experiments/herl_toy.py): herl_table.md,
-herl_results.json and herl_curves.png (exact match against generated sequences).
+herl_results.json and herl_curves.png (exact match against generated sequences); `--method=self_guide`
+the arms of configs/self_guide/tiny_grid.py (experiments/self_guide_toy.py): self_guide_table.md,
+self_guide_results.json and self_guide_curves.png. `--jobs=2` trains two runs side by side (each
+in its own process, after the shared warm start): a tiny model's sampling loop keeps one core busy.
 
 For every seed: SFT warm start (cached under <workdir>/warm_start), GRPO for `train.num_steps`
 iterations, greedy held-out accuracy before and after. Prints a before/after table (mean ± std
@@ -44,7 +48,8 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import arms as arms_lib  # noqa: E402
-from experiments import cli, herl_toy, plots, rlavr_toy, score_prefix_checks, score_toy, ssrl_if_toy  # noqa: E402
+from experiments import (cli, herl_toy, plots, rlavr_toy, score_prefix_checks, score_toy, self_guide_toy,  # noqa: E402
+                         ssrl_if_toy)
 from selfrl_jax.train.loop import train  # noqa: E402
 from selfrl_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -53,9 +58,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny/grpo_arithmeti
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Output directory (resumable).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Override train.num_steps.")
-_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if", "herl"],
-                            "grpo: --config x seeds; score / rlavr / ssrl_if / herl: that paper's toy arms x seeds.")
-_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if|herl: arms to run (default: every arm).")
+_METHOD = flags.DEFINE_enum("method", "grpo", ["grpo", "score", "rlavr", "ssrl_if", "herl", "self_guide"],
+                            "grpo: --config x seeds; score / rlavr / ssrl_if / herl / self_guide: that paper's toy arms x seeds.")
+_ARMS = flags.DEFINE_list("arms", [], "--method=score|rlavr|ssrl_if|herl|self_guide: arms to run (default: every arm).")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Paper toys except score: runs trained side by side, one process each.")
 _SCORE_TOY = flags.DEFINE_enum("score_toy", "prefix_sums", list(score_toy.TOYS), "--method=score: which toy.")
 
 
@@ -110,7 +116,7 @@ def reproduce_with_claims(workdir: str, toy, name: str, title: str, claims_headi
   on the numbers and the curves as <name>_table.md, <name>_results.json and <name>_curves.png."""
   seeds = [int(s) for s in _SEEDS.value]
   t0 = time.perf_counter()
-  out = toy.run(_ARMS.value or list(toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value)
+  out = toy.run(_ARMS.value or list(toy.LABELS), seeds, workdir, num_steps=_NUM_STEPS.value, jobs=_JOBS.value)
   total = time.perf_counter() - t0
   rows = toy.summarize(out["runs"], workdir)
   checked = toy.claims(rows, out["runs"])
@@ -142,13 +148,18 @@ def reproduce_herl(workdir: str) -> None:
                         "Preconditions and claims (herl.md §10)")
 
 
+def reproduce_self_guide(workdir: str) -> None:
+  reproduce_with_claims(workdir, self_guide_toy, "self_guide", "Self-Guide toy (7 x 7 grid with slips, H = 14)",
+                        "Preconditions and claims (self_guide.md §11)")
+
+
 def main(argv):
   del argv
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  if _METHOD.value in ("score", "rlavr", "ssrl_if", "herl"):
+  if _METHOD.value in ("score", "rlavr", "ssrl_if", "herl", "self_guide"):
     {"score": reproduce_score, "rlavr": reproduce_rlavr, "ssrl_if": reproduce_ssrl_if,
-     "herl": reproduce_herl}[_METHOD.value](workdir)
+     "herl": reproduce_herl, "self_guide": reproduce_self_guide}[_METHOD.value](workdir)
     return
   runs, t_start = {}, time.perf_counter()
   for seed in map(int, _SEEDS.value):

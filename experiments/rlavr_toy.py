@@ -28,8 +28,8 @@ WINDOW = 10
 TIE = 0.01  # "A >= B" holds when mean(A) >= mean(B) - TIE (held-out accuracy on 512 problems)
 
 
-def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None) -> dict:
-  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=5))
+def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None, jobs: int = 1) -> dict:
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=5), jobs=jobs)
 
 
 train_rows = arms_lib.train_rows

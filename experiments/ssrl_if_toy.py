@@ -29,8 +29,8 @@ WINDOW = 20
 TIE = 0.01
 
 
-def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None) -> dict:
-  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=4))
+def run(arms: list[str], seeds: list[int], workdir: str, num_steps: int | None = None, jobs: int = 1) -> dict:
+  return arms_lib.run_arms(CONFIG, arms, seeds, workdir, edit=arms_lib.shortened(num_steps, num_evals=4), jobs=jobs)
 
 
 train_rows = arms_lib.train_rows

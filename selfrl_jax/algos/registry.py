@@ -43,6 +43,9 @@ class AlgorithmSpec:
       determines `prepare`'s result (keys its cache).
     renamed_knobs: knobs of the section renamed since config files may have been written: old
       field -> what to set instead (named when a config still sets the old field).
+    answer_is_response: the response is the task's answer, so `rl.max_new_tokens` must fit the
+      reference answers (checked before training); False for agents, whose record answer specifies
+      the environment's task and whose per-step budget is unrelated to it.
   """
 
   name: str
@@ -54,6 +57,7 @@ class AlgorithmSpec:
   prepare: Callable[..., Any] | None = None
   prepare_settings: Callable[[ml_collections.ConfigDict], dict] | None = None
   renamed_knobs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  answer_is_response: bool = True
 
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}

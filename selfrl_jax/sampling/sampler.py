@@ -174,8 +174,11 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
 
 
 def decode(model: Decoder, cache: KVCache, logits_BxV: jax.Array, key: jax.Array,
-           params: SamplingParams) -> SampleOutput:
+           params: SamplingParams, active_B: jax.Array | None = None) -> SampleOutput:
   """Samples up to `max_new_tokens` tokens after the cache's content, stopping early when all rows stop.
+
+  Rows with `active_B` False (e.g. an agent episode that already ended) generate nothing: their
+  slots stay invalid, their log-probs 0, and they count as stopped.
 
   The returned cache always ends exactly `max_new_tokens` slots after it started (unused slots are
   invalid), so every turn occupies a static slice of the slot layout. With `params.return_hidden`
@@ -218,7 +221,8 @@ def decode(model: Decoder, cache: KVCache, logits_BxV: jax.Array, key: jax.Array
                        cache=cache, logits_BxV=logits_BxV, hidden_BxNxD=hidden_BxNxD)
 
   init = DecodeState(step=jnp.zeros((), jnp.int32), tokens_BxN=jnp.full((b, n), params.pad_id, jnp.int32),
-                     logp_BxN=jnp.zeros((b, n), jnp.float32), done_B=jnp.zeros((b,), bool), cache=cache,
+                     logp_BxN=jnp.zeros((b, n), jnp.float32),
+                     done_B=jnp.zeros((b,), bool) if active_B is None else ~active_B.astype(bool), cache=cache,
                      logits_BxV=logits_BxV, hidden_BxNxD=hidden_BxNxD)
   final = jax.lax.while_loop(cond, body, init)
   cache = final.cache
@@ -252,7 +256,8 @@ def generate(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax
 
 
 def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, valid_BxI: jax.Array,
-                        key: jax.Array, params: SamplingParams) -> SampleOutput:
+                        key: jax.Array, params: SamplingParams, active_B: jax.Array | None = None
+                        ) -> SampleOutput:
   """Appends tokens (e.g. a self-correction instruction) to an existing cache and samples the next turn.
 
   The room left depends on the traced `cache.end_index`, so only "fits an empty cache" can be
@@ -260,9 +265,10 @@ def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, v
   `two_turn_rollout` and `multi_attempt_rollout` do.
 
   Every row must append at least one valid id: a row whose `valid_BxI` is all False would sample
-  its first token from the logits of a padding query (known limitation; Self-Guide / HeRL layouts
-  where some rows append nothing must give those rows a separator id, or track the previous
-  logits). `tests/test_extension_point.py` covers per-row lengths 1..3.
+  its first token from the logits of a padding query (known limitation: layouts where some rows
+  append nothing must give those rows a separator id, or mark them inactive; agent episodes end a
+  row whose environment returns no observation, `envs.base.CallbackEnv`).
+  `tests/test_extension_point.py` covers per-row lengths 1..3.
 
   With `params.return_hidden`, a row that appends nothing gets the previous turn's last hidden
   state as `context_hidden_BxD` only if that turn was also sampled with `return_hidden` (the cache
@@ -273,7 +279,7 @@ def continue_generation(model: Decoder, cache: KVCache, tokens_BxI: jax.Array, v
     raise ValueError(f"Cache capacity {cache.capacity} cannot hold {tokens_BxI.shape[1]} appended "
                      f"tokens + max_new_tokens={params.max_new_tokens}; raise extra_capacity in generate().")
   logits_BxV, cache = append(model, cache, tokens_BxI, valid_BxI, return_hidden=params.return_hidden)[:2]
-  return decode(model, cache, logits_BxV, key, params)
+  return decode(model, cache, logits_BxV, key, params, active_B)
 
 
 class Sampler:

@@ -204,7 +204,8 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
     log.info("Starting fresh in %s (no RL checkpoint yet)", workdir)
   model, tok = builders.build_model(cfg)
   train_source, valid_source, test_source = builders.build_sources(cfg)
-  builders.check_answers_fit(cfg, tok, train_source)
+  if get_algorithm_spec(cfg.rl.algorithm).answer_is_response:
+    builders.check_answers_fit(cfg, tok, train_source)
   test_batches = eval_batches(cfg, tok, test_source, cfg.train.eval_size)  # before the warm start: a size that cannot work fails now
   ckpt = CheckpointManager(directory, max_to_keep=cfg.train.keep_checkpoints,
                            save_every=cfg.train.checkpoint_every or cfg.train.num_steps)

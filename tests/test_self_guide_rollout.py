@@ -1,0 +1,216 @@
+"""Agent episodes (rollouts/agent.py) and environments (envs/): the KV-cache episode equals the same
+episode re-read from scratch, the JAX grid equals its host twin (also fused vs split training),
+crashing environments and invalid actions are counted, not fatal."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sampling_fixtures import left_padded_prompts, peaked_model
+from selfrl_jax.data.batch import PromptBatch
+from selfrl_jax.envs.base import CallbackEnv, EnvStep
+from selfrl_jax.envs.grid import GridEnv, GridHostEnv, GridSpec
+from selfrl_jax.models.decoder import forward_full
+from selfrl_jax.models.tokenizers import CharTokenizer
+from selfrl_jax.rollouts.agent import agent_episode
+from selfrl_jax.sampling.sampler import SamplingParams
+
+VOCAB, EOS, CLOSE = 64, 2, 5
+STOP = (EOS, 30)             # 30: an id this peaked model often writes, so some steps stop early
+LENGTHS = (6, 3, 5)          # prompt lengths (left-padded to T)
+T, N, H, G = 6, 4, 4, 2
+
+
+class EchoEnv:
+  """A host environment with per-row observation lengths and early ends: row r's episode ends after
+  1 + r % 3 steps (rows of one task end together); each observation has 1 + (t + r) % 3 ids derived
+  from the action ids (right-aligned); step `crash_at` raises (None: never)."""
+
+  obs_len = 3
+
+  def __init__(self, crash_at: int | None = None):
+    self.crash_at = crash_at
+
+  def reset(self, example_id_P, target_PxA, group_size, seed):
+    del target_PxA, seed
+    self.rows = np.repeat(np.arange(len(example_id_P)), group_size)
+    self.t = 0
+    self.done = np.zeros(len(self.rows), bool)
+
+  def step(self, action_BxN, action_valid_BxN, uniform_B):
+    del uniform_B
+    self.t += 1
+    if self.crash_at == self.t:
+      raise RuntimeError("the environment process died")
+    b = len(self.rows)
+    active = ~self.done
+    obs, valid = np.zeros((b, 3), np.int32), np.zeros((b, 3), bool)
+    for r in range(b):
+      n = 1 + (self.t + r) % 3
+      ids = action_BxN[r][action_valid_BxN[r]]
+      obs[r, 3 - n:] = 10 + (int(ids.sum()) + np.arange(n)) % 40
+      valid[r, 3 - n:] = True
+    self.done = self.done | (self.t >= 1 + self.rows % 3)
+    valid &= (active & ~self.done)[:, None]
+    zeros = np.zeros(b)
+    return EnvStep(obs_BxO=np.where(valid, obs, 0), obs_valid_BxO=valid, reward_B=zeros, done_B=self.done.copy(),
+                   success_B=self.done.copy(), score_B=zeros, invalid_B=zeros.astype(bool),
+                   progress_B=zeros.astype(np.int8), failed_B=zeros.astype(bool))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return peaked_model("llama", VOCAB)
+
+
+def _batch(p: int = len(LENGTHS)) -> PromptBatch:
+  tokens, valid = left_padded_prompts(LENGTHS[:p], T, VOCAB, low=6)
+  return PromptBatch(prompt_tokens_PxT=tokens, prompt_valid_PxT=valid, prompt_len_P=valid.sum(1),
+                     target_tokens_PxA=jnp.zeros((p, 5), jnp.int32), target_len_P=jnp.zeros(p, jnp.int32),
+                     example_id_P=jnp.arange(p))
+
+
+@pytest.fixture(scope="module")
+def episode(model):
+  """`episode(crash_at=None)`: greedy episodes of EchoEnv through one compiled program (the crash
+  step is read by the host callback at run time, so both tests share the compilation)."""
+  graphdef, state = nnx.split(model)
+  host = EchoEnv()
+  env = CallbackEnv(host)
+  batch = _batch()
+  params = SamplingParams(max_new_tokens=N, temperature=0.0, stop_ids=STOP)
+
+  @jax.jit
+  def run(state, batch, key):
+    return agent_episode(nnx.merge(graphdef, state), batch.prompt_tokens_PxT, batch.prompt_valid_PxT, env, key,
+                         params, G, H, end_ids=(EOS,), guide_close_id=CLOSE, batch=batch)
+
+  def play(crash_at=None):
+    host.crash_at = crash_at
+    return jax.device_get(run(state, batch, jax.random.key(0))), env
+
+  return play
+
+
+def test_cached_episode_equals_the_episode_read_from_scratch(model, episode):
+  """Greedy: every generated id is the argmax of a full forward pass over the episode's real ids
+  (holes removed, nothing cached), with the sampler's log-prob; observations are the environment's
+  own for the actions taken; episodes of different lengths stop where the environment said."""
+  roll, _ = episode()
+  ex = roll.extras
+  b = roll.tokens_BxS.shape[0]
+  rows = np.repeat(np.arange(len(LENGTHS)), G)
+  np.testing.assert_array_equal(ex.num_steps_B, 1 + rows % 3)
+  assert (ex.step_valid_BxHxN.sum(-1) > 0).tolist() == ex.step_taken_BxH.tolist()
+  stopped_any = truncated_any = False
+  compact = [(roll.tokens_BxS[r][roll.valid_BxS[r]], roll.loss_mask_BxS[r][roll.valid_BxS[r]],
+              roll.sampler_logp_BxS[r][roll.valid_BxS[r]]) for r in range(b)]
+  width = max(len(c[0]) for c in compact)
+  tokens = np.zeros((b, width), np.int32)
+  valid = np.zeros((b, width), bool)
+  for r, (ids, _, _) in enumerate(compact):
+    tokens[r, :len(ids)], valid[r, :len(ids)] = ids, True
+  logp = np.asarray(jax.nn.log_softmax(model.logits(forward_full(model, jnp.asarray(tokens), jnp.asarray(valid)))))
+  for r, (ids, gen, sampler_logp) in enumerate(compact):
+    pos = np.flatnonzero(gen)
+    np.testing.assert_array_equal(ids[pos], logp[r, pos - 1].argmax(-1))
+    np.testing.assert_allclose(sampler_logp[pos], logp[r, pos - 1, ids[pos]], atol=2e-5)
+    stopped_any |= bool(np.isin(ids[pos], STOP).any())
+    truncated_any |= bool(((ex.step_valid_BxHxN[r].sum(-1) == N) & ~np.isin(ex.step_tokens_BxHxN[r, :, -1], STOP)).any())
+  assert stopped_any and truncated_any, "the episode should mix stopped and truncated steps"
+  # Replaying the environment on the recorded actions gives the observations in the layout, whose
+  # blocks after step 1 are [end id | observation | step].
+  replay = EchoEnv()
+  replay.reset(np.arange(len(LENGTHS)), None, G, 0)
+  for t in range(H - 1):
+    out = replay.step(ex.step_tokens_BxHxN[:, t], ex.step_valid_BxHxN[:, t] & ~ex.guide_BxHxN[:, t], None)
+    block = roll.tokens_BxS[:, T + N + t * (1 + 3 + N): T + N + t * (1 + 3 + N) + 4]
+    block_valid = roll.valid_BxS[:, T + N + t * (1 + 3 + N): T + N + t * (1 + 3 + N) + 4]
+    np.testing.assert_array_equal(block_valid[:, 1:], out.obs_valid_BxO)
+    np.testing.assert_array_equal(np.where(out.obs_valid_BxO, block[:, 1:], 0), out.obs_BxO)
+
+
+def test_crashing_environment_ends_episodes_as_failed(episode):
+  roll, env = episode(crash_at=2)
+  ex = roll.extras
+  rows = np.repeat(np.arange(len(LENGTHS)), G)
+  # Row group 0 ends after step 1 (before the crash); the others were running at step 2 and failed.
+  np.testing.assert_array_equal(ex.failed_B, rows != 0)
+  np.testing.assert_array_equal(ex.num_steps_B, np.where(rows == 0, 1, 2))
+  assert not ex.success_B[rows != 0].any()
+  assert env.counters["env_step_errors"] == 1
+
+
+def test_grid_jax_equals_host_twin_and_counts_invalid_actions():
+  tok = CharTokenizer()
+  spec = GridSpec.for_tokenizer(tok, horizon=5, slip_prob=0.3)
+  rng = np.random.default_rng(0)
+  p, g, n = 6, 3, 3
+  target = np.asarray([tok.encode(f"{a}{b}{c}{d}") + [EOS] for a, b, c, d in [(0, 0, 6, 6), (2, 2, 0, 3), (6, 0, 0, 6),
+                                                                             (3, 0, 4, 0), (0, 6, 6, 4), (4, 2, 4, 4)]],
+                      np.int32)
+  batch = dataclasses.replace(_batch(1), target_tokens_PxA=jnp.asarray(target), example_id_P=jnp.arange(p))
+  jax_env, host = GridEnv(spec), GridHostEnv(spec)
+  state = jax_env.reset(batch, g, jax.random.key(0))
+  host.reset(np.arange(p), target, g, 0)
+  vocab = [tok.encode(ch)[0] for ch in "udlrx+"]
+  for t in range(5):
+    action = rng.choice(vocab, (p * g, n)).astype(np.int32)
+    valid = rng.random((p * g, n)) < 0.8
+    key = jax.random.key(t)
+    running = ~np.asarray(state.done_B)
+    state, out = jax_env.step(state, jnp.asarray(action), jnp.asarray(valid), key)
+    ref = host.step(action, valid, np.asarray(jax.random.uniform(key, (p * g,))))
+    for name in EnvStep.__dataclass_fields__:
+      np.testing.assert_array_equal(np.asarray(getattr(out, name)), np.asarray(getattr(ref, name)), err_msg=name)
+    first = np.where(valid.any(1), action[np.arange(p * g), valid.argmax(1)], -1)
+    np.testing.assert_array_equal(np.asarray(out.invalid_B), running & ~np.isin(first, vocab[:4]))
+  # An action that is not a move (or no action) is invalid, and only while the episode runs.
+  state = jax_env.reset(batch, g, jax.random.key(0))
+  bad = jnp.full((p * g, n), vocab[4], jnp.int32)
+  _, out = jax_env.step(state, bad, jnp.ones((p * g, n), bool), jax.random.key(9))
+  assert np.asarray(out.invalid_B).all() and (np.asarray(out.progress_B) == 0).all()
+  _, out = jax_env.step(state, bad, jnp.zeros((p * g, n), bool), jax.random.key(9))
+  assert np.asarray(out.invalid_B).all()
+
+
+def _train_two_steps(env: str, mode: str):
+  from configs.self_guide import tiny_grid  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.state import create_train_state, make_optimizer  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.step import make_train_step  # pylint: disable=import-outside-toplevel
+  cfg = tiny_grid.get_config()
+  with cfg.unlocked():
+    cfg.self_guide.env, cfg.rl.mode, cfg.self_guide.max_steps = env, mode, 4
+    cfg.self_guide.schedule, cfg.rl.prompts_per_step, cfg.rl.micro_batch_size = "immediate", 2, 8
+    cfg.model.d_model, cfg.model.d_ff = 32, 64
+    cfg.task.train_size = 64
+  model, tok = builders.build_model(cfg)
+  source = builders.build_sources(cfg)[0]
+  algo = builders.build_algorithm(cfg, tok, source)
+  tx = make_optimizer(cfg.optim)
+  graphdef, state = create_train_state(model, tx, cfg.seed, keep_reference=True, algorithm=algo)
+  step = make_train_step(builders.build_update_settings(cfg, algo), algo, graphdef, tx)
+  batches = iter(builders.prompt_batches(cfg, source, tok, batch_size=2, seed=0))
+  metrics = []
+  for _ in range(2):
+    state, m = step(state, next(batches))
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state.params), metrics, step.compilations()
+
+
+def test_jax_grid_fused_equals_host_grid_split():
+  """Same keys -> same episodes -> same parameters, whether the grid is traced into one program or
+  runs on the host behind callbacks with the update compiled separately."""
+  params_fused, m_fused, compiled_fused = _train_two_steps("grid", "fused")
+  params_split, m_split, compiled_split = _train_two_steps("grid_host", "split")
+  for name in ("agent/success", "agent/episode_len", "sg/frac_positive", "reward_mean", "sg/lambda"):
+    assert [float(m[name]) for m in m_fused] == pytest.approx([float(m[name]) for m in m_split], abs=1e-6), name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_fused, params_split)
+  assert (compiled_fused, compiled_split) == (1, 1)   # nothing recompiles in the second iteration
