@@ -118,16 +118,25 @@ def run_case(name: str, mode: str) -> dict:
 
 
 def machine() -> str:
-  """CPU model and jaxlib version: exact bytes are only comparable on the same kind of machine."""
-  model = platform.processor()
+  """CPU model, family / model numbers and vector extensions, and the jaxlib version: XLA's CPU code
+  (and so the last bits of every float) depends on them, and "AMD EPYC" alone names several
+  generations, so exact bytes are only compared on the same kind of machine."""
+  info = {"model name": platform.processor(), "cpu family": "?", "model": "?"}
+  flags: set[str] = set()
   try:
     for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        model = line.split(":", 1)[1].strip()
+      key, _, value = (part.strip() for part in line.partition(":"))
+      if key in info and info[key] in ("?", platform.processor()):
+        info[key] = value
+      elif key == "flags" and not flags:
+        flags = set(value.split())
+      if not line.strip():   # the first processor's block is enough
         break
   except OSError:
     pass
-  return f"{model} | jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else jax.__version__}"
+  vector = "+".join(f for f in ("avx2", "avx512f", "amx_tile") if f in flags) or "none"
+  jaxlib = jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__
+  return f"{info['model name']} (family {info['cpu family']} model {info['model']}, {vector}) | jaxlib {jaxlib}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Generation is deterministic, so hosts of a multi-host job may each prepare their
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -71,10 +72,20 @@ def task_builder(task: Task, data_dir: str | None = None):
 
 
 def prepare_task(task: Task, data_dir: str | None = None):
-  """Builder of `task` with its files written; a no-op when they already exist."""
+  """Builder of `task` with its files written; a no-op when they already exist.
+
+  Processes that prepare the same task at once (parallel test workers, `reproduce.py --jobs`) wait
+  for each other on a lock file beside the data, so the files are written once.
+  """
   builder = task_builder(task, data_dir)
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
+    lock_path = os.path.join(builder.data_dir_root, f".{builder.name}.{task.config_id()}.lock")
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      builder = task_builder(task, data_dir)   # re-read: another process may have just written it
+      if not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
   return builder
 
 
