@@ -54,6 +54,12 @@ def calibration_counts(polarity_BxH: jax.Array, judged_BxH: jax.Array, counted_B
   return (truth_CxBxH & (polarity_BxH == judged_BxH)[None]).sum(axis=(1, 2)), truth_CxBxH.sum(axis=(1, 2))
 
 
+def judged_progress(extras) -> tuple[jax.Array, jax.Array]:
+  """(progress of the action each step's guidance judges, a_{t-1} for z_t [B, H]; the steps whose
+  guidance is judged: played, t >= 2 [B, H])."""
+  return jnp.pad(extras.progress_BxH[:, :-1], ((0, 0), (1, 0))), counted_steps(extras.step_taken_BxH, True)
+
+
 def balanced_accuracy(hits_C: jax.Array, totals_C: jax.Array) -> jax.Array:
   """Mean per-class recall over the classes present: 1/3 for a constant label, whatever the
   classes' frequencies (plain accuracy rewards always saying "closer" once most moves are)."""
@@ -167,14 +173,13 @@ class SelfGuide(Algorithm):
     the ground-truth progress of a_{t-1}, the action it judges."""
     ex = rollout.extras
     taken_BxH = ex.step_taken_BxH
-    counted_BxH = counted_steps(taken_BxH, True)
+    judged_BxH, counted_BxH = judged_progress(ex)
     frac = lambda m: (m & counted_BxH).sum() / jnp.maximum(counted_BxH.sum(), 1)  # noqa: E731
     out = {f"{prefix}agent/success": ex.success_B.mean(), f"{prefix}agent/score": ex.score_B.mean(),
            f"{prefix}agent/episode_len": ex.num_steps_B.mean(),
            f"{prefix}agent/invalid_action_frac": ex.invalid_BxH.sum() / jnp.maximum(taken_BxH.sum(), 1),
            f"{prefix}agent/env_failures": ex.failed_B.sum()}
     if self.use_guidance:
-      judged_BxH = jnp.pad(ex.progress_BxH[:, :-1], ((0, 0), (1, 0)))
       hits_C, totals_C = calibration_counts(polarity_BxH, judged_BxH, counted_BxH)
       out.update({f"{prefix}sg/frac_positive": frac(polarity_BxH > 0), f"{prefix}sg/frac_negative": frac(polarity_BxH < 0),
                   f"{prefix}sg/frac_neutral": frac((polarity_BxH == 0) & parsed_BxH),
@@ -208,8 +213,7 @@ class SelfGuide(Algorithm):
                   f"{prefix}len_B": ex.num_steps_B})
       if guided:
         polarity_BxH, _ = parse_polarity(ex.step_tokens_BxHxN, ex.guide_BxHxN, self.label_ids)
-        counted_BxH = counted_steps(ex.step_taken_BxH, True)
-        judged_BxH = jnp.pad(ex.progress_BxH[:, :-1], ((0, 0), (1, 0)))
+        judged_BxH, counted_BxH = judged_progress(ex)
         for c, name in zip(PROGRESS, ("closer", "same", "farther")):
           truth_BxH = counted_BxH & (judged_BxH == c)
           out[f"hits_{name}_B"] = (truth_BxH & (polarity_BxH == c)).sum(axis=1)
