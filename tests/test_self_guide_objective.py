@@ -101,12 +101,31 @@ def test_parser_first_label_inside_the_guide_only():
                       [[21, 22, close, act]],              # two-token label "[N" "EG]" -> -1
                       [[21, close, 22, act]]])             # a label cut by the close does not count
   valid = jnp.ones(rows.shape, bool)
-  guide = guide_mask(rows[:, 0], valid[:, 0], close)[:, None]
+  guide = guide_mask(rows[:, 0], valid[:, 0], (close,))[:, None]
   polarity, parsed = parse_polarity(rows, guide, ((7,), (8,), (21, 22)))
   assert np.asarray(polarity)[:, 0].tolist() == [1, 0, 0, -1, 0]
   polarity, parsed = parse_polarity(rows, guide, (pos, neu, neg))
   assert np.asarray(polarity)[:, 0].tolist() == [1, -1, 0, 0, 0]
   assert np.asarray(parsed)[:, 0].tolist() == [True, True, False, False, False]
+
+
+def test_guide_mask_closes_at_the_first_complete_multi_id_sequence():
+  """A BPE close such as "</guide" is several ids: the guidance runs up to the first complete run of
+  them; a partial run is guidance text, and a row without the run is all guidance."""
+  close = (30, 31)
+  rows = [[3, 30, 31, 4, 4, 0], [3, 30, 4, 30, 31, 4], [30, 30, 31, 31, 4, 0], [3, 30, 4, 4, 31, 0], [30, 31, 30, 31, 4, 4]]
+  lengths = [5, 6, 5, 5, 6]
+
+  def reference(row, n):
+    for i in range(1, n):
+      if tuple(row[i - 1:i + 1]) == close:
+        return [j <= i for j in range(len(row))]
+    return [j < n for j in range(len(row))]
+
+  valid = np.arange(6)[None, :] < np.asarray(lengths)[:, None]
+  got = np.asarray(guide_mask(jnp.asarray(rows), jnp.asarray(valid), close))
+  assert got.tolist() == [reference(r, n) for r, n in zip(rows, lengths)]
+  assert not np.asarray(guide_mask(jnp.asarray(rows), jnp.asarray(valid), None)).any()
 
 
 def test_reward_to_go_and_per_step_groups():
@@ -150,7 +169,7 @@ def _toy_rollout(rng: np.random.Generator, b: int = 8, h: int = 3, n: int = 3) -
 
 def _algo(**kw) -> SelfGuide:
   defaults = dict(sampling=SamplingParams(max_new_tokens=3), group_size=4, advantage="grpo_sample_std", kl_coef=0.0,
-                  env=None, max_steps=3, end_ids=(2,), guide_close_id=5, label_ids=((7,), (8,), (9,)),
+                  env=None, max_steps=3, end_ids=(2,), guide_close_ids=(5,), label_ids=((7,), (8,), (9,)),
                   instruction_ids=(10,), plain_instruction_ids=(11,))
   return SelfGuide(**{**defaults, **kw})
 

@@ -89,7 +89,7 @@ def episode(model):
   @jax.jit
   def run(state, batch, key):
     return agent_episode(nnx.merge(graphdef, state), batch.prompt_tokens_PxT, batch.prompt_valid_PxT, env, key,
-                         params, G, H, end_ids=(EOS,), guide_close_id=CLOSE, batch=batch)
+                         params, G, H, end_ids=(EOS,), guide_close_ids=(CLOSE,), batch=batch)
 
   def play(crash_at=None):
     host.crash_at = crash_at

@@ -73,3 +73,18 @@ def test_logits_match_transformers_gguf_loader(smollm2):
     expected = ref(torch.tensor(ids)).logits.numpy()
   ours = np.asarray(model.logits(forward_full(model, jnp.asarray(ids), jnp.ones(ids.shape, bool))))
   assert np.abs(ours - expected).max() <= 1e-3
+
+
+def test_chat_turn_ids_of_agent_episodes(smollm2):
+  """Self-Guide's chat pieces in SmolLM2's ChatML: the mode instruction as a system turn of its own,
+  an observation as the user turn between two assistant steps, and the plain tokenizer has none."""
+  from selfrl_jax.algos.self_guide_config import mode_prefix_ids  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.models.tokenizers import CharTokenizer  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.rollouts.two_turn import correction_instruction_ids  # pylint: disable=import-outside-toplevel
+  _, tok = smollm2
+  decode = lambda ids: tok.decode(ids, skip_special_tokens=False)  # noqa: E731
+  assert decode(mode_prefix_ids(tok, "Judge, then act.", chat=True)) == "<|im_start|>system\nJudge, then act.<|im_end|>\n"
+  assert decode(correction_instruction_ids(tok, "You see a coin.", chat=True)) == (
+      "\n<|im_start|>user\nYou see a coin.<|im_end|>\n<|im_start|>assistant\n")
+  with pytest.raises(ValueError, match="system turn"):
+    mode_prefix_ids(CharTokenizer(), "G", chat=True)

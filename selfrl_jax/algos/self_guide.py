@@ -79,7 +79,7 @@ def _prepend(ids: tuple[int, ...], tokens_PxT: jax.Array, valid_PxT: jax.Array) 
 class SelfGuide(Algorithm):
   """Knobs: `self_guide_config.default_config` (every field commented). Token ids are the tokenizer's:
   `instruction_ids` / `plain_instruction_ids` go before each task prompt with / without guidance;
-  `guide_close_id` ends the guidance segment; `label_ids` are the positive, neutral and negative
+  `guide_close_ids` end the guidance segment; `label_ids` are the positive, neutral and negative
   labels; `end_ids` close a truncated step before the observation."""
 
   sampling: SamplingParams
@@ -89,7 +89,7 @@ class SelfGuide(Algorithm):
   env: Any
   max_steps: int
   end_ids: tuple[int, ...]
-  guide_close_id: int
+  guide_close_ids: tuple[int, ...]
   label_ids: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
   instruction_ids: tuple[int, ...]
   plain_instruction_ids: tuple[int, ...]
@@ -121,7 +121,7 @@ class SelfGuide(Algorithm):
     ids = self.instruction_ids if guided else self.plain_instruction_ids
     prompt_PxT, valid_PxT = _prepend(ids, batch.prompt_tokens_PxT, batch.prompt_valid_PxT)
     return agent_episode(model, prompt_PxT, valid_PxT, self.env, key, self.sampling, self.group_size, self.max_steps,
-                         self.end_ids, self.guide_close_id if guided else None, batch=batch)
+                         self.end_ids, self.guide_close_ids if guided else None, batch=batch)
 
   def rollout(self, model, batch, key) -> AgentRollout:
     return self.episode(model, batch, key, self.use_guidance)
@@ -194,8 +194,10 @@ class SelfGuide(Algorithm):
                                group_size=1)
 
   def host_counters(self) -> dict[str, int]:
-    """Environment failures a host environment counted (`envs.base.CallbackEnv.counters`)."""
-    return {f"env/{k}": v for k, v in getattr(self.env, "counters", {}).items()}
+    """Environment failures counted on the host: by `envs.base.CallbackEnv` (a raising step, a row
+    without an observation) and by the host environment itself (timeouts, restarts, cut observations)."""
+    counters = {**getattr(self.env, "counters", {}), **getattr(getattr(self.env, "host", None), "counters", {})}
+    return {f"env/{k}": v for k, v in counters.items()}
 
   # --- evaluation: inference-time guidance -------------------------------------------------
 

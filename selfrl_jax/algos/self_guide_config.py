@@ -13,13 +13,13 @@ from selfrl_jax.algos.self_guide_objective import AGGREGATIONS, SCHEDULES, Trust
 
 STEP_CREDITS = ("trajectory", "reward_to_go")
 ENV_REWARDS = ("success", "normalized_score")
-ENVS = ("grid", "grid_host")
+ENVS = ("grid", "grid_host", "twx")
 LABELS = ("positive", "neutral", "negative")
 
 
 def default_config() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.env = "grid"                    # grid (JAX, the whole episode compiled) | grid_host (the same grid in numpy behind host callbacks)
+  s.env = "grid"                    # grid (JAX, the whole episode compiled) | grid_host (the same grid in numpy behind host callbacks) | twx (TextWorldExpress: the twx task's game, task.params.game / game_params)
   s.max_steps = 14                  # H, steps per episode at most (the grid's horizon)
   s.slip_prob = 0.2                 # grid: probability that a move slips to a random one of the four
   s.use_guidance = True             # False: plain GRPO, the policy writes actions only (arm a)
@@ -35,10 +35,13 @@ def default_config() -> ml_collections.ConfigDict:
   s.invalid_action_penalty = 0.1    # subtracted from R_env per invalid action (verl-agent: 0.1)
   s.eval_without_guidance = True    # evaluation also plays each task without guidance (eval/success_unguided)
   s.eval_temperature = 0.4          # held-out decoding temperature (§7 item 12: verl-agent validates at 0.4; 0 = greedy)
+  # Host text environments (env = twx): one Java process per episode row, stepped in parallel threads.
+  s.obs_len = 160                   # ids per observation turn (the chat turn around it included); longer ones are cut, counted
+  s.env_step_timeout_s = 10.0       # a row whose step takes longer ends as failed (its Java process is restarted)
   # Step format: the guidance segment ends with guide_close; the environment reads the action after it.
-  s.instruction = "G"               # text before each task prompt when guidance is on (toy: a mode marker)
+  s.instruction = "G"               # text before each task prompt when guidance is on (toy: a mode marker; chat: a system turn)
   s.plain_instruction = "A"         # text before each task prompt without guidance
-  s.guide_close = "|"               # text that closes the guidance segment (a single token; LLM template: "</guide>")
+  s.guide_close = "|"               # text that closes the guidance segment (any number of tokens; LLM template: "</guide>")
   s.labels = ("+", "=", "-")        # positive, neutral, negative labels (LLM template: "[POSITIVE]", "[NEUTRAL]", "[NEGATIVE]")
   s.step_stop = ""                  # extra text that ends a step besides EOS (a single token, e.g. "</action>"; "" = EOS only)
   # Grid warm start (sft.demos = "self_guide_grid"): scripted episodes with noisy guidance labels.
@@ -81,14 +84,38 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(rl.group_size >= 2, "rl.group_size", "GRPO's group baseline needs group_size >= 2")
   check(rl.advantage in ("grpo", "grpo_sample_std", "dr_grpo", "rloo"), "rl.advantage",
         f"Self-Guide normalises returns within a task's group: grpo, grpo_sample_std, dr_grpo or rloo, got {rl.advantage!r}")
-  check(not cfg.task.chat, "task.chat",
-        "chat-template prompts are not supported by the Self-Guide episode yet (the instruction is prepended as ids)")
   check(s.env not in ("grid", "grid_host") or cfg.task.name == "grid_nav", "task.name",
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
+  if s.env == "twx":
+    check(cfg.task.name == "twx", "task.name", f"self_guide.env='twx' resets from twx tasks, got task.name={cfg.task.name!r}")
+  check(s.obs_len >= 8, "self_guide.obs_len", f"must be >= 8 ids (a chat turn's markers alone take several), got {s.obs_len}")
+  check(s.env_step_timeout_s > 0, "self_guide.env_step_timeout_s", f"must be > 0 seconds, got {s.env_step_timeout_s}")
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
   for name, p in (("sft_label_accuracy", s.sft_label_accuracy), ("sft_action_skill", s.sft_action_skill),
                   ("sft_guided_frac", s.sft_guided_frac)):
     check(0.0 <= p <= 1.0, f"self_guide.{name}", f"must be in [0, 1], got {p}")
+
+
+def mode_prefix_ids(tokenizer, text: str, chat: bool) -> tuple[int, ...]:
+  """Ids put before each task prompt to select the mode (guided or actions only).
+
+  Plain prompts: `text` encoded. Chat prompts already start with the template's first turn, so the
+  instruction becomes a system turn of its own before them ("<|im_start|>system\n{text}<|im_end|>\n"
+  in ChatML): the ids of [system: text, user: "1"] rendered up to the turn the user message opens,
+  found as the ids before the first occurrence, after the first end-of-turn id, of the id the
+  template opens a lone user turn with. Raises ValueError when the template shows no such structure.
+  """
+  if not chat:
+    return tuple(int(i) for i in tokenizer.encode(text))
+  both = list(tokenizer.apply_chat_template([{"role": "system", "content": text}, {"role": "user", "content": "1"}],
+                                            add_generation_prompt=False))
+  opener = tokenizer.apply_chat_template([{"role": "user", "content": "1"}], add_generation_prompt=False)[0]
+  ends = [i for i, t in enumerate(both) if t in tokenizer.eos_ids]
+  starts = [i for i, t in enumerate(both) if t == opener and ends and i > ends[0]]
+  if not starts:
+    raise ValueError("self_guide: the chat template renders no separate system turn before the user turn, so the "
+                     "mode instruction cannot be put before chat prompts; set task.chat=False and spell the format out.")
+  return tuple(int(i) for i in both[:starts[0]])
 
 
 def _single_id(tokenizer, text: str, field: str) -> int:
@@ -103,6 +130,13 @@ def make_env(cfg, tokenizer):
   from selfrl_jax.envs.base import CallbackEnv  # pylint: disable=import-outside-toplevel
   from selfrl_jax.envs.grid import GridEnv, GridHostEnv, GridSpec  # pylint: disable=import-outside-toplevel
   s = cfg.self_guide
+  if s.env == "twx":
+    from selfrl_jax.envs.textworld_express import TextWorldExpressHostEnv  # pylint: disable=import-outside-toplevel
+    from selfrl_jax.train.builders import build_task  # pylint: disable=import-outside-toplevel
+    game = build_task(cfg).config   # the game the task's prompts show
+    return CallbackEnv(TextWorldExpressHostEnv(
+        tokenizer, game=game.game, game_params=game.game_params, obs_len=s.obs_len, chat=cfg.task.chat,
+        step_limit=s.max_steps, step_timeout_s=s.env_step_timeout_s))
   spec = GridSpec.for_tokenizer(tokenizer, horizon=s.max_steps, slip_prob=s.slip_prob)
   return GridEnv(spec) if s.env == "grid" else CallbackEnv(GridHostEnv(spec))
 
@@ -118,9 +152,10 @@ def build(cfg, tokenizer, reward_fn, sampling, records=None):
   return SelfGuide(
       sampling=sampling, group_size=cfg.rl.group_size, advantage=cfg.rl.advantage, kl_coef=cfg.rl.kl_coef,
       env=make_env(cfg, tokenizer), max_steps=s.max_steps, end_ids=turn_end_ids(tokenizer, cfg.task.chat),
-      guide_close_id=_single_id(tokenizer, s.guide_close, "guide_close"),
+      guide_close_ids=tuple(int(i) for i in tokenizer.encode(s.guide_close)),
       label_ids=tuple(tuple(tokenizer.encode(label)) for label in s.labels),
-      instruction_ids=tuple(tokenizer.encode(s.instruction)), plain_instruction_ids=tuple(tokenizer.encode(s.plain_instruction)),
+      instruction_ids=mode_prefix_ids(tokenizer, s.instruction, cfg.task.chat),
+      plain_instruction_ids=mode_prefix_ids(tokenizer, s.plain_instruction, cfg.task.chat),
       use_guidance=s.use_guidance, schedule=schedule_of(s), sg_scale=s.sg_scale, agg=s.agg, skip_first=s.skip_first,
       step_credit=s.step_credit, sg_reward_on_guide_tokens=s.sg_reward_on_guide_tokens, env_reward=s.env_reward,
       invalid_action_penalty=s.invalid_action_penalty, eval_without_guidance=s.eval_without_guidance,

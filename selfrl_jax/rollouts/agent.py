@@ -1,7 +1,7 @@
 """Multi-step agent episodes in one KV cache, token in / token out (Self-Guide, self_guide.md §2).
 
     rollout = agent_episode(model, prompts_PxT, valid_PxT, env, key, params, group_size=G,
-                            max_steps=H, end_ids=end_ids, guide_close_id=id_of("</guide>"))
+                            max_steps=H, end_ids=end_ids, guide_close_ids=tok.encode("</guide>"))
     rollout.tokens_BxS         # [prompt | y_1 | end o_1 | y_2 | end o_2 | ... | y_H], holes where unused
     rollout.turn_id_BxS        # t on the tokens generated at step t (1-based), 0 on context
     rollout.extras.step_tokens_BxHxN, .success_B, .progress_BxH, ...
@@ -75,23 +75,30 @@ class AgentRollout(Rollout):
   extras: AgentExtras = None  # a default only because Rollout ends with one; always set
 
 
-def guide_mask(tokens_BxN: jax.Array, valid_BxN: jax.Array, guide_close_id: int | None) -> jax.Array:
-  """Ids of each row up to and including the first `guide_close_id` (all False when None or absent:
-  a step that never closes its guidance has no action part, so all of it counts as guidance)."""
-  if guide_close_id is None:
+def guide_mask(tokens_BxN: jax.Array, valid_BxN: jax.Array, guide_close_ids: Sequence[int] | None) -> jax.Array:
+  """Ids of each row up to and including the first complete `guide_close_ids` sequence (one id for a
+  character tokenizer, e.g. three for "</guide>" in a BPE vocabulary). All False when None or empty;
+  all of a row's ids when the sequence never appears: a step that never closes its guidance has no
+  action part, so all of it counts as guidance. Generated ids are contiguous from slot 0."""
+  if not guide_close_ids:
     return jnp.zeros(tokens_BxN.shape, bool)
-  closed_before_BxN = jnp.cumsum(tokens_BxN == guide_close_id, axis=1) - (tokens_BxN == guide_close_id)
+  n = tokens_BxN.shape[1]
+  closes_at_BxN = valid_BxN
+  for back, close_id in enumerate(reversed(tuple(guide_close_ids))):   # the id `back` slots before the end
+    earlier_BxN = jnp.pad(tokens_BxN, ((0, 0), (back, 0)), constant_values=-1)[:, :n]
+    closes_at_BxN = closes_at_BxN & (earlier_BxN == close_id)
+  closed_before_BxN = jnp.cumsum(closes_at_BxN, axis=1) - closes_at_BxN
   return valid_BxN & (closed_before_BxN == 0)
 
 
-def _env_view(out: SampleOutput, guide_close_id: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  guide_BxN = guide_mask(out.tokens_BxN, out.valid_BxN, guide_close_id)
+def _env_view(out: SampleOutput, guide_close_ids: Sequence[int] | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  guide_BxN = guide_mask(out.tokens_BxN, out.valid_BxN, guide_close_ids)
   return out.tokens_BxN, out.valid_BxN & ~guide_BxN, guide_BxN
 
 
 def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT: jax.Array, env: Any,
                   key: jax.Array, params: SamplingParams, group_size: int, max_steps: int,
-                  end_ids: Sequence[int], guide_close_id: int | None, batch: Any = None) -> AgentRollout:
+                  end_ids: Sequence[int], guide_close_ids: Sequence[int] | None, batch: Any = None) -> AgentRollout:
   """Plays P * G episodes of at most `max_steps` steps (module docstring).
 
   Args:
@@ -103,8 +110,8 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
     group_size: episodes per task (G), rows prompt-major.
     max_steps: H, the most steps an episode plays.
     end_ids: ids closing a truncated step before the observation (`segments.turn_end_ids`).
-    guide_close_id: id ending the guidance segment (the environment sees only what follows it);
-      None: the policy writes actions only.
+    guide_close_ids: the ids ending the guidance segment (the environment sees only what follows
+      them); None: the policy writes actions only.
     batch: the PromptBatch the environment resets from.
 
   Returns:
@@ -115,7 +122,7 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
   out1 = generate(model, prompt_tokens_PxT, prompt_valid_PxT, jax.random.fold_in(key_sample, 0), params,
                   group_size=group_size, extra_capacity=(max_steps - 1) * (between_len + params.max_new_tokens))
   state = env.reset(batch, group_size, key_reset)
-  tokens1, action_valid1, guide1 = _env_view(out1, guide_close_id)
+  tokens1, action_valid1, guide1 = _env_view(out1, guide_close_ids)
   state, step1 = env.step(state, tokens1, action_valid1, jax.random.fold_in(key_env, 0))
 
   def play(carry, t):
@@ -125,7 +132,7 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
     between_valid = between.valid_BxN & active_B[:, None]
     out = continue_generation(model, cache, between.tokens_BxN, between_valid, jax.random.fold_in(key_sample, t),
                               params, active_B=active_B)
-    tokens, action_valid, guide = _env_view(out, guide_close_id)
+    tokens, action_valid, guide = _env_view(out, guide_close_ids)
     state, step = env.step(state, tokens, action_valid, jax.random.fold_in(key_env, t))
     # A row that ended keeps its final flags; its later "steps" report nothing.
     step = step.replace(success_B=jnp.where(active_B, step.success_B, prev.success_B),

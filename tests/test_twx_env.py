@@ -1,0 +1,153 @@
+"""TextWorldExpress as a host environment: the game's own gold path wins through our token-level
+interface, observations equal an independent game's text, inadmissible actions are counted and never
+reach the game, a hanging row times out alone, and no Java process outlives close() or a killed parent."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("textworld_express", reason="needs textworld-express (requirements.txt)")
+if shutil.which("java") is None:
+  pytest.skip("TextWorldExpress needs java (apt-get install default-jre-headless)", allow_module_level=True)
+
+from selfrl_jax.data.tasks import make_task  # noqa: E402
+from selfrl_jax.data.twx_tasks import _renderer  # noqa: E402
+from selfrl_jax.envs.textworld_express import (TextWorldExpressHostEnv, game_spec, observation_text,  # noqa: E402
+                                               parse_action)
+from selfrl_jax.models.tokenizers import CharTokenizer  # noqa: E402
+
+GAME, PARAMS = "coin", "numLocations=4,numDistractorItems=0,includeDoors=0"
+TOK = CharTokenizer()
+OBS_LEN = 1200   # characters: a whole coin observation with its admissible actions
+
+
+def _pids_alive(pids):
+  return [p for p in pids if os.path.exists(f"/proc/{p}") and "java" in open(f"/proc/{p}/cmdline").read()]
+
+
+def _wait_gone(pids, timeout_s=20.0):
+  deadline = time.time() + timeout_s
+  while _pids_alive(pids) and time.time() < deadline:
+    time.sleep(0.2)
+  return _pids_alive(pids)
+
+
+@pytest.fixture(scope="module")
+def task():
+  return make_task("twx", game=GAME, game_params=PARAMS, splits={"train": 3, "valid": 2, "test": 2})
+
+
+@pytest.fixture(scope="module")
+def env():
+  e = TextWorldExpressHostEnv(TOK, GAME, PARAMS, obs_len=OBS_LEN, chat=False, step_limit=30, step_timeout_s=5.0)
+  yield e
+  e.close()
+
+
+def _actions(texts):
+  ids = [TOK.encode(t) for t in texts]
+  n = max(map(len, ids))
+  out, valid = np.zeros((len(ids), n), np.int32), np.zeros((len(ids), n), bool)
+  for b, row in enumerate(ids):
+    out[b, :len(row)], valid[b, :len(row)] = row, True
+  return out, valid
+
+
+def _reset(env, rec, group_size):
+  target = np.array([TOK.encode(rec["answer"])], np.int32)
+  env.reset(np.array([0]), target, group_size, seed=0)
+
+
+def test_records_are_the_folds_games_with_disjoint_seeds(task):
+  seeds = {split: [game_spec(task.record(split, i)["answer"]) for i in range(n)]
+           for split, n in task.splits.items()}
+  assert seeds["train"] == [("train", s) for s in _renderer(GAME, PARAMS)[1]["train"][:3]]
+  assert {f for f, _ in seeds["valid"]} == {"dev"} and {f for f, _ in seeds["test"]} == {"test"}
+  all_seeds = [s for v in seeds.values() for _, s in v]
+  assert len(set(all_seeds)) == len(all_seeds)
+  rec = task.record("train", 0)
+  assert "Admissible actions:" in rec["prompt"] and "find the coin" in rec["prompt"]
+  with pytest.raises(ValueError, match="fold"):
+    game_spec("holdout 3")
+  assert parse_action("  <action>Move  East</action> ") == "move east"
+  assert parse_action("><action>take coin</action>") == parse_action(">\n<action>take coin") == "take coin"
+  assert parse_action("> look around ") == "look around"
+
+
+def test_gold_path_wins_and_inadmissible_actions_never_reach_the_game(env, task):
+  rec = task.record("train", 1)
+  gold = json.loads(rec["meta"])["gold_actions"]
+  _reset(env, rec, group_size=2)
+  reference, _ = _renderer(GAME, PARAMS)
+  reference.reset(seed=game_spec(rec["answer"])[1], gameFold="train")
+  # Row 0 plays the gold path; row 1 first tries an action that is not admissible, then the same path.
+  plays = [list(gold), ["fly to the moon"] + list(gold)]
+  rewards, successes = np.zeros(2), np.zeros(2, bool)
+  for t in range(len(gold) + 1):
+    texts = [p[t] if t < len(p) else "look around" for p in plays]
+    out = env.step(*_actions(texts), np.zeros(2))
+    if t < len(gold):
+      obs, _, _, infos = reference.step(gold[t])
+      if not out.done_B[0]:
+        shown = TOK.decode(out.obs_BxO[0][out.obs_valid_BxO[0]])
+        assert shown == observation_text(obs, infos["validActions"])
+    if t == 0:
+      assert out.invalid_B.tolist() == [False, True]
+      assert TOK.decode(out.obs_BxO[1][out.obs_valid_BxO[1]]).startswith("Invalid action: 'fly to the moon'")
+    rewards += out.reward_B
+    successes |= out.success_B
+  assert successes.tolist() == [True, True] and rewards.tolist() == [1.0, 1.0]
+  assert out.done_B.all() and not out.failed_B.any() and out.score_B.tolist() == [1.0, 1.0]
+  assert not out.obs_valid_BxO.any()   # finished rows get no observation
+  games = env._games  # pylint: disable=protected-access
+  assert games[1].getNumSteps() == games[0].getNumSteps() == len(gold) + 1   # reset + the gold moves only
+
+
+def test_a_hanging_row_times_out_alone_and_is_relaunched(task):
+  env = TextWorldExpressHostEnv(TOK, GAME, PARAMS, obs_len=OBS_LEN, chat=False, step_limit=30, step_timeout_s=1.0)
+  try:
+    rec = task.record("train", 0)
+    _reset(env, rec, group_size=2)
+    old_pids = env.java_pids()
+    env._games[1].step = lambda action: time.sleep(4)   # pylint: disable=protected-access
+    out = env.step(*_actions(["look around", "look around"]), np.zeros(2))
+    assert out.failed_B.tolist() == [False, True] and out.done_B.tolist() == [False, True]
+    assert out.obs_valid_BxO[0].any() and not out.obs_valid_BxO[1].any()
+    assert env.counters["env_timeouts"] == 1 and env.counters["java_restarts"] == 1
+    _reset(env, rec, group_size=2)   # the hung row's game is relaunched
+    assert env.java_pids()[0] == old_pids[0] and env.java_pids()[1] != old_pids[1]
+    assert not _wait_gone([old_pids[1]])
+    out = env.step(*_actions(["look around", "look around"]), np.zeros(2))
+    assert not out.failed_B.any() and out.obs_valid_BxO.any(axis=1).all()
+  finally:
+    pids = env.java_pids()
+    env.close()
+  assert not _wait_gone(pids)
+
+
+def test_no_java_process_outlives_a_killed_parent(tmp_path):
+  script = textwrap.dedent(f"""
+      import sys, time, numpy as np
+      from selfrl_jax.envs.textworld_express import TextWorldExpressHostEnv
+      from selfrl_jax.models.tokenizers import CharTokenizer
+      tok = CharTokenizer()
+      env = TextWorldExpressHostEnv(tok, {GAME!r}, {PARAMS!r}, obs_len=8, chat=False, step_limit=5)
+      env.reset(np.array([0]), np.array([tok.encode("train 0")]), 2, seed=0)
+      print(*env.java_pids(), flush=True)
+      time.sleep(120)
+  """)
+  proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  pids = [int(p) for p in proc.stdout.readline().split()]
+  assert len(pids) == 2 and len(_pids_alive(pids)) == 2
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not _wait_gone(pids), "Java processes outlived their killed parent"
