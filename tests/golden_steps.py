@@ -118,8 +118,8 @@ def run_case(name: str, mode: str) -> dict:
 
 
 def machine() -> str:
-  """CPU model, family / model numbers and vector extensions, and the jaxlib version: XLA's CPU code
-  (and so the last bits of every float) depends on them, and "AMD EPYC" alone names several
+  """CPU model, family / model numbers and vector extensions, the jaxlib version and XLA_FLAGS: XLA's
+  CPU code (and so the last bits of every float) depends on them, and "AMD EPYC" alone names several
   generations, so exact bytes are only compared on the same kind of machine."""
   info = {"model name": platform.processor(), "cpu family": "?", "model": "?"}
   flags: set[str] = set()
@@ -136,13 +136,14 @@ def machine() -> str:
     pass
   vector = "+".join(f for f in ("avx2", "avx512f", "amx_tile") if f in flags) or "none"
   jaxlib = jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__
-  return f"{info['model name']} (family {info['cpu family']} model {info['model']}, {vector}) | jaxlib {jaxlib}"
+  return (f"{info['model name']} (family {info['cpu family']} model {info['model']}, {vector}) | jaxlib {jaxlib}"
+          f" | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
 
 
 if __name__ == "__main__":
   if "--record" not in sys.argv:
     raise SystemExit("usage: python tests/golden_steps.py --record")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import conftest  # noqa: F401  (the tests' environment: CPU platform, XLA_FLAGS; set before the backend starts)
   out = {"machine": machine(), "cases": {}}
   for case in CASES:
     for mode in ("fused", "split"):

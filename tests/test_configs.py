@@ -59,7 +59,7 @@ def shrink(cfg):
       cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 64, 8, 8   # if_ladder rows take ~9 ms each
     if "self_guide" in cfg:  # short episodes
       cfg.self_guide.max_steps = 3
-      if cfg.task.name == "twx":   # rendering a game's prompt starts it in Java: a few games only
+      if cfg.task.name in ("twx", "scienceworld"):   # rendering a game's prompt runs it in Java: a few games only
         cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 16, 8, 8
   return cfg
 

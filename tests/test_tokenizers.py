@@ -36,6 +36,8 @@ def test_smollm2_tokenizer_from_gguf_metadata(tmp_path):
   tok = HFTokenizer.from_gguf(smollm2_gguf_path(), cache_dir=str(tmp_path))
   cached = HFTokenizer.from_gguf(smollm2_gguf_path(), cache_dir=str(tmp_path))  # from the saved conversion
   assert tok.vocab_size == cached.vocab_size == 49152
+  from selfrl_jax.models.tokenizers import gguf_stop_ids
+  assert cached.eos_ids == tok.eos_ids == HFTokenizer(cached.hf, gguf_stop_ids(smollm2_gguf_path())).eos_ids
   ids = tok.apply_chat_template([{"role": "user", "content": "Add 12 and 30."}])
   assert ids == cached.apply_chat_template([{"role": "user", "content": "Add 12 and 30."}])
   text = tok.decode(ids, skip_special_tokens=False)

@@ -13,13 +13,14 @@ from selfrl_jax.algos.self_guide_objective import AGGREGATIONS, SCHEDULES, Trust
 
 STEP_CREDITS = ("trajectory", "reward_to_go")
 ENV_REWARDS = ("success", "normalized_score")
-ENVS = ("grid", "grid_host", "twx")
+ENVS = ("grid", "grid_host", "twx", "scienceworld")
+GAME_ENVS = ("twx", "scienceworld")   # host text games; each resets from the task of the same name
 LABELS = ("positive", "neutral", "negative")
 
 
 def default_config() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.env = "grid"                    # grid (JAX, the whole episode compiled) | grid_host (the same grid in numpy behind host callbacks) | twx (TextWorldExpress: the twx task's game, task.params.game / game_params)
+  s.env = "grid"                    # grid (JAX, the whole episode compiled) | grid_host (the same grid in numpy behind host callbacks) | twx | scienceworld (Java text games: the task of that name, whose task.params pick the game)
   s.max_steps = 14                  # H, steps per episode at most (the grid's horizon)
   s.slip_prob = 0.2                 # grid: probability that a move slips to a random one of the four
   s.use_guidance = True             # False: plain GRPO, the policy writes actions only (arm a)
@@ -35,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
   s.invalid_action_penalty = 0.1    # subtracted from R_env per invalid action (verl-agent: 0.1)
   s.eval_without_guidance = True    # evaluation also plays each task without guidance (eval/success_unguided)
   s.eval_temperature = 0.4          # held-out decoding temperature (§7 item 12: verl-agent validates at 0.4; 0 = greedy)
-  # Host text environments (env = twx): one Java process per episode row, stepped in parallel threads.
+  # Host text games (env = twx | scienceworld): one Java process per episode row, stepped in parallel threads.
   s.obs_len = 160                   # ids per observation turn (the chat turn around it included); longer ones are cut, counted
   s.env_step_timeout_s = 10.0       # a row whose step takes longer ends as failed (its Java process is restarted)
   # Step format: the guidance segment ends with guide_close; the environment reads the action after it.
@@ -86,8 +87,8 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
         f"Self-Guide normalises returns within a task's group: grpo, grpo_sample_std, dr_grpo or rloo, got {rl.advantage!r}")
   check(s.env not in ("grid", "grid_host") or cfg.task.name == "grid_nav", "task.name",
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
-  if s.env == "twx":
-    check(cfg.task.name == "twx", "task.name", f"self_guide.env='twx' resets from twx tasks, got task.name={cfg.task.name!r}")
+  if s.env in GAME_ENVS:
+    check(cfg.task.name == s.env, "task.name", f"self_guide.env={s.env!r} resets from {s.env} tasks, got task.name={cfg.task.name!r}")
   check(s.obs_len >= 8, "self_guide.obs_len", f"must be >= 8 ids (a chat turn's markers alone take several), got {s.obs_len}")
   check(s.env_step_timeout_s > 0, "self_guide.env_step_timeout_s", f"must be > 0 seconds, got {s.env_step_timeout_s}")
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
@@ -130,13 +131,16 @@ def make_env(cfg, tokenizer):
   from selfrl_jax.envs.base import CallbackEnv  # pylint: disable=import-outside-toplevel
   from selfrl_jax.envs.grid import GridEnv, GridHostEnv, GridSpec  # pylint: disable=import-outside-toplevel
   s = cfg.self_guide
-  if s.env == "twx":
-    from selfrl_jax.envs.textworld_express import TextWorldExpressHostEnv  # pylint: disable=import-outside-toplevel
+  if s.env in GAME_ENVS:
+    from selfrl_jax.envs.host_games import PooledGameEnv  # pylint: disable=import-outside-toplevel
+    from selfrl_jax.envs.scienceworld import ScienceWorldGame  # pylint: disable=import-outside-toplevel
+    from selfrl_jax.envs.textworld_express import TextWorldExpressGame  # pylint: disable=import-outside-toplevel
     from selfrl_jax.train.builders import build_task  # pylint: disable=import-outside-toplevel
     game = build_task(cfg).config   # the game the task's prompts show
-    return CallbackEnv(TextWorldExpressHostEnv(
-        tokenizer, game=game.game, game_params=game.game_params, obs_len=s.obs_len, chat=cfg.task.chat,
-        step_limit=s.max_steps, step_timeout_s=s.env_step_timeout_s))
+    adapter = (TextWorldExpressGame(game.game, game.game_params, s.max_steps) if s.env == "twx"
+               else ScienceWorldGame(game.task_name, game.simplification, s.max_steps))
+    return CallbackEnv(PooledGameEnv(tokenizer, adapter, obs_len=s.obs_len, chat=cfg.task.chat,
+                                     step_timeout_s=s.env_step_timeout_s))
   spec = GridSpec.for_tokenizer(tokenizer, horizon=s.max_steps, slip_prob=s.slip_prob)
   return GridEnv(spec) if s.env == "grid" else CallbackEnv(GridHostEnv(spec))
 

@@ -10,7 +10,7 @@ from selfrl_jax.data.arithmetic import buggy_sum, format_number, is_bug_subset, 
 from selfrl_jax.data.benchmarks import (BENCHMARKS, load_benchmark, load_gsm8k, load_ifeval, load_math500,
                                         load_math_dir, load_mbpp)
 from selfrl_jax.data.builders import load_task_split, prepare_task
-from selfrl_jax.data import grid_nav, if_ladder, if_toy, prefix_sums, twx_tasks  # noqa: F401  (registers these tasks)
+from selfrl_jax.data import grid_nav, if_ladder, if_toy, prefix_sums, game_tasks  # noqa: F401  (registers these tasks)
 from selfrl_jax.data.pipeline import PromptIterator, jax_process_shard, make_prompt_iterator
 from selfrl_jax.data.reasoning_gym_tasks import reasoning_gym_reward, reasoning_gym_source
 from selfrl_jax.data.records import RecordSource, make_record, normalize_record, record_meta

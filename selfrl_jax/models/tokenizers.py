@@ -11,7 +11,9 @@ Everything downstream (data pipelines, rollouts, rewards) sees only `Tokenizer`:
 from __future__ import annotations
 
 import abc
+import json
 import os
+import shutil
 import string
 from typing import Sequence
 
@@ -124,26 +126,33 @@ class HFTokenizer(Tokenizer):
   def from_gguf(cls, gguf_path: str, cache_dir: str | None = None, stop_ids=None) -> "HFTokenizer":
     """Builds the tokenizer stored in a GGUF file's metadata (vocab, merges, chat template).
 
-    Converting GGUF metadata takes ~15 s on CPU, so the converted tokenizer is saved under
-    `cache_dir` (default `$SELFRL_CACHE` or ~/.cache/selfrl_jax), keyed by the file's size and mtime.
-    The stop ids (eos, eot, eom) are read from the file's metadata on every load, unless the caller
-    passes them (`stop_ids`, e.g. from the reader it loaded the weights with).
+    Converting GGUF metadata takes ~15 s on CPU and reading the stop ids (eos, eot, eom) from it
+    ~10 s, so both are saved under `cache_dir` (default `$SELFRL_CACHE` or ~/.cache/selfrl_jax),
+    keyed by the file's size and mtime; a caller that already parsed the file passes `stop_ids`.
     """
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
     gguf_path = os.path.abspath(gguf_path)
     if not os.path.exists(gguf_path):
       raise FileNotFoundError(f"GGUF file {gguf_path!r} does not exist.")
-    stop_ids = gguf_stop_ids(gguf_path) if stop_ids is None else list(stop_ids)
     stat = os.stat(gguf_path)
     root = cache_dir or os.environ.get("SELFRL_CACHE", os.path.expanduser("~/.cache/selfrl_jax"))
     cached = os.path.join(root, "tokenizers", f"{os.path.basename(gguf_path)}-{stat.st_size}-{int(stat.st_mtime)}")
-    if os.path.exists(os.path.join(cached, "tokenizer_config.json")):
-      return cls(AutoTokenizer.from_pretrained(cached, local_files_only=True), stop_ids)
+    stops_file = os.path.join(cached, "gguf_stop_ids.json")
+    if os.path.exists(os.path.join(cached, "tokenizer_config.json")) and os.path.exists(stops_file):
+      with open(stops_file) as f:
+        cached_stops = json.load(f)
+      return cls(AutoTokenizer.from_pretrained(cached, local_files_only=True),
+                 cached_stops if stop_ids is None else list(stop_ids))
+    stop_ids = gguf_stop_ids(gguf_path) if stop_ids is None else list(stop_ids)
     directory, name = os.path.split(gguf_path)
     hf = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
     tmp = f"{cached}.tmp{os.getpid()}"
     hf.save_pretrained(tmp)
-    os.replace(tmp, cached) if not os.path.exists(cached) else None  # atomic: never a half-written cache
+    with open(os.path.join(tmp, "gguf_stop_ids.json"), "w") as f:
+      json.dump([int(i) for i in stop_ids], f)
+    if os.path.exists(cached) and not os.path.exists(stops_file):   # an older cache without the stop ids
+      shutil.rmtree(cached, ignore_errors=True)
+    os.replace(tmp, cached) if not os.path.exists(cached) else shutil.rmtree(tmp, ignore_errors=True)  # atomic
     return cls(hf, stop_ids)
 
   def encode(self, text: str) -> list[int]:

@@ -1,6 +1,7 @@
-"""TextWorldExpress as a host environment: the game's own gold path wins through our token-level
-interface, observations equal an independent game's text, inadmissible actions are counted and never
-reach the game, a hanging row times out alone, and no Java process outlives close() or a killed parent."""
+"""Java text games as host environments: each game's own gold path wins through our token-level
+interface (TextWorldExpress, ScienceWorld), observations equal an independent game's text,
+inadmissible actions are counted (and, where the game lists them, never reach it), a hanging row
+times out alone, and no Java process outlives close() or a killed parent."""
 
 import json
 import os
@@ -15,13 +16,16 @@ import numpy as np
 import pytest
 
 pytest.importorskip("textworld_express", reason="needs textworld-express (requirements.txt)")
+pytest.importorskip("scienceworld", reason="needs scienceworld (requirements.txt)")
 if shutil.which("java") is None:
   pytest.skip("TextWorldExpress needs java (apt-get install default-jre-headless)", allow_module_level=True)
 
 from selfrl_jax.data.tasks import make_task  # noqa: E402
-from selfrl_jax.data.twx_tasks import _renderer  # noqa: E402
-from selfrl_jax.envs.textworld_express import (TextWorldExpressHostEnv, game_spec, observation_text,  # noqa: E402
-                                               parse_action)
+from selfrl_jax.data.game_tasks import _scienceworld, _twx as _renderer  # noqa: E402
+from selfrl_jax.envs.host_games import game_spec, observation_text, parse_action  # noqa: E402
+from selfrl_jax.envs.host_games import PooledGameEnv  # noqa: E402
+from selfrl_jax.envs.scienceworld import UNKNOWN_ACTION, ScienceWorldGame  # noqa: E402
+from selfrl_jax.envs.textworld_express import TextWorldExpressGame  # noqa: E402
 from selfrl_jax.models.tokenizers import CharTokenizer  # noqa: E402
 
 GAME, PARAMS = "coin", "numLocations=4,numDistractorItems=0,includeDoors=0"
@@ -47,7 +51,7 @@ def task():
 
 @pytest.fixture(scope="module")
 def env():
-  e = TextWorldExpressHostEnv(TOK, GAME, PARAMS, obs_len=OBS_LEN, chat=False, step_limit=30, step_timeout_s=5.0)
+  e = PooledGameEnv(TOK, TextWorldExpressGame(GAME, PARAMS, 30), obs_len=OBS_LEN, chat=False, step_timeout_s=5.0)
   yield e
   e.close()
 
@@ -112,23 +116,23 @@ def test_gold_path_wins_and_inadmissible_actions_never_reach_the_game(env, task)
 
 
 def test_a_hanging_row_times_out_alone_and_is_relaunched(task):
-  env = TextWorldExpressHostEnv(TOK, GAME, PARAMS, obs_len=OBS_LEN, chat=False, step_limit=30, step_timeout_s=1.0)
+  env = PooledGameEnv(TOK, TextWorldExpressGame(GAME, PARAMS, 30), obs_len=OBS_LEN, chat=False, step_timeout_s=1.0)
   try:
     rec = task.record("train", 0)
     _reset(env, rec, group_size=2)
-    old_pids = env.java_pids()
+    old_pids = env.pids()
     env._games[1].step = lambda action: time.sleep(4)   # pylint: disable=protected-access
     out = env.step(*_actions(["look around", "look around"]), np.zeros(2))
     assert out.failed_B.tolist() == [False, True] and out.done_B.tolist() == [False, True]
     assert out.obs_valid_BxO[0].any() and not out.obs_valid_BxO[1].any()
-    assert env.counters["env_timeouts"] == 1 and env.counters["java_restarts"] == 1
+    assert env.counters["env_timeouts"] == 1 and env.counters["process_restarts"] == 1
     _reset(env, rec, group_size=2)   # the hung row's game is relaunched
-    assert env.java_pids()[0] == old_pids[0] and env.java_pids()[1] != old_pids[1]
+    assert env.pids()[0] == old_pids[0] and env.pids()[1] != old_pids[1]
     assert not _wait_gone([old_pids[1]])
     out = env.step(*_actions(["look around", "look around"]), np.zeros(2))
     assert not out.failed_B.any() and out.obs_valid_BxO.any(axis=1).all()
   finally:
-    pids = env.java_pids()
+    pids = env.pids()
     env.close()
   assert not _wait_gone(pids)
 
@@ -136,12 +140,13 @@ def test_a_hanging_row_times_out_alone_and_is_relaunched(task):
 def test_no_java_process_outlives_a_killed_parent(tmp_path):
   script = textwrap.dedent(f"""
       import sys, time, numpy as np
-      from selfrl_jax.envs.textworld_express import TextWorldExpressHostEnv
+      from selfrl_jax.envs.host_games import PooledGameEnv
+      from selfrl_jax.envs.textworld_express import TextWorldExpressGame
       from selfrl_jax.models.tokenizers import CharTokenizer
       tok = CharTokenizer()
-      env = TextWorldExpressHostEnv(tok, {GAME!r}, {PARAMS!r}, obs_len=8, chat=False, step_limit=5)
+      env = PooledGameEnv(tok, TextWorldExpressGame({GAME!r}, {PARAMS!r}, 5), obs_len=8, chat=False)
       env.reset(np.array([0]), np.array([tok.encode("train 0")]), 2, seed=0)
-      print(*env.java_pids(), flush=True)
+      print(*env.pids(), flush=True)
       time.sleep(120)
   """)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -151,3 +156,34 @@ def test_no_java_process_outlives_a_killed_parent(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not _wait_gone(pids), "Java processes outlived their killed parent"
+
+
+def test_scienceworld_gold_path_scores_like_the_simulator_and_unknown_actions_are_invalid():
+  task = make_task("scienceworld", task_name="find-living-thing", simplification="easy",
+                   splits={"train": 2, "valid": 1, "test": 1})
+  rec = task.record("train", 1)
+  assert game_spec(rec["answer"]) == ("train", _scienceworld("find-living-thing")[1]["train"][1])
+  assert "focus on OBJ" in rec["prompt"] and "living thing" in rec["prompt"]
+  gold = json.loads(rec["meta"])["gold_actions"]
+  env = PooledGameEnv(TOK, ScienceWorldGame("find-living-thing", "easy", 40), obs_len=OBS_LEN, chat=False)
+  reference, _ = _scienceworld("find-living-thing")
+  reference.load("find-living-thing", game_spec(rec["answer"])[1], "easy")
+  try:
+    _reset(env, rec, group_size=2)
+    plays = [list(gold), ["fly to the moon"] + list(gold)]
+    total = np.zeros(2)
+    for t in range(len(gold) + 1):
+      out = env.step(*_actions([p[t] if t < len(p) else "look around" for p in plays]), np.zeros(2))
+      if t < len(gold):
+        obs = reference.server.step(gold[t])
+        assert out.score_B[0] == pytest.approx(min(max(reference.server.getScore(), 0.0), 1.0))
+        if not out.done_B[0]:
+          assert TOK.decode(out.obs_BxO[0][out.obs_valid_BxO[0]]) == observation_text(obs, None)
+      if t == 0:
+        assert out.invalid_B.tolist() == [False, True]
+        assert TOK.decode(out.obs_BxO[1][out.obs_valid_BxO[1]]) == UNKNOWN_ACTION
+      total += out.reward_B
+    assert out.success_B.tolist() == [False, True] and env._last[0].success   # pylint: disable=protected-access
+    assert total == pytest.approx([1.0, 1.0]) and out.done_B.all() and not out.failed_B.any()
+  finally:
+    env.close()
