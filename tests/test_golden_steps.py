@@ -1,4 +1,5 @@
-"""GRPO, Dr.GRPO, RLOO and every SCoRe arm give the recorded parameters and metrics, bit for bit.
+"""GRPO, Dr.GRPO, RLOO and every SCoRe arm give the recorded parameters and metrics, bit for bit
+(fused; split once per algorithm family).
 
 The digests in tests/golden/train_steps.json were recorded (tests/golden_steps.py --record) before
 the algorithms moved onto the phase / registry extension point; any change to the numbers of the
@@ -18,8 +19,7 @@ GOLDEN = json.loads(golden_steps.GOLDEN.read_text())
 SAME_MACHINE = GOLDEN["machine"] == golden_steps.machine()
 
 
-@pytest.mark.parametrize("mode", ["fused", "split"])
-@pytest.mark.parametrize("case", list(golden_steps.CASES))
+@pytest.mark.parametrize("case,mode", golden_steps.CASE_MODES, ids=lambda v: v)
 def test_train_steps_match_golden(case, mode):
   want = GOLDEN["cases"][f"{case}/{mode}"]
   got = golden_steps.run_case(case, mode)

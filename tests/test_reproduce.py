@@ -12,7 +12,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy   # a reproduction (~4.5 min on 2 cores): outside the default run, `python -m pytest -m heavy`
 def test_grpo_improves_heldout_accuracy(tmp_path):
   cmd = [sys.executable, os.path.join(REPO, "experiments", "reproduce.py"), f"--workdir={tmp_path}", "--seeds=0",
          "--num_steps=100", "--config.train.progress=False"]

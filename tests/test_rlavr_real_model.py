@@ -6,9 +6,15 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
+
 from selfrl_jax.train.loop import train
 from selfrl_jax.train.metrics import read_jsonl
 from test_configs import CONFIG_DIR, load_config, one_real_gsm8k_step
+
+# 3-4 min on 2 CPU cores (30-layer sampling and update programs), like every paper's real step:
+# `python -m pytest -m heavy`.
+pytestmark = [pytest.mark.real_model, pytest.mark.heavy]
 
 
 def test_rlavr_math_config_one_real_step_on_smollm2_gsm8k(tmp_path, shared_data):

@@ -6,8 +6,8 @@ knobs of `textworld_express.py` (any of its arms: `scienceworld.py:grpo`) on Sci
 What changes from the TextWorldExpress config: task `scienceworld` (find-living-thing, "easy"
 simplifications by default; any of ScienceWorld's 30 tasks via `task.params.task_name`), the
 training reward is the normalised score (spec §7 item 3: ScienceWorld's score is dense, 0-100;
-success, a full score, is logged beside it), episodes of at most 20 steps (20 x (96 + 257) ids and
-the prompt fit SmolLM2's 8192 positions). ScienceWorld cannot list its valid actions cheaply, so
+success, a full score, is logged beside it), prompts up to 512 ids, episodes of at most 20 steps (20 x (96 + 257) ids
+and the prompt fit SmolLM2's 8192 positions). ScienceWorld cannot list its valid actions cheaply, so
 the prompt lists the action templates and a parser failure is the invalid action
 (`envs/scienceworld.py`). find-living-thing has 150 / 75 / 75 variations in its train / dev / test folds.
 """
@@ -21,6 +21,7 @@ def get_config(arm: str | None = None):
     c.task.name = "scienceworld"
     c.task.params = {"task_name": "find-living-thing", "simplification": "easy"}
     c.task.train_size, c.task.valid_size, c.task.test_size = 150, 64, 64
+    c.rl.max_prompt_len = 512          # the goal, the action templates and the first room: ~350 SmolLM2 ids
     s = c.self_guide
     s.env = "scienceworld"
     s.env_reward = "normalized_score"

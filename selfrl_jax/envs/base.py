@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Protocol
 
 import jax
@@ -117,11 +118,13 @@ class CallbackEnv:
   the previous step's output), so XLA can neither reorder nor drop them. A `step` that raises
   anyway ends every episode still running with `failed_B` set (logged, counted in
   `counters["env_step_errors"]`), and a row that goes on without an observation id is ended the
-  same way (`counters["empty_observations"]`); the iteration goes on.
+  same way (`counters["empty_observations"]`); the iteration goes on. `counters["host_seconds"]`
+  adds up the wall time spent in the host environment's reset and step (where an episode's time goes).
   """
 
   host: Any
-  counters: dict = dataclasses.field(default_factory=lambda: {"env_step_errors": 0, "empty_observations": 0})
+  counters: dict = dataclasses.field(default_factory=lambda: {"env_step_errors": 0, "empty_observations": 0,
+                                                              "host_seconds": 0.0})
 
   @property
   def obs_len(self) -> int:
@@ -131,7 +134,9 @@ class CallbackEnv:
     seed = jax.random.randint(key, (), 0, 2**31 - 1, jnp.int32)
 
     def host_reset(example_id_P, target_PxA, seed_):
+      start = time.perf_counter()
       self.host.reset(example_id_P, target_PxA, group_size, int(seed_))
+      self.counters["host_seconds"] += time.perf_counter() - start
       return np.zeros((), np.int32)
 
     return io_callback(host_reset, jax.ShapeDtypeStruct((), jnp.int32), batch.example_id_P,
@@ -143,6 +148,7 @@ class CallbackEnv:
     shapes = env_step_shapes(b, self.obs_len)
 
     def host_step(counter, action, valid, uniform):
+      start = time.perf_counter()
       try:
         out = self.host.step(np.asarray(action), np.asarray(valid, bool), np.asarray(uniform))
       except Exception:  # pylint: disable=broad-except  (an environment must never stop training)
@@ -157,6 +163,7 @@ class CallbackEnv:
         log.warning("CallbackEnv: %d rows of %s went on without an observation; ended as failed.",
                     int(empty.sum()), type(self.host).__name__)
         out = out.replace(done_B=out.done_B | empty, failed_B=out.failed_B | empty)
+      self.counters["host_seconds"] += time.perf_counter() - start
       return out
 
     out = io_callback(host_step, shapes, state, action_BxN, action_valid_BxN, jax.random.uniform(key, (b,)))
