@@ -246,6 +246,17 @@ class PooledGameEnv:
       keep -= len(ids) - self.obs_len
 
 
+class Py4jGame:
+  """`close` and `pid` of the simulators that run as a py4j-launched Java process (TextWorldExpress,
+  ScienceWorld); an adapter subclasses it and adds `launch`, `reset` and `step`."""
+
+  def close(self, game: Any) -> None:
+    close_py4j_game(game)
+
+  def pid(self, game: Any) -> int:
+    return game._gateway.java_process.pid  # pylint: disable=protected-access
+
+
 def close_py4j_game(env) -> None:
   """Ends a py4j simulator's Java process (quietly: it may already be gone)."""
   try:

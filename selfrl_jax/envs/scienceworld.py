@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from selfrl_jax.envs.host_games import GameStep, close_py4j_game
+from selfrl_jax.envs.host_games import GameStep, Py4jGame
 
 UNKNOWN_ACTION = "No known action matches that input."
 
@@ -46,7 +46,7 @@ def _state(game: Any, observation: str, step_limit: int) -> GameStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScienceWorldGame:
+class ScienceWorldGame(Py4jGame):
   """`GameAdapter` for the variations of one ScienceWorld task."""
 
   task_name: str
@@ -64,10 +64,4 @@ class ScienceWorldGame:
 
   def step(self, game: Any, action: str) -> GameStep:
     return _state(game, game.server.step(action), self.step_limit)
-
-  def close(self, game: Any) -> None:
-    close_py4j_game(game)
-
-  def pid(self, game: Any) -> int:
-    return game._gateway.java_process.pid  # pylint: disable=protected-access
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from selfrl_jax.envs.host_games import GameStep, close_py4j_game
+from selfrl_jax.envs.host_games import GameStep, Py4jGame, close_py4j_game
 
 
 def launch_game(game: str, game_params: str, step_limit: int):
@@ -45,7 +45,7 @@ def _game_step(observation: str, infos: dict, done: bool) -> GameStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextWorldExpressGame:
+class TextWorldExpressGame(Py4jGame):
   """`GameAdapter` for one TextWorldExpress game and its generation properties."""
 
   game: str
@@ -63,10 +63,4 @@ class TextWorldExpressGame:
   def step(self, game: Any, action: str) -> GameStep:
     observation, _, done, infos = game.step(action)
     return _game_step(observation, infos, done)
-
-  def close(self, game: Any) -> None:
-    close_py4j_game(game)
-
-  def pid(self, game: Any) -> int:
-    return game._gateway.java_process.pid  # pylint: disable=protected-access
 
