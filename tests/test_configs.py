@@ -41,6 +41,7 @@ def shrink(cfg):
       cfg.model.tokenizer = cfg.model.source
       cfg.model.param_dtype = cfg.model.compute_dtype = "float32"
       cfg.rl.max_new_tokens = min(cfg.rl.max_new_tokens, 16)
+      cfg.rl.max_prompt_len = min(cfg.rl.max_prompt_len, 512)   # the buffers, not the programs, grow with it
     if cfg.task.name == "math" and not cfg.task.math_train_dir:
       cfg.task.name = "math500"
     cfg.model.source = "tiny"
@@ -61,6 +62,7 @@ def shrink(cfg):
       cfg.self_guide.max_steps = 3
       if cfg.task.name in ("twx", "scienceworld"):   # rendering a game's prompt runs it in Java: a few games only
         cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 16, 8, 8
+        cfg.train.eval_size = cfg.train.eval_batch_size = 2   # each evaluated row is a game process
   return cfg
 
 

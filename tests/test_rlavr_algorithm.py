@@ -92,12 +92,16 @@ def test_acquisition_never_reads_a_label(sources):
     step, state, algo, batches, _ = _setup("care", sources, records=records)
     for batch in batches[:2]:  # past the warm-up: the gate and the probes are live
       state, _ = step(state, batch)
-    ctx = PhaseContext(model=nnx.merge(step.graphdef, state.params), key=jax.random.key(7), step=state.step,
-                       algo_state=state.algo_state)
-    record = StepRecord(batch=jax.tree.map(jnp.asarray, batches[2]))
-    for phase in (algo.rollout_phase, algo.cluster_phase, algo.acquire_phase, algo.label_phase):
-      record = phase(ctx, record)
-    results.append(record.aux)
+
+    @jax.jit   # the phases up to the labels, as one program (op by op they take seconds)
+    def up_to_labels(params, algo_state, step_count, batch, algo=algo, graphdef=step.graphdef):
+      ctx = PhaseContext(model=nnx.merge(graphdef, params), key=jax.random.key(7), step=step_count,
+                         algo_state=algo_state)
+      record = StepRecord(batch=batch)
+      for phase in (algo.rollout_phase, algo.cluster_phase, algo.acquire_phase, algo.label_phase):
+        record = phase(ctx, record)
+      return record.aux
+    results.append(up_to_labels(state.params, state.algo_state, state.step, jax.tree.map(jnp.asarray, batches[2])))
   right, wrong = results
   np.testing.assert_array_equal(np.asarray(right["query_P"]), np.asarray(wrong["query_P"]))
   np.testing.assert_array_equal(np.asarray(right["reliable_P"]), np.asarray(wrong["reliable_P"]))

@@ -101,7 +101,8 @@ def test_a_stop_signal_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_
   """Issue 15.2: SIGTERM in the SFT warm start used to exit silently (SIGINT: a traceback, exit
   130) and lose it. (SIGKILL: `test_interrupted_warm_start_resumes_bit_exact`'s crash case.)"""
   env = dict(os.environ, JAX_PLATFORMS="cpu", SELFRL_CACHE=str(tmp_path / "cache"))
-  cmd = _train_cmd(tmp_path / "run") + ["--config.sft.steps=400", "--config.train.num_steps=2"]
+  sft_steps = 100   # a periodic save comes every 2 steps: the signal lands long before the last
+  cmd = _train_cmd(tmp_path / "run") + [f"--config.sft.steps={sft_steps}", "--config.train.num_steps=2"]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   warm = tmp_path / "run" / "warm_start"
   deadline = time.time() + 300
@@ -113,13 +114,13 @@ def test_a_stop_signal_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_
   assert "Stopped early in the SFT warm start" in err and json.loads(out.strip().splitlines()[-1])["preempted"]
   assert "Traceback" not in err
   stopped = [int(p.name) for p in warm.glob("sft_*.partial/[0-9]*")]
-  assert len(stopped) == 1 and 2 <= stopped[0] < 400, stopped
+  assert len(stopped) == 1 and 2 <= stopped[0] < sft_steps, stopped
   assert not list(warm.glob("sft_*[0-9a-f]/model.safetensors"))  # no finished warm start yet
   if sig == signal.SIGINT:
     return  # the same handler as SIGTERM: resuming is shown once
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert f"resuming from step {stopped[0]} of 400" in out.stderr
+  assert f"resuming from step {stopped[0]} of {sft_steps}" in out.stderr
   assert list(warm.glob("sft_*[0-9a-f]/model.safetensors")) and not list(warm.glob("*.partial"))
   assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 0  # issue 15.8, like reproduce.py
 
