@@ -127,6 +127,28 @@ def train_rows(workdir: str, arm: str, seed: int) -> list[dict]:
   return [r for r in read_jsonl(os.path.join(workdir, arm, f"seed_{seed}", "metrics.jsonl")) if "loss" in r]
 
 
+def stats_cell(stats: dict, key: str) -> str:
+  """One table cell from a toy's summarize() row: "first → last" for a training metric summarised
+  at both ends (`key@first`, `key@last`), "base → final ± std" for an evaluation at both ends
+  (`key@base`, `key@final`), "mean ± std" for a plain key, "–" where it is absent or NaN."""
+  if f"{key}@first" in stats:
+    return f"{stats[key + '@first'][0]:.3f} → {stats[key + '@last'][0]:.3f}"
+  if f"{key}@base" in stats:
+    return f"{stats[key + '@base'][0]:.3f} → {stats[key + '@final'][0]:.3f} ± {stats[key + '@final'][1]:.3f}"
+  if key not in stats or np.isnan(stats[key][0]):
+    return "–"
+  return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}"
+
+
+def markdown_table(rows: dict, cols: list[tuple[str, str]], labels: dict[str, str], caption: str) -> str:
+  """A toy's Markdown table: `caption`, then one row per arm of `rows` ({arm: summarize() stats})
+  with one `stats_cell` per (column title, key) of `cols`; arms named by `labels`."""
+  lines = [caption, "", "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+  for arm, stats in rows.items():
+    lines.append(f"| {labels.get(arm, arm)} | " + " | ".join(stats_cell(stats, k) for _, k in cols) + " |")
+  return "\n".join(lines)
+
+
 def format_claims(checked: list) -> str:
   """Markdown bullets of [(claim, holds (None: not run), numbers)], as every toy report prints them."""
   mark = {True: "holds", False: "does NOT hold", None: "not run"}

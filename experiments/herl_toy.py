@@ -136,23 +136,16 @@ def claims(rows: dict, runs: dict | None = None) -> list[tuple[str, bool | None,
 
 
 def format_table(rows: dict, num_seeds: int) -> str:
-  def cell(stats, key):
-    if f"{key}@first" in stats:
-      return f"{stats[key + '@first'][0]:.3f} → {stats[key + '@last'][0]:.3f}"
-    return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}" if key in stats else "–"
   cols = [("base", "base_acc"), ("final", "final_acc"), ("final rubric", "final_rubric"),
           ("final +1 round", "final_round1"), ("final +2 rounds", "final_round2"), ("AUC (budget)", "auc"),
           ("sequences to level", "seq_to_level"), ("sequences", "sequences"),
           ("rewrite success first→last", "herl/rewrite_success_rate"), ("bonus first→last", "herl/bonus_mean"),
           ("HE token share first→last", "herl/he_token_share"), ("zero-std groups first→last", "zero_std")]
   any_arm = next(iter(rows.values()))
-  lines = [f"Mean ± std over {num_seeds} seed(s); held-out exact match (greedy, 4-digit problems); level "
-           f"{any_arm['level'][0]:.3f} (halfway from base to GRPO's final); AUC over the first "
-           f"{any_arm['budget'][0]:.0f} generated sequences; training metrics: mean of the first / last {WINDOW} steps.",
-           "", "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
-  for arm, stats in rows.items():
-    lines.append(f"| {LABELS.get(arm, arm)} | " + " | ".join(cell(stats, k) for _, k in cols) + " |")
-  return "\n".join(lines)
+  return arms_lib.markdown_table(rows, cols, LABELS, (
+      f"Mean ± std over {num_seeds} seed(s); held-out exact match (greedy, 4-digit problems); level "
+      f"{any_arm['level'][0]:.3f} (halfway from base to GRPO's final); AUC over the first "
+      f"{any_arm['budget'][0]:.0f} generated sequences; training metrics: mean of the first / last {WINDOW} steps."))
 
 
 format_claims = arms_lib.format_claims

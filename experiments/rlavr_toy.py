@@ -107,25 +107,14 @@ def claims(rows: dict, runs: dict | None = None) -> list[tuple[str, bool | None,
 
 def format_table(rows: dict, num_seeds: int) -> str:
   """Markdown: held-out accuracy and the training diagnostics, mean ± std over seeds."""
-  def cell(stats, key):
-    return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}" if key in stats else "–"
   cols = [("base acc", "base_acc"), ("final acc", "final_acc"), ("best acc", "best_acc"),
           ("labels spent", "labels_spent"), ("agreement first→last", "rlavr/agreement"),
           ("true acc (rollouts) first→last", "rlavr/true_acc"), ("entropy first→last", "rlavr/answer_entropy"),
           ("label acc used (last)", "rlavr/label_acc_used@last"), ("confident-wrong (last)", "rlavr/confident_wrong_frac@last"),
           ("stage-1 AUROC", "rlavr/stage1_auroc"), ("recall@p", "rlavr/recall_at_p")]
-  lines = [f"Mean ± std over {num_seeds} seed(s); held-out accuracy: greedy, 512 problems; training metrics: "
-           f"mean of the first / last {WINDOW} steps (half the run if shorter).", "",
-           "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
-  for arm, stats in rows.items():
-    cells = []
-    for _, key in cols:
-      if f"{key}@first" in stats:
-        cells.append(f"{stats[key + '@first'][0]:.3f} → {stats[key + '@last'][0]:.3f}")
-      else:
-        cells.append(cell(stats, key))
-    lines.append(f"| {LABELS.get(arm, arm)} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return arms_lib.markdown_table(rows, cols, LABELS, (
+      f"Mean ± std over {num_seeds} seed(s); held-out accuracy: greedy, 512 problems; training metrics: "
+      f"mean of the first / last {WINDOW} steps (half the run if shorter)."))
 
 
 format_claims = arms_lib.format_claims

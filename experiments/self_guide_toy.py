@@ -133,24 +133,17 @@ def claims(rows: dict, runs: dict | None = None) -> list[tuple[str, bool | None,
 
 
 def format_table(rows: dict, num_seeds: int) -> str:
-  def cell(stats, key):
-    if f"{key}@first" in stats:
-      return f"{stats[key + '@first'][0]:.3f} → {stats[key + '@last'][0]:.3f}"
-    return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}" if key in stats and not np.isnan(stats[key][0]) else "–"
   cols = [("base", "base_success"), ("final", "final_success"), ("AUC", "auc"),
           ("final, no guidance", "final_unguided"), ("calibration base", "base_calibration"),
           ("calibration final", "final_calibration"), ("balanced base", "base_balanced"),
           ("balanced final", "final_balanced"), ("positive first→last", "sg/frac_positive"),
           ("train calibration first→last", "sg/calibration"), ("parse failures first→last", "sg/parse_fail_frac"),
           ("episode length first→last", "agent/episode_len")]
-  lines = [f"Mean ± std over {num_seeds} seed(s); held-out success (T = eval_temperature, 128 tasks); AUC = mean "
-           f"success over the evaluations; calibration = label equals the true progress of the move it judges "
-           f"(accuracy; balanced = mean recall over closer / same / farther, 1/3 for a constant label); training "
-           f"metrics: mean of the first / last {WINDOW} steps.",
-           "", "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
-  for arm, stats in rows.items():
-    lines.append(f"| {LABELS.get(arm, arm)} | " + " | ".join(cell(stats, k) for _, k in cols) + " |")
-  return "\n".join(lines)
+  return arms_lib.markdown_table(rows, cols, LABELS, (
+      f"Mean ± std over {num_seeds} seed(s); held-out success (T = eval_temperature, 128 tasks); AUC = mean "
+      f"success over the evaluations; calibration = label equals the true progress of the move it judges "
+      f"(accuracy; balanced = mean recall over closer / same / farther, 1/3 for a constant label); training "
+      f"metrics: mean of the first / last {WINDOW} steps."))
 
 
 format_claims = arms_lib.format_claims

@@ -112,28 +112,18 @@ def claims(rows: dict, runs: dict) -> list[tuple[str, bool | None, str]]:
 
 
 def format_table(rows: dict, num_seeds: int) -> str:
-  def cell(stats, key):
-    return f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}" if key in stats else "–"
   cols = [("constraint acc base → final", "eval/accuracy"), ("prompt acc base → final", "eval/prompt_acc"),
           ("hard acc (final)", "eval/hard_acc@final"), ("soft acc (final)", "eval/soft_acc@final"),
           ("zero-var groups", "zero_std_group_frac@all"), ("RM-scored reward (last)", "reward/rm_scored@last"),
           ("oracle constraint acc, rollouts (last)", "reward/oracle_constraint_acc@last")]
-  lines = [f"Mean ± std over {num_seeds} seed(s); held-out: 200 full (L5) instructions at temperature 0.5, scored "
-           f"by the hidden oracle; training metrics: the whole run / its last {WINDOW} steps.", "",
-           "| arm | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
-  for arm, stats in rows.items():
-    cells = []
-    for _, key in cols:
-      if f"{key}@base" in stats:
-        cells.append(f"{stats[key + '@base'][0]:.3f} → {stats[key + '@final'][0]:.3f} ± {stats[key + '@final'][1]:.3f}")
-      else:
-        cells.append(cell(stats, key))
-    lines.append(f"| {LABELS.get(arm, arm)} | " + " | ".join(cells) + " |")
+  table = arms_lib.markdown_table(rows, cols, LABELS, (
+      f"Mean ± std over {num_seeds} seed(s); held-out: 200 full (L5) instructions at temperature 0.5, scored "
+      f"by the hidden oracle; training metrics: the whole run / its last {WINDOW} steps."))
   first = next(iter(rows.values()))
   prep = [f"{k.removeprefix('prepare/')} {first[k][0]:.3f} ± {first[k][1]:.3f}" for k in PREPARE if k in first]
   if prep:
-    lines += ["", "Classifier (preparation stage, per seed, shared by the arms): " + ", ".join(prep)]
-  return "\n".join(lines)
+    table += "\n\nClassifier (preparation stage, per seed, shared by the arms): " + ", ".join(prep)
+  return table
 
 
 format_claims = arms_lib.format_claims
