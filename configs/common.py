@@ -26,6 +26,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.model.tie_embeddings = True    # tiny only: output projection shares the embedding
   c.model.param_dtype = "float32"  # the stored weights: keep float32 (bfloat16 weights round small updates away)
   c.model.compute_dtype = "float32"  # matmul dtype: bfloat16 on TPU / GPU
+  c.model.remat = False            # recompute each block in the backward pass: long sequences (agent episodes) fit
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "arithmetic"       # a synthetic task (selfrl_jax.data.tasks.TASKS) or a benchmark in builders.BENCHMARK_TASKS

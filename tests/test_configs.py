@@ -85,3 +85,5 @@ def test_config_builds_and_runs_one_step(path, tmp_path):
   assert summary["compilations"] == (1 if cfg.rl.mode == "fused" else 2)
   headline = "eval/success" if cfg.rl.algorithm == "self_guide" else "eval/accuracy"   # agents: task success
   assert 0.0 <= summary["final"][headline] <= 1.0
+  if cfg.rl.algorithm == "self_guide":   # calibration needs a ground truth of progress: the grid's, not a game's
+    assert ("eval/calibration" in summary["final"]) == cfg.self_guide.env.startswith("grid"), summary["final"]

@@ -180,13 +180,19 @@ class SelfGuide(Algorithm):
            f"{prefix}agent/invalid_action_frac": ex.invalid_BxH.sum() / jnp.maximum(taken_BxH.sum(), 1),
            f"{prefix}agent/env_failures": ex.failed_B.sum()}
     if self.use_guidance:
-      hits_C, totals_C = calibration_counts(polarity_BxH, judged_BxH, counted_BxH)
       out.update({f"{prefix}sg/frac_positive": frac(polarity_BxH > 0), f"{prefix}sg/frac_negative": frac(polarity_BxH < 0),
                   f"{prefix}sg/frac_neutral": frac((polarity_BxH == 0) & parsed_BxH),
-                  f"{prefix}sg/parse_fail_frac": (taken_BxH & ~parsed_BxH).sum() / jnp.maximum(taken_BxH.sum(), 1),
-                  f"{prefix}sg/calibration": hits_C.sum() / jnp.maximum(totals_C.sum(), 1),
-                  f"{prefix}sg/calibration_balanced": balanced_accuracy(hits_C, totals_C)})
+                  f"{prefix}sg/parse_fail_frac": (taken_BxH & ~parsed_BxH).sum() / jnp.maximum(taken_BxH.sum(), 1)})
+      if self.calibrated:
+        hits_C, totals_C = calibration_counts(polarity_BxH, judged_BxH, counted_BxH)
+        out.update({f"{prefix}sg/calibration": hits_C.sum() / jnp.maximum(totals_C.sum(), 1),
+                    f"{prefix}sg/calibration_balanced": balanced_accuracy(hits_C, totals_C)})
     return out
+
+  @property
+  def calibrated(self) -> bool:
+    """Guidance calibration is measured: the environment reports ground-truth progress (text games do not)."""
+    return bool(getattr(self.env, "has_progress", False))
 
   def for_eval(self, sampling) -> SelfGuide:
     """One episode per task, decoded at `eval_temperature` (0: greedy)."""
@@ -232,8 +238,9 @@ class SelfGuide(Algorithm):
       names = ("closer", "same", "farther")
       hits = np.array([np.sum(outputs[f"hits_{n}_B"]) for n in names], np.float64)
       totals = np.array([np.sum(outputs[f"judged_{n}_B"]) for n in names], np.float64)
-      m["eval/calibration"] = float(hits.sum() / max(totals.sum(), 1))
-      m["eval/calibration_balanced"] = float(np.mean(hits[totals > 0] / totals[totals > 0])) if totals.any() else 0.0
+      if self.calibrated:
+        m["eval/calibration"] = float(hits.sum() / max(totals.sum(), 1))
+        m["eval/calibration_balanced"] = float(np.mean(hits[totals > 0] / totals[totals > 0])) if totals.any() else 0.0
       m["eval/frac_positive"] = float(np.sum(outputs["positive_B"])) / max(totals.sum(), 1)
     return m
 

@@ -83,9 +83,11 @@ def failed_step(batch_size: int, obs_len: int) -> EnvStep:
 
 
 class Env(Protocol):
-  """A batched text environment (see module docstring)."""
+  """A batched text environment (see module docstring). `has_progress`: its steps report a
+  ground-truth `progress_B` (guidance calibration is measured only then)."""
 
   obs_len: int
+  has_progress: bool
 
   def reset(self, batch: Any, group_size: int, key: jax.Array) -> Any: ...
 
@@ -104,6 +106,7 @@ class HostEnv(Protocol):
   """
 
   obs_len: int
+  has_progress: bool
 
   def reset(self, example_id_P: np.ndarray, target_PxA: np.ndarray, group_size: int, seed: int) -> None: ...
 
@@ -129,6 +132,10 @@ class CallbackEnv:
   @property
   def obs_len(self) -> int:
     return self.host.obs_len
+
+  @property
+  def has_progress(self) -> bool:
+    return self.host.has_progress
 
   def reset(self, batch: Any, group_size: int, key: jax.Array) -> jax.Array:
     seed = jax.random.randint(key, (), 0, 2**31 - 1, jnp.int32)

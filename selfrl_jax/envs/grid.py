@@ -131,6 +131,7 @@ class GridEnv:
   """The grid as a JAX environment (`envs/base.Env`)."""
 
   spec: GridSpec
+  has_progress = True   # BFS distance to the goal: the ground truth guidance calibration is measured against
 
   @classmethod
   def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float) -> GridEnv:
@@ -158,6 +159,8 @@ class GridEnv:
 
 class GridHostEnv:
   """The grid on the host (numpy), behind `envs/base.HostEnv`; the same dynamics as `GridEnv`."""
+
+  has_progress = True
 
   def __init__(self, spec: GridSpec):
     self.spec = spec

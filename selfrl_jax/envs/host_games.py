@@ -38,6 +38,8 @@ import numpy as np
 from selfrl_jax.envs.base import EnvStep
 
 log = logging.getLogger(__name__)
+# py4j logs two INFO lines per simulator process it starts (its callback server); a run starts dozens.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 FOLDS = ("train", "dev", "test")
 _ACTION = re.compile(r"<action>(.*?)(?:</action|$)", re.IGNORECASE | re.DOTALL)
@@ -104,7 +106,8 @@ def game_spec(answer: str) -> tuple[str, int]:
 
 
 class PooledGameEnv:
-  """A `HostEnv` of one game process per row (module docstring).
+  """A `HostEnv` of one game process per row (module docstring). Games have no per-step ground
+  truth of progress (`has_progress` False: no calibration metric).
 
   Args:
     tokenizer: decodes actions and encodes observations (`models.tokenizers.Tokenizer`).
@@ -114,6 +117,8 @@ class PooledGameEnv:
       (`two_turn.correction_instruction_ids`), else append its ids as they are.
     step_timeout_s: seconds a row's reset or step may take before the row ends as failed.
   """
+
+  has_progress = False
 
   def __init__(self, tokenizer, adapter: GameAdapter, obs_len: int, chat: bool, step_timeout_s: float = 10.0):
     self.tokenizer, self.adapter = tokenizer, adapter

@@ -196,12 +196,31 @@ class Backbone(nnx.Module):
                         param_dtype=jnp.dtype(cfg.param_dtype))
 
 
+def _checkpointed_block(layer: Block, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
+  """A block whose activations are recomputed in the backward pass instead of kept (uncached calls).
+
+  A pure `jax.checkpoint` over the block's split state: the block is rebuilt inside the checkpoint,
+  so nothing is written back to the caller's module (`nnx.remat` would, across trace levels, when
+  the model was merged outside an enclosing scan or grad)."""
+  graphdef, state = nnx.split(layer)
+
+  def block(state, x_BxTxD, positions_BxT, mask_BxTxS):
+    return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, mask_BxTxS)[0]
+  return jax.checkpoint(block)(state, x_BxTxD, positions_BxT, mask_BxTxS)
+
+
 class Decoder(nnx.Module):
   """Causal LM. `__call__` returns final hidden states; `logits` projects them to the vocabulary.
 
   Keeping the two apart lets losses compute log-probs in vocabulary chunks without ever holding a
   [B, T, V] logits tensor (see `selfrl_jax.algos.logprobs`).
+
+  `remat_blocks` (static; `model.remat` in a config) recomputes each block in the backward pass of
+  an uncached forward (gradient checkpointing): the gradient then keeps one block's attention
+  scores [B, heads, S, S] at a time instead of every layer's, for about one more forward pass.
   """
+
+  remat_blocks: bool = False
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -227,6 +246,9 @@ class Decoder(nnx.Module):
     x = self.model.embed_tokens(tokens_BxT)
     new_k, new_v = [], []
     for i, layer in enumerate(self.model.layers):
+      if kv is None and self.remat_blocks:
+        x = _checkpointed_block(layer, x, positions_BxT, mask_BxTxS)
+        continue
       layer_kv = None if kv is None else (kv.k_BxKxHxS[i], kv.v_BxKxSxH[i])
       x, layer_new_kv = layer(x, positions_BxT, mask_BxTxS, layer_kv, write_index)
       if kv is not None:

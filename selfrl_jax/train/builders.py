@@ -155,13 +155,17 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
   """A fresh tiny model (character tokenizer, or `model.tokenizer`'s vocabulary), or a checkpoint."""
   m = cfg.model
   if m.source != "tiny":
-    return load_model(m.source, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype)
-  tok = CharTokenizer() if m.tokenizer == "char" else load_tokenizer(m.tokenizer)
-  model_cfg = ModelConfig(family=m.family, vocab_size=tok.vocab_size, d_model=m.d_model, n_layers=m.n_layers,
-                          n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, head_dim=m.d_model // m.n_heads,
-                          d_ff=m.d_ff, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
-                          tie_embeddings=m.tie_embeddings)
-  return init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed), tok
+    model, tok = load_model(m.source, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype)
+  else:
+    tok = CharTokenizer() if m.tokenizer == "char" else load_tokenizer(m.tokenizer)
+    model_cfg = ModelConfig(family=m.family, vocab_size=tok.vocab_size, d_model=m.d_model, n_layers=m.n_layers,
+                            n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, head_dim=m.d_model // m.n_heads,
+                            d_ff=m.d_ff, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
+                            tie_embeddings=m.tie_embeddings)
+    model = init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed)
+  if m.get("remat", False):
+    model.remat_blocks = True
+  return model, tok
 
 
 def base_weights_fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
