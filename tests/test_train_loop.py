@@ -21,6 +21,7 @@ from selfrl_jax.train.builders import ConfigError, validate_config
 from selfrl_jax.train.loop import NonFiniteAbort, train
 from selfrl_jax.train.metrics import read_jsonl
 from selfrl_jax.train.preemption import EXIT_PREEMPTED
+from selfrl_jax.train.step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.sft.steps=10", "--config.train.num_steps=8", "--config.train.checkpoint_every=2",
@@ -173,6 +174,36 @@ def test_nonfinite_steps_abort_with_checkpoint_intact(tmp_path, monkeypatch):
     train(cfg, str(tmp_path))
   rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "nonfinite_skipped" in r]
   assert [r["nonfinite_skipped"] for r in rows] == [1, 1]  # the third step aborts before logging
+
+
+def test_out_of_memory_names_the_fields_that_trade_memory(tmp_path, monkeypatch):
+  from selfrl_jax.train import loop  # pylint: disable=import-outside-toplevel
+
+  def make_oom_step(*args, **kwargs):
+    real = make_train_step(*args, **kwargs)
+
+    def step(state, batch):
+      del state, batch
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 70393221936 bytes.")
+    return _with_iteration(real, step)
+  monkeypatch.setattr(loop, "make_train_step", make_oom_step)
+  cfg = get_config()
+  with cfg.unlocked():
+    cfg.sft.steps, cfg.train.num_steps, cfg.train.progress, cfg.train.eval_every = 0, 2, False, 0
+    cfg.train.eval_size, cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 128, 4, 4, 16
+  with pytest.raises(MemoryError, match=r"allocating 70393221936 bytes.*rl.micro_batch_size.*model.remat=True"):
+    train(cfg, str(tmp_path))
+
+
+def _with_iteration(real, step):
+  """`real` (a TrainStep) with `step` in place of its iteration."""
+  class Wrapped:
+    def __getattr__(self, name):
+      return getattr(real, name)
+
+    def __call__(self, state, batch):
+      return step(state, batch)
+  return Wrapped()
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -117,6 +117,21 @@ def warm_start(cfg: ml_collections.ConfigDict, model, tok, train_source, valid_s
   return cached_warm_start(model, cache_dir, settings, build)
 
 
+def _out_of_memory_named(train_step, state, batch, ckpt):
+  """`train_step(state, batch)`; XLA's bare "Out of memory allocating N bytes" becomes an error that
+  says which config fields trade memory (the step's state was donated: the run stops here)."""
+  try:
+    return train_step(state, batch)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise MemoryError(
+        f"The RL iteration needs more memory than the device has ({str(e).splitlines()[0]}). Lower "
+        "rl.micro_batch_size (the update's rows at a time), set model.remat=True (recompute each block in "
+        "the backward pass: long sequences), or shorten the rollout (rl.max_new_tokens, rl.max_prompt_len, "
+        f"the number of turns or steps). Checkpoints are intact ({_newest(ckpt)}).") from e
+
+
 def _newest(ckpt) -> str:
   step = ckpt.latest_step()
   return "no checkpoint yet" if step is None else f"newest: step {step}"
@@ -268,7 +283,7 @@ def _train(cfg, workdir: str, sft_cache_dir: str | None, preemption: PreemptionH
     for i in bar:
       t0 = time.perf_counter()
       batch = sharding.shard_batch(next(batches), mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = _out_of_memory_named(train_step, state, batch, ckpt)
       metrics = jax.device_get(metrics)
       metrics.update({f"host/{k}": v for k, v in algorithm.host_counters().items()})
       metrics["time/step_s"] = time.perf_counter() - t0
