@@ -208,8 +208,8 @@ def _classify(res: dict | None, stderr: str, cpu_s: int) -> tuple[str, int | Non
   if "MemoryError" in stderr:
     return "memory", rc
   if rc < 0:
-    if -rc in (signal.SIGKILL, signal.SIGXCPU) and res["cpu_s"] >= 0.9 * cpu_s:  # rusage lags a tick.
-      return "timeout", rc
+    if -rc == signal.SIGXCPU or (-rc == signal.SIGKILL and res["cpu_s"] >= 0.9 * cpu_s):  # rusage lags a tick.
+      return "timeout", rc   # SIGXCPU: the soft CPU limit; SIGKILL past it: the hard one (SIGXCPU ignored)
     if -rc == signal.SIGSEGV:  # CPython overflowing its C stack or a failed allocation.
       return "memory", rc
     return "killed", rc

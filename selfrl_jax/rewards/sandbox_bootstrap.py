@@ -259,7 +259,10 @@ def _child(root, cfg, done):
                         ("RLIMIT_FSIZE", cfg["max_file_mb"] * mb), ("RLIMIT_NOFILE", 256),
                         ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", cfg["nproc"])):
       if value is not None:
-        resource.setrlimit(getattr(resource, name), (value, value))
+        # CPU: the soft limit sends SIGXCPU (a clear "timeout"); the hard one, a second later, SIGKILL
+        # for a program that ignores it. With both equal the kernel's SIGKILL came first, and a
+        # lagging rusage could not tell it from another killer (a flaky "killed" under load).
+        resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Over-long writes raise OSError instead.
     if cfg["guard"]:  # sandbox_guard.py, compiled.
       import marshal
