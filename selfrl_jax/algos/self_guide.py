@@ -36,6 +36,7 @@ from selfrl_jax.algos import self_guide_config
 from selfrl_jax.algos.advantages import compute_advantages
 from selfrl_jax.algos.base import UPDATE, Algorithm, Phase, Rewards, TokenTerms
 from selfrl_jax.algos.registry import AlgorithmSpec
+from selfrl_jax.algos.self_guide_game_demos import game_demos
 from selfrl_jax.algos.self_guide_objective import (TrustSchedule, aggregate, combined_return, counted_steps,
                                                    internal_rewards, parse_polarity, reward_to_go,
                                                    step_group_advantages, trust_lambda)
@@ -247,4 +248,5 @@ class SelfGuide(Algorithm):
 
 ALGORITHM = AlgorithmSpec(name="self_guide", build=self_guide_config.build,
                           default_config=self_guide_config.default_config, validate=self_guide_config.validate,
-                          sft_demos={"self_guide_grid": self_guide_config.grid_demos}, answer_is_response=False)
+                          sft_demos={"self_guide_grid": self_guide_config.grid_demos,
+                                                     "self_guide_games": game_demos}, answer_is_response=False)

@@ -89,6 +89,9 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
   if s.env in GAME_ENVS:
     check(cfg.task.name == s.env, "task.name", f"self_guide.env={s.env!r} resets from {s.env} tasks, got task.name={cfg.task.name!r}")
+  if cfg.sft.steps > 0:   # each warm start plays its own environment's episodes
+    demos = "self_guide_games" if s.env in GAME_ENVS else "self_guide_grid"
+    check(cfg.sft.demos == demos, "sft.demos", f"self_guide.env={s.env!r} warm-starts from {demos!r}, got {cfg.sft.demos!r}")
   check(s.obs_len >= 8, "self_guide.obs_len", f"must be >= 8 ids (a chat turn's markers alone take several), got {s.obs_len}")
   check(s.env_step_timeout_s > 0, "self_guide.env_step_timeout_s", f"must be > 0 seconds, got {s.env_step_timeout_s}")
   check(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
