@@ -214,3 +214,26 @@ def test_jax_grid_fused_equals_host_grid_split():
     assert [float(m[name]) for m in m_fused] == pytest.approx([float(m[name]) for m in m_split], abs=1e-6), name
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_fused, params_split)
   assert (compiled_fused, compiled_split) == (1, 1)   # nothing recompiles in the second iteration
+
+
+def test_evaluation_plays_its_two_modes_one_after_the_other_on_a_host_environment():
+  """The guided and unguided evaluation episodes share one host environment inside one program: each
+  must equal the same mode's episode compiled alone (interleaved callbacks would mix their games)."""
+  from configs.self_guide import tiny_grid  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
+  cfg = tiny_grid.get_config()
+  with cfg.unlocked():
+    cfg.self_guide.env, cfg.self_guide.max_steps = "grid_host", 6
+    cfg.model.d_model, cfg.model.d_ff = 32, 64
+    cfg.task.train_size = 64
+  model, tok = builders.build_model(cfg)
+  source = builders.build_sources(cfg)[0]
+  algo = builders.build_algorithm(cfg, tok, source).for_eval(builders.build_algorithm(cfg, tok, source).sampling)
+  batch = next(iter(builders.prompt_batches(cfg, source, tok, batch_size=8, seed=0)))
+  graphdef, params = nnx.split(model)
+  both = jax.jit(lambda p, k: algo.eval_outputs(nnx.merge(graphdef, p), batch, k))(params, jax.random.key(3))
+  for prefix, guided in (("", True), ("unguided_", False)):
+    alone = jax.jit(lambda p, k, g=guided: algo.episode(nnx.merge(graphdef, p), batch, k, g).extras)(params, jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(both[f"{prefix}len_B"]), np.asarray(alone.num_steps_B), err_msg=prefix)
+    np.testing.assert_array_equal(np.asarray(both[f"{prefix}success_B"]), np.asarray(alone.success_B), err_msg=prefix)
+  # Without `after_all` both resets ran first and the guided episodes ended after 2 steps, not 6 (measured).

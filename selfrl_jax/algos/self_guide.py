@@ -61,6 +61,17 @@ def judged_progress(extras) -> tuple[jax.Array, jax.Array]:
   return jnp.pad(extras.progress_BxH[:, :-1], ((0, 0), (1, 0))), counted_steps(extras.step_taken_BxH, True)
 
 
+def after_all(key: jax.Array, done_B: jax.Array) -> jax.Array:
+  """`key`, unchanged, as a value that depends on `done_B`: an episode reset from it starts only once
+  `done_B` exists. Two episodes on one host environment in one program need this: XLA:CPU runs
+  independent operations concurrently and ran the second episode's reset callback before the first
+  episode's steps (measured; an optimization_barrier did not order them). The condition always holds
+  but XLA cannot prove it, so the dependency stays."""
+  data = jax.random.key_data(key)
+  data = jnp.where(jnp.all(done_B >= 0), data, ~data)
+  return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 def balanced_accuracy(hits_C: jax.Array, totals_C: jax.Array) -> jax.Array:
   """Mean per-class recall over the classes present: 1/3 for a constant label, whatever the
   classes' frequencies (plain accuracy rewards always saying "closer" once most moves are)."""
@@ -215,9 +226,11 @@ class SelfGuide(Algorithm):
     modes = [("", self.use_guidance)]
     if self.use_guidance and self.eval_without_guidance:
       modes.append(("unguided_", False))
+    key_mode = key
     for prefix, guided in modes:
-      rollout = self.episode(model, batch, key, guided)
+      rollout = self.episode(model, batch, key_mode, guided)
       ex = rollout.extras
+      key_mode = after_all(key, ex.num_steps_B)
       out.update({f"{prefix}success_B": ex.success_B, f"{prefix}score_B": ex.score_B,
                   f"{prefix}len_B": ex.num_steps_B})
       if guided:
