@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -185,7 +186,7 @@ def test_out_of_memory_names_the_fields_that_trade_memory(tmp_path, monkeypatch)
     def step(state, batch):
       del state, batch
       raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 70393221936 bytes.")
-    return _with_iteration(real, step)
+    return dataclasses.replace(real, mode="fused", fused=step)
   monkeypatch.setattr(loop, "make_train_step", make_oom_step)
   cfg = get_config()
   with cfg.unlocked():
@@ -193,17 +194,6 @@ def test_out_of_memory_names_the_fields_that_trade_memory(tmp_path, monkeypatch)
     cfg.train.eval_size, cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.micro_batch_size = 128, 4, 4, 16
   with pytest.raises(MemoryError, match=r"allocating 70393221936 bytes.*rl.micro_batch_size.*model.remat=True"):
     train(cfg, str(tmp_path))
-
-
-def _with_iteration(real, step):
-  """`real` (a TrainStep) with `step` in place of its iteration."""
-  class Wrapped:
-    def __getattr__(self, name):
-      return getattr(real, name)
-
-    def __call__(self, state, batch):
-      return step(state, batch)
-  return Wrapped()
 
 
 @pytest.mark.parametrize("field,value,message", [

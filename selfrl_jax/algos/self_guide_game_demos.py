@@ -64,7 +64,7 @@ def game_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
       for t in range(h):
         steps = [tokenizer.encode(step_text(gold[r][t], (labels[1] if t == 0 else labels[0]) if guided[r] else None,
                                             FIRST_JUDGEMENT if t == 0 else PROGRESS_JUDGEMENT)) + [stop]
-                 if not done[r] and t < len(gold[r]) else [] for r in range(b)]
+                 if not done[r] else [] for r in range(b)]
         if any(len(x) > n for x in steps):
           raise ValueError(f"config.rl.max_new_tokens={n}: a demonstrated step takes {max(map(len, steps))} ids.")
         action_BxN = np.full((b, n), tokenizer.pad_id, np.int32)
@@ -75,7 +75,7 @@ def game_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
           losses[r] += [True] * len(ids)
         out = host.step(action_BxN, valid_BxN, np.zeros(b, np.float32))
         for r in range(b):
-          if steps[r] and not out.done_B[r] and t + 1 < min(h, len(gold[r])):   # the next step follows an observation
+          if steps[r] and not out.done_B[r] and t + 1 < len(gold[r]):   # the next step follows an observation
             obs = [int(i) for i, ok in zip(out.obs_BxO[r], out.obs_valid_BxO[r]) if ok]
             rows[r] += obs
             losses[r] += [False] * len(obs)
