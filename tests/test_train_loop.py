@@ -443,7 +443,9 @@ def test_a_damaged_cached_warm_start_is_rebuilt_not_reused(tmp_path, caplog):
   jax.tree.map(np.testing.assert_array_equal, good, again)
   assert "model.safetensors differs from the recorded SHA-256" in caplog.text
   assert len(list(tmp_path.glob("sft_*.damaged-*"))) == 1
-  cached_warm_start(make(), str(tmp_path), {"a": 1}, build)
+  remat = make()
+  remat.remat_blocks = True
+  assert cached_warm_start(remat, str(tmp_path), {"a": 1}, build).remat_blocks  # the run's static choice survives
   assert len(calls) == 2  # the rebuilt one is intact and reused
 
 

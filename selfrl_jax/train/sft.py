@@ -175,4 +175,8 @@ def cached_warm_start(model: Decoder, cache_root: str, settings: dict,
                                   what="SFT warm start")
   if built:
     return trained[0]
-  return load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
+  loaded = load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
+  # The file holds weights only: the run's static choices (model.remat) come from the model it was asked
+  # for. A reused SmolLM2 warm start without them asked 34 GB for a text-game update that fits in 3.
+  loaded.remat_blocks = model.remat_blocks
+  return loaded
