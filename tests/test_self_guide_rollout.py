@@ -147,9 +147,10 @@ def test_crashing_environment_ends_episodes_as_failed(episode):
   assert env.counters["env_step_errors"] == 1
 
 
-def test_grid_jax_equals_host_twin_and_counts_invalid_actions():
+@pytest.mark.parametrize("show_distance", [False, True])
+def test_grid_jax_equals_host_twin_and_counts_invalid_actions(show_distance):
   tok = CharTokenizer()
-  spec = GridSpec.for_tokenizer(tok, horizon=5, slip_prob=0.3)
+  spec = GridSpec.for_tokenizer(tok, horizon=5, slip_prob=0.3, show_distance=show_distance)
   rng = np.random.default_rng(0)
   p, g, n = 6, 3, 3
   target = np.asarray([tok.encode(f"{a}{b}{c}{d}") + [EOS] for a, b, c, d in [(0, 0, 6, 6), (2, 2, 0, 3), (6, 0, 0, 6),
@@ -237,3 +238,58 @@ def test_evaluation_plays_its_two_modes_one_after_the_other_on_a_host_environmen
     np.testing.assert_array_equal(np.asarray(both[f"{prefix}len_B"]), np.asarray(alone.num_steps_B), err_msg=prefix)
     np.testing.assert_array_equal(np.asarray(both[f"{prefix}success_B"]), np.asarray(alone.success_B), err_msg=prefix)
   # Without `after_all` both resets ran first and the guided episodes ended after 2 steps, not 6 (measured).
+
+
+@pytest.mark.parametrize("show_distance", [False, True])
+def test_grid_warm_start_demos_replay_through_the_host_env(show_distance):
+  """The scripted demonstrations are episodes of the environment the RL step plays: every observation
+  is what `GridHostEnv` renders after one of the four moves (a slip may change the written one), and
+  the labels from step 2 on are the env's true progress of the previous move ~70% of the time."""
+  from selfrl_jax.algos.self_guide_config import scripted_episode  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.data.grid_nav import DIST_CHARS, maze_tables  # pylint: disable=import-outside-toplevel
+  tok = CharTokenizer()
+  spec = GridSpec.for_tokenizer(tok, horizon=14, slip_prob=0.2, show_distance=show_distance)
+  host, t = GridHostEnv(spec), maze_tables()
+  assert host.obs_len == 3 + show_distance
+  rng = np.random.default_rng(0)
+  free = np.flatnonzero(t.free_C)
+  hits = total = 0
+  for _ in range(200):
+    goal, start = (int(c) for c in rng.choice(free, 2, replace=False))
+    texts, _ = scripted_episode(goal, start, 14, 0.2, 0.3, 0.7, True, ("+", "=", "-"), rng, show_distance)
+    target = np.asarray([tok.encode(f"{goal // 7}{goal % 7}{start // 7}{start % 7}")], np.int32)
+    host.reset(np.arange(1), target, 1, 0)
+    progress = None
+    for k in range(0, len(texts), 2):
+      label, _ = texts[k].split("|")
+      if progress is not None:
+        hits += label == "+=-"[{1: 0, 0: 1, -1: 2}[progress]]
+        total += 1
+      state = host.state
+      outcomes = []
+      for m in "udlr":   # the move actually taken (u >= slip_prob: no slip)
+        host.state = tuple(np.copy(x) for x in state)
+        out = host.step(np.asarray([[tok.encode(m)[0]]]), np.ones((1, 1), bool), np.asarray([0.99]))
+        outcomes.append((tok.decode(out.obs_BxO[0][out.obs_valid_BxO[0]].tolist()), int(out.progress_B[0]),
+                         bool(out.done_B[0]), host.state))
+      if k + 1 < len(texts):
+        match = [o for o in outcomes if o[0] == texts[k + 1] and not o[2]]
+        assert match, (texts[k + 1], outcomes)
+        _, progress, _, host.state = match[0]
+        if show_distance:
+          cell = int(host.state[0][0])
+          assert texts[k + 1][2] == DIST_CHARS[t.dist_CxC[goal, cell]]
+  assert total > 1000 and abs(hits / total - 0.7) < 0.04, (hits, total)
+
+
+def test_an_episode_longer_than_the_model_context_is_refused_when_traced(model):
+  """No history window: an episode layout past `max_position` raises, naming the sizes, before anything runs."""
+  graphdef, state = nnx.split(model)
+  short = nnx.merge(graphdef, state)
+  short.cfg = dataclasses.replace(short.cfg, max_position=T + H * N + (H - 1) * 4 - 1)   # one position short
+  batch = _batch()
+  params = SamplingParams(max_new_tokens=N, temperature=0.0, stop_ids=STOP)
+  with pytest.raises(ValueError, match=r"takes 34 positions .* more than the model's max_position 33"):
+    jax.eval_shape(lambda: agent_episode(short, batch.prompt_tokens_PxT, batch.prompt_valid_PxT, CallbackEnv(EchoEnv()),
+                                         jax.random.key(0), params, G, H, end_ids=(EOS,), guide_close_ids=(CLOSE,),
+                                         batch=batch))

@@ -144,8 +144,15 @@ def make_env(cfg, tokenizer):
                else ScienceWorldGame(game.task_name, game.simplification, s.max_steps))
     return CallbackEnv(PooledGameEnv(tokenizer, adapter, obs_len=s.obs_len, chat=cfg.task.chat,
                                      step_timeout_s=s.env_step_timeout_s))
-  spec = GridSpec.for_tokenizer(tokenizer, horizon=s.max_steps, slip_prob=s.slip_prob)
+  spec = GridSpec.for_tokenizer(tokenizer, horizon=s.max_steps, slip_prob=s.slip_prob,
+                                show_distance=_shows_distance(cfg))
   return GridEnv(spec) if s.env == "grid" else CallbackEnv(GridHostEnv(spec))
+
+
+def _shows_distance(cfg) -> bool:
+  """The grid task's `show_distance` (its prompts and the environment's observations agree)."""
+  from selfrl_jax.train.builders import build_task  # pylint: disable=import-outside-toplevel
+  return bool(getattr(build_task(cfg).config, "show_distance", False))
 
 
 def build(cfg, tokenizer, reward_fn, sampling, records=None):
@@ -172,13 +179,15 @@ def build(cfg, tokenizer, reward_fn, sampling, records=None):
 # --- the grid toy's warm start ---------------------------------------------------------------------
 
 def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skill: float, label_accuracy: float,
-                     guided: bool, labels, rng: np.random.Generator) -> tuple[list[str], bool]:
+                     guided: bool, labels, rng: np.random.Generator,
+                     show_distance: bool = False) -> tuple[list[str], bool]:
   """One demonstrated grid episode: the text of each step (label + "|" + move, or the move alone) and
   the observation after it; returns (texts alternating step, observation, ..., step) and success.
 
   The move is a shortest-path move with probability `skill`, else uniform (a weak prior); the label
   (from step 2 on) is the true progress of the previous move with probability `label_accuracy`,
-  else one of the two others; step 1's label is neutral (nothing to judge yet).
+  else one of the two others; step 1's label is neutral (nothing to judge yet). Observations are
+  rendered as the environment renders them (with the BFS distance when `show_distance`).
   """
   from selfrl_jax.data.grid_nav import MOVES, cell_text, maze_tables  # pylint: disable=import-outside-toplevel
   t = maze_tables()
@@ -205,7 +214,7 @@ def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skil
     if cell == goal:
       return texts, True
     if step < horizon - 1:
-      texts.append(cell_text(cell) + ":")
+      texts.append(cell_text(cell, goal=goal if show_distance else None) + ":")
   return texts, success
 
 
@@ -217,6 +226,7 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
   s = cfg.self_guide
   size = maze_tables().size
   eos = tokenizer.eos_ids[0]
+  show_distance = _shows_distance(cfg)
   width = (len(algorithm.instruction_ids) + cfg.rl.max_prompt_len
            + s.max_steps * (cfg.rl.max_new_tokens + 1) + (s.max_steps - 1) * (algorithm.env.obs_len + 1))
 
@@ -232,7 +242,7 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
         goal, start = meta["goal"][0] * size + meta["goal"][1], meta["start"][0] * size + meta["start"][1]
         guided = rng.random() < s.sft_guided_frac
         texts, _ = scripted_episode(goal, start, s.max_steps, s.slip_prob, s.sft_action_skill, s.sft_label_accuracy,
-                                    guided, tuple(s.labels), rng)
+                                    guided, tuple(s.labels), rng, show_distance)
         prefix = (s.instruction if guided else s.plain_instruction) + rec["prompt"]
         ids, loss = tokenizer.encode(prefix), [False] * len(tokenizer.encode(prefix))
         for k, text in enumerate(texts):
@@ -244,5 +254,5 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
 
   settings = {"self_guide": {k: s[k] for k in ("sft_label_accuracy", "sft_action_skill", "sft_guided_frac",
                                                "max_steps", "slip_prob", "labels", "instruction", "plain_instruction")},
-              "width": width}
+              "width": width, "show_distance": show_distance}
   return stream(), settings

@@ -7,6 +7,11 @@ A task is a start and a goal cell of one fixed 7 x 7 maze (`MAZE`). The prompt i
 col>><start row><start col>:", the answer the task's spec "<goal row><goal col><start row><start
 col>" (digits): the JAX environment (`envs/grid.py`) resets from it, so the whole episode needs no
 host lookup. Start and goal are at BFS distance [min_dist, max_dist] (moves, around walls).
+
+With `show_distance=True` every cell the agent is shown (the prompt's start, and the environment's
+observations) carries its BFS distance to the goal as one character of `DIST_CHARS` ("61>345:": the
+start 34 is 5 moves away), so "did the last move bring me closer?" is a comparison of two characters
+instead of a BFS over the maze the model would have to memorise.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ MAZE = (
     ".#.##.#",
     "...#...",
 )
+DIST_CHARS = "0123456789abc"                         # BFS distance 0..12 as one character
 MOVES = "udlr"                                     # action characters, in this order
 _DELTAS = ((-1, 0), (1, 0), (0, -1), (0, 1))        # (row, col) step of each move
 
@@ -82,18 +88,22 @@ def maze_tables(maze: tuple[str, ...] = MAZE) -> MazeTables:
   return MazeTables(size=n, free_C=free, next_cell_Cx4=nxt, dist_CxC=dist)
 
 
-def cell_text(cell: int, size: int = len(MAZE)) -> str:
-  """"<row><col>" of a cell index."""
+def cell_text(cell: int, size: int = len(MAZE), goal: int | None = None) -> str:
+  """"<row><col>" of a cell index; with `goal`, followed by the cell's BFS distance to it (`DIST_CHARS`)."""
   r, c = divmod(int(cell), size)
-  return f"{r}{c}"
+  return f"{r}{c}" if goal is None else f"{r}{c}{DIST_CHARS[maze_tables().dist_CxC[goal, cell]]}"
 
 
 @dataclasses.dataclass(frozen=True)
 class GridNavConfig(TaskConfig):
-  """Attributes: min_dist / max_dist: BFS distance between start and goal (moves)."""
+  """Attributes:
+    min_dist / max_dist: BFS distance between start and goal (moves).
+    show_distance: shown cells carry their BFS distance to the goal (the environment reads this too).
+  """
 
   min_dist: int = 4
   max_dist: int = 8
+  show_distance: bool = False
 
 
 @register_task
@@ -108,6 +118,8 @@ class GridNav(Task):
     if not 1 <= c.min_dist <= c.max_dist <= longest:
       raise ValueError(f"grid_nav: need 1 <= min_dist <= max_dist <= {longest} (the maze's longest "
                        f"distance), got min_dist={c.min_dist}, max_dist={c.max_dist}.")
+    if longest >= len(DIST_CHARS):
+      raise ValueError(f"grid_nav: the maze's longest distance {longest} has no character in DIST_CHARS.")
 
   def generate(self, rng: np.random.Generator, index: int) -> dict[str, str]:
     del index
@@ -118,6 +130,7 @@ class GridNav(Task):
       if self.config.min_dist <= t.dist_CxC[goal, start] <= self.config.max_dist:
         break
     g, s = cell_text(goal), cell_text(start)
+    shown = cell_text(start, goal=goal) if self.config.show_distance else s
     meta = {"goal": [int(goal) // t.size, int(goal) % t.size], "start": [int(start) // t.size, int(start) % t.size],
             "dist": int(t.dist_CxC[goal, start])}
-    return make_record(prompt=f"{g}>{s}:", answer=f"{g}{s}", meta=meta)
+    return make_record(prompt=f"{g}>{shown}:", answer=f"{g}{s}", meta=meta)

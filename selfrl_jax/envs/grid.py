@@ -1,6 +1,6 @@
 """The sparse grid with slips (self_guide.md §11): a JAX-native text environment and its host twin.
 
-    env = GridEnv.for_tokenizer(tokenizer, horizon=14, slip_prob=0.2)
+    env = GridEnv(GridSpec.for_tokenizer(tokenizer, horizon=14, slip_prob=0.2))
     state = env.reset(batch, group_size, key)          # from each task's answer "<goal><start>"
     state, out = env.step(state, action_BxN, action_valid_BxN, key)
 
@@ -12,7 +12,8 @@ Dynamics (one row):
     floor(4 u / p), so the host twin reproduces them from the same number;
   - a move into a wall or off the grid leaves the agent in place;
   - reward 1 on the step that reaches the goal; the episode ends there or after `horizon` steps;
-  - the observation is the new cell as "<row><col>:" (3 ids), none once the episode has ended;
+  - the observation is the new cell as "<row><col>:" (3 ids), or "<row><col><distance>:" (4 ids)
+    when the task shows BFS distances (`grid_nav`'s `show_distance`); none once the episode has ended;
   - progress (ground truth for guidance calibration): sign of the decrease of the BFS distance
     to the goal (+1 closer, 0 same, -1 farther).
 
@@ -30,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from selfrl_jax.data.grid_nav import MAZE, MOVES, maze_tables
+from selfrl_jax.data.grid_nav import DIST_CHARS, MAZE, MOVES, maze_tables
 from selfrl_jax.envs.base import EnvStep
 
-OBS_LEN = 3  # "<row><col>:"
 
 
 @struct.dataclass
@@ -58,6 +58,7 @@ class GridSpec:
     move_ids: ids of "u", "d", "l", "r".
     sep_id: id of ":" (ends an observation).
     pad_id: the tokenizer's pad id.
+    dist_ids: ids of `DIST_CHARS` when observations show the BFS distance to the goal, else ().
   """
 
   horizon: int
@@ -66,10 +67,14 @@ class GridSpec:
   move_ids: tuple[int, ...]
   sep_id: int
   pad_id: int
-  obs_len: int = OBS_LEN
+  dist_ids: tuple[int, ...] = ()
+
+  @property
+  def obs_len(self) -> int:
+    return 3 + bool(self.dist_ids)
 
   @classmethod
-  def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float) -> GridSpec:
+  def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float, show_distance: bool = False) -> GridSpec:
     """Ids from `tokenizer`. Raises ValueError when the digits are not consecutive single ids."""
     digits = [tokenizer.encode(str(d)) for d in range(10)]
     if any(len(d) != 1 for d in digits) or [d[0] for d in digits] != list(range(digits[0][0], digits[0][0] + 10)):
@@ -77,7 +82,8 @@ class GridSpec:
                        "single ids (the character tokenizer).")
     single = lambda ch: tokenizer.encode(ch)[0]  # noqa: E731
     return cls(horizon=horizon, slip_prob=slip_prob, digit0_id=digits[0][0], move_ids=tuple(single(m) for m in MOVES),
-               sep_id=single(":"), pad_id=tokenizer.pad_id)
+               sep_id=single(":"), pad_id=tokenizer.pad_id,
+               dist_ids=tuple(single(ch) for ch in DIST_CHARS) if show_distance else ())
 
 
 def _first_action(action_BxN, valid_BxN, move_ids, xp):
@@ -109,8 +115,10 @@ def _transition(spec: GridSpec, cell_B, goal_B, t_B, done_B, success_B, action_B
   reached_B = active_B & (new_cell_B == goal_B)
   new_done_B = done_B | reached_B | (new_t_B >= spec.horizon)
   row_B, col_B = new_cell_B // tables.size, new_cell_B % tables.size
-  obs_BxO = xp.stack([spec.digit0_id + row_B, spec.digit0_id + col_B, xp.full(row_B.shape, spec.sep_id)],
-                     axis=1).astype(xp.int32)
+  shown = [spec.digit0_id + row_B, spec.digit0_id + col_B]
+  if spec.dist_ids:
+    shown.append(xp.asarray(spec.dist_ids)[after_B])
+  obs_BxO = xp.stack([*shown, xp.full(row_B.shape, spec.sep_id)], axis=1).astype(xp.int32)
   obs_valid_BxO = xp.broadcast_to((active_B & ~new_done_B)[:, None], obs_BxO.shape)
   obs_BxO = xp.where(obs_valid_BxO, obs_BxO, spec.pad_id)
   new_success_B = success_B | reached_B
@@ -133,9 +141,6 @@ class GridEnv:
   spec: GridSpec
   has_progress = True   # BFS distance to the goal: the ground truth guidance calibration is measured against
 
-  @classmethod
-  def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float) -> GridEnv:
-    return cls(GridSpec.for_tokenizer(tokenizer, horizon, slip_prob))
 
   @property
   def obs_len(self) -> int:

@@ -17,6 +17,9 @@ which are appended to the same cache (after the end-of-turn ids where y_t was tr
 The cache holds the whole episode: capacity T + H N + (H - 1)(E + O) slots, static from the config.
 The trainer's forward pass over `tokens_BxS` sees exactly what the sampler saw (holes are skipped
 by positions and attention), so the sampler's log-probs are the trainer's at the same parameters.
+There is no history window: a layout longer than the model's `max_position` is refused when the
+episode is traced (a window would rebuild the cache from the prompt and the last k steps, and the
+update would then need one row per step with its own context; not implemented).
 """
 
 from __future__ import annotations
@@ -119,6 +122,13 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
   """
   key_reset, key_sample, key_env = jax.random.split(key, 3)
   between_len = len(end_ids) + env.obs_len
+  slots = prompt_tokens_PxT.shape[1] + max_steps * params.max_new_tokens + (max_steps - 1) * between_len
+  if slots > model.cfg.max_position:
+    raise ValueError(
+        f"agent_episode: an episode takes {slots} positions (prompt {prompt_tokens_PxT.shape[1]} + {max_steps} steps "
+        f"x {params.max_new_tokens} ids + {max_steps - 1} x ({len(end_ids)} end + {env.obs_len} observation ids)), "
+        f"more than the model's max_position {model.cfg.max_position}. There is no history window: lower the "
+        "steps (max_steps), the ids per step (max_new_tokens) or per observation (obs_len).")
   out1 = generate(model, prompt_tokens_PxT, prompt_valid_PxT, jax.random.fold_in(key_sample, 0), params,
                   group_size=group_size, extra_capacity=(max_steps - 1) * (between_len + params.max_new_tokens))
   state = env.reset(batch, group_size, key_reset)
