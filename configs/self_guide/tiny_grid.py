@@ -12,9 +12,8 @@ The policy is the character-level decoder every toy uses, warm-started on script
 shortest-path move with probability `sft_action_skill`, otherwise a random one (a weak prior), and
 guidance labels that are the true progress of the previous move 70% of the time (§11's noisy
 "language prior"). One step is "<label>|<move><eos>" with labels + = - for positive, neutral,
-negative; the observation after it is the new cell and its BFS distance to the goal "<row><col><d>:"
-(d in 0-9abc). The prompt "G<goal>><start><d>:" (guided) or "A<goal>><start><d>:" (actions only)
-picks the mode, so every arm starts from one base.
+negative; the observation after it is the new cell "<row><col>:". The prompt "G<goal>><start>:"
+(guided) or "A<goal>><start>:" (actions only) picks the mode, so every arm starts from one base.
 """
 
 from configs.common import get_base_config
@@ -28,15 +27,12 @@ def get_config(arm: str | None = None):
     raise ValueError(f"Unknown Self-Guide arm {arm!r}; valid: {ARMS}.")
   c = get_base_config("self_guide")
   c.task.name = "grid_nav"
-  # Shown cells carry their BFS distance to the goal ("61>345:"): the tiny decoder could not learn to
-  # judge progress from positions alone (first full run: labels 37.6% right vs 70% in the demos, 33%
-  # by chance), and the spec's claims need a base whose guidance is informative (README).
-  c.task.params = {"min_dist": 4, "max_dist": 8, "show_distance": True}
+  c.task.params = {"min_dist": 4, "max_dist": 8}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 256, 256
   c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads, c.model.d_ff = 64, 2, 4, 2, 256
 
   c.rl.prompts_per_step, c.rl.group_size = 8, 8         # §11: 32 x 8, quartered for the CPU budget
-  c.rl.max_prompt_len, c.rl.max_answer_len = 7, 5        # "61>345:"; the answer is the env's spec "6134"
+  c.rl.max_prompt_len, c.rl.max_answer_len = 6, 5        # "61>34:"; the answer is the env's spec "6134"
   c.rl.max_new_tokens = 4                                # one step: label | move eos
   c.rl.advantage = "grpo_sample_std"                     # verl: unbiased std (§10.2 test 5)
   c.rl.clip_low = c.rl.clip_high = 0.2
