@@ -124,6 +124,10 @@ def test_cached_episode_equals_the_episode_read_from_scratch(model, episode):
     stopped_any |= bool(np.isin(ids[pos], STOP).any())
     truncated_any |= bool(((ex.step_valid_BxHxN[r].sum(-1) == N) & ~np.isin(ex.step_tokens_BxHxN[r, :, -1], STOP)).any())
   assert stopped_any and truncated_any, "the episode should mix stopped and truncated steps"
+  # The update projects only `loss_slots` (the steps' slots): every loss slot is among them, and they
+  # are exactly the H step segments of N slots each.
+  slots = np.asarray(roll.loss_slots)
+  assert len(slots) == H * N and not roll.loss_mask_BxS[:, np.setdiff1d(np.arange(roll.tokens_BxS.shape[1]), slots)].any()
   # Replaying the environment on the recorded actions gives the observations in the layout, whose
   # blocks after step 1 are [end id | observation | step].
   replay = EchoEnv()

@@ -175,6 +175,35 @@ def test_full_kl_of_the_update_matches_the_two_models_logits():
   np.testing.assert_allclose(np.asarray(kl)[:, start:], want, rtol=1e-4, atol=1e-6)
 
 
+def test_projecting_only_the_loss_slots_gives_the_same_logprobs_entropy_kl_and_gradient():
+  """`slots=` (an agent episode's `Rollout.loss_slots`) projects just those slots: the same log-prob,
+  entropy, full KL and gradient there as projecting every slot after the prompt, 0 elsewhere."""
+  from selfrl_jax.train.step import reference_hidden, sequence_logprobs
+  from flax import nnx
+  cfg = tiny_config(vocab_size=TOK.vocab_size, d_model=32, d_ff=64, n_heads=2, n_kv_heads=1, head_dim=16)
+  policy, ref = init_model(cfg, seed=0), init_model(cfg, seed=1)
+  rs = np.random.RandomState(2)
+  tokens = jnp.asarray(rs.randint(3, 40, (3, 12)), jnp.int32)
+  valid = jnp.asarray(np.arange(12)[None] >= np.array([[0], [2], [1]]))
+  temp_BxS = jnp.asarray(rs.uniform(0.5, 1.5, (3, 12)), jnp.float32)
+  start, slots = 3, (3, 4, 7, 8, 11)          # two "steps" with untrained context between them
+  ref_h = reference_hidden(ref, tokens, valid, start)
+  graphdef, params = nnx.split(policy)
+
+  def run(p, **kw):
+    return sequence_logprobs(nnx.merge(graphdef, p), tokens, valid, temperature=temp_BxS, chunk_size=4,
+                             return_entropy=True, start=start, kl_reference=(ref_h, ref.output_embedding()), **kw)
+  full, gathered = run(params), run(params, slots=slots)
+  other = np.setdiff1d(np.arange(12), slots)
+  for a, b in zip(full, gathered):
+    np.testing.assert_allclose(np.asarray(b)[:, slots], np.asarray(a)[:, slots], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(b)[:, other], 0.0)
+  weight = jnp.asarray(rs.normal(size=(3, 12)) * np.isin(np.arange(12), slots), jnp.float32)
+  loss = lambda p, **kw: sum((x * weight).sum() for x in run(p, **kw))   # noqa: E731
+  g_full, g_gathered = jax.grad(loss)(params), jax.grad(lambda p: loss(p, slots=slots))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), g_full, g_gathered)
+
+
 @pytest.mark.parametrize("estimator,mode", [("full", "loss"), ("full", "reward"), ("k1", "reward")])
 def test_kl_modes_run_in_the_compiled_step(batch, estimator, mode):
   fns, state, _ = _setup(kl_coef=0.5, kl_estimator=estimator, kl_mode=mode)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from selfrl_jax.models.decoder import Decoder
-from selfrl_jax.rollouts.segments import Segment, after_turn, context, pack_segments
+from selfrl_jax.rollouts.segments import Segment, after_turn, context, pack_segments, trained_slots
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SampleOutput, SamplingParams, continue_generation, generate
 
@@ -165,7 +165,8 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
   for t in range(max_steps - 1):   # layout assembly at trace time: H static slices
     segments += [context(between_tokens[t], between_valid[t]),
                  Segment(tokens[t], valid[t], logp[t], stopped[t], turn=t + 2, temperature=temperature, trained=True)]
-  rollout = pack_segments(segments)
+  # Observations and the prompt are most of an episode's slots: the update projects only the steps'.
+  rollout = pack_segments(segments).replace(loss_slots=trained_slots(segments))
   guide_BxS = jnp.concatenate(
       [jnp.zeros(prompt_BxT.shape, bool), guide1]
       + [x for t in range(max_steps - 1) for x in (jnp.zeros(between_tokens[t].shape, bool), guide[t])], axis=1)

@@ -105,6 +105,18 @@ def after_turn(stopped_B: jax.Array, end_ids: Sequence[int], appended_BxI: jax.A
                  jnp.concatenate([end_valid_BxE, appended_valid_BxI.astype(bool)], axis=1))
 
 
+def trained_slots(segments: Sequence[Segment]) -> tuple[int, ...]:
+  """The slots of the trained segments in `pack_segments`' layout (static: from the segments' widths),
+  the `Rollout.loss_slots` of a layout whose context is long between trained turns."""
+  slots, offset = [], 0
+  for seg in segments:
+    width = seg.tokens_BxN.shape[1]
+    if seg.trained:
+      slots.extend(range(offset, offset + width))
+    offset += width
+  return tuple(slots)
+
+
 def pack_segments(segments: Sequence[Segment]) -> Rollout:
   """Concatenates segments into a Rollout; the last generated segment is the response.
 

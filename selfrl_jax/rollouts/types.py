@@ -27,6 +27,9 @@ class Rollout:
     stopped_B: the last turn ended with a stop token (False: truncated).
     temperature_BxS: sampling temperature of each generated token (1 for greedy turns and context
       slots); the trainer rescores every token at the temperature it was sampled with.
+    loss_slots: static, optional: the only slots `loss_mask_BxS` can mark (sorted, all >= 1). The
+      update then projects just these slots' hidden states onto the vocabulary; None: every slot
+      after the prompt. Layouts with long untrained stretches set it (agent episodes: observations).
   """
 
   tokens_BxS: jax.Array
@@ -38,6 +41,7 @@ class Rollout:
   response_valid_BxN: jax.Array
   stopped_B: jax.Array
   temperature_BxS: jax.Array | None = None
+  loss_slots: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
   @property
   def batch_size(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -61,6 +62,7 @@ class UpdateSettings:
   micro_batch_size: int
   logprob_chunk: int | None
   first_loss_slot: int = 1  # set per call from the prompt width: slots before it never carry a loss
+  loss_slots: tuple[int, ...] | None = None  # set per call from `Rollout.loss_slots`: the only slots projected
   mode: str = "fused"
   objectives: tuple[str, ...] = ("ppo_clip",)
   surrogate_kwargs: tuple[tuple[str, float], ...] = ()
@@ -102,7 +104,8 @@ class UpdateBatch:
 
 def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature,
                       chunk_size: int | None, return_entropy: bool = False, start: int = 1,
-                      kl_reference: tuple[jax.Array, jax.Array] | None = None):
+                      kl_reference: tuple[jax.Array, jax.Array] | None = None,
+                      slots: tuple[int, ...] | None = None):
   """Log-prob of every slot's token given the slots before it, trainer side.
 
   `temperature` is a float or per-slot `temperature_BxS` (each token rescored at the temperature it
@@ -110,20 +113,30 @@ def sequence_logprobs(model: Decoder, tokens_BxS, valid_BxS, *, temperature,
   prompt width as `start`: prompt tokens are never in the loss, and skipping them skips their
   share of the vocabulary projection, the largest matmul at large vocab. With `kl_reference` =
   (the reference's `reference_hidden`, its output embedding), the exact per-slot KL(pi || ref) over
-  the vocabulary (`token_kl`) comes last in the returned tuple.
+  the vocabulary (`token_kl`) comes last in the returned tuple. With static `slots` (sorted, all >= 1:
+  `Rollout.loss_slots`), only those slots are projected and every other slot gets 0 (`start` is then
+  unused): an agent episode's observations never reach the [.., V] logits.
   """
   hidden_BxSxD = forward_full(model, tokens_BxS, valid_BxS)
+  if slots is None:
+    take = lambda x: x[:, start:]                                            # noqa: E731
+    predict = lambda x: x[:, start - 1:-1]                                   # noqa: E731
+    back = lambda x: jnp.pad(x, ((0, 0), (start, 0)))                        # noqa: E731
+  else:
+    index_K = np.asarray(slots, np.int32)
+    take = lambda x: x[:, index_K]                                           # noqa: E731
+    predict = lambda x: x[:, index_K - 1]                                    # noqa: E731
+    back = lambda x: jnp.zeros(tokens_BxS.shape, x.dtype).at[:, index_K].set(x)  # noqa: E731
   if not isinstance(temperature, (int, float)):
-    temperature = temperature[:, start:]
-  out = token_logprobs(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), tokens_BxS[:, start:],
+    temperature = take(temperature)
+  out = token_logprobs(predict(hidden_BxSxD), model.output_embedding(), take(tokens_BxS),
                        chunk_size=chunk_size, temperature=temperature, return_entropy=return_entropy)
   out = out if return_entropy else (out,)
   if kl_reference is not None:
     ref_hidden_BxSxD, ref_w_out = kl_reference
-    out = (*out, token_kl(hidden_BxSxD[:, start - 1:-1], model.output_embedding(), ref_hidden_BxSxD[:, start:],
+    out = (*out, token_kl(predict(hidden_BxSxD), model.output_embedding(), take(ref_hidden_BxSxD),
                           ref_w_out, chunk_size=chunk_size, temperature=temperature))
-  pad = lambda x: jnp.pad(x, ((0, 0), (start, 0)))  # noqa: E731
-  out = tuple(pad(x) for x in out)
+  out = tuple(back(x) for x in out)
   return out if len(out) > 1 else out[0]
 
 
@@ -150,7 +163,8 @@ def _microbatched_logprobs(graphdef, params, ub: UpdateBatch, s: UpdateSettings,
     return jax.lax.stop_gradient(out.reshape(*ub.tokens_BxS.shape, -1))
   temperature = s.temperature if ub.temperature_BxS is None else split(ub.temperature_BxS)
   logp = jax.lax.map(lambda xs: sequence_logprobs(model, xs[0], xs[1], temperature=xs[2],
-                                                  chunk_size=s.logprob_chunk, start=s.first_loss_slot),
+                                                  chunk_size=s.logprob_chunk, start=s.first_loss_slot,
+                                                  slots=s.loss_slots),
                      (split(ub.tokens_BxS), split(ub.valid_BxS), temperature))
   return jax.lax.stop_gradient(logp.reshape(ub.tokens_BxS.shape))
 
@@ -162,7 +176,7 @@ def _loss_fn(params, graphdef, mb: UpdateBatch, s: UpdateSettings, ref_w_out=Non
   kl_reference = None if mb.ref_hidden_BxSxD is None else (mb.ref_hidden_BxSxD, ref_w_out)
   out = sequence_logprobs(model, mb.tokens_BxS, mb.valid_BxS, temperature=temperature,
                           chunk_size=s.logprob_chunk, return_entropy=True, start=s.first_loss_slot,
-                          kl_reference=kl_reference)
+                          kl_reference=kl_reference, slots=s.loss_slots)
   logp_BxS, entropy_BxS = out[:2]
   if kl_reference is not None:
     full_kl_BxS = out[2]
@@ -341,7 +355,7 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
   def update(state: TrainState, record: StepRecord) -> tuple[TrainState, StepRecord]:
     batch, rollout, rewards = record.batch, record.rollout, record.rewards
     # Rollouts start with the prompt buffer, which never carries a loss (static width).
-    s = dataclasses.replace(settings, first_loss_slot=batch.prompt_width)
+    s = dataclasses.replace(settings, first_loss_slot=batch.prompt_width, loss_slots=rollout.loss_slots)
     next_rng, _, shuffle_key = jax.random.split(state.rng, 3)
     terms = algorithm.advantages(rollout, rewards, state.step, state.algo_state)
     ub = UpdateBatch(tokens_BxS=rollout.tokens_BxS, valid_BxS=rollout.valid_BxS,
