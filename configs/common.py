@@ -87,7 +87,7 @@ def get_base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100          # RL iterations
-  c.train.eval_every = 25          # iterations between held-out evaluations (0 = only at the end)
+  c.train.eval_every = 25          # iterations between held-out evaluations (0 = only before RL and at the end)
   c.train.eval_size = 256          # held-out prompts per evaluation (greedy)
   c.train.eval_batch_size = 128    # prompts per compiled eval call
   c.train.log_every = 10           # iterations between full metric rows on the console (metrics.jsonl and TensorBoard get every iteration; the progress bar shows reward, held-out metric, KL (when rl.kl_coef > 0) and step time)

@@ -219,6 +219,9 @@ def test_balanced_calibration_is_chance_for_a_constant_label():
     ({"self_guide.env": "twx"}, "config.task.name: self_guide.env='twx' resets from twx tasks"),
     ({"sft.demos": "task"}, "config.sft.demos: self_guide.env='grid' warm-starts from 'self_guide_grid', got 'task'"),
     ({"rl.group_size": 1}, "config.rl.group_size"),
+    ({"self_guide.schedule": "early_entry", "self_guide.early_entry_step": 60}, "config.self_guide.early_entry_step"),
+    ({"task.params": {"min_dist": 4, "max_dist": 8, "show_distance": True}},
+     "config.rl.max_prompt_len: a grid_nav prompt takes 7 ids (task.params.show_distance=True), got 6"),
 ])
 def test_a_bad_config_names_the_field(edit, message):
   from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
@@ -230,3 +233,17 @@ def test_a_bad_config_names_the_field(edit, message):
       cfg[section][field] = value
   with pytest.raises(ConfigError, match=re.escape(message)):
     validate_config(cfg)
+
+
+def test_a_schedule_past_the_last_step_warns_that_the_run_is_the_lambda_zero_arm(caplog):
+  """A review shortened train.num_steps for a smoke run: the trapezoid's ramp (27) lay past it, so SG & GR
+  silently trained as GRPO w/ SG. Validation now says so."""
+  from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.builders import validate_config  # pylint: disable=import-outside-toplevel
+  cfg = get_config("sg_gr")
+  validate_config(cfg)
+  assert "λ stays 0" not in caplog.text
+  with cfg.unlocked():
+    cfg.train.num_steps = 5
+  validate_config(cfg)
+  assert "train.num_steps=5: λ stays 0 for the whole run" in caplog.text

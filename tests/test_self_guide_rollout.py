@@ -244,11 +244,12 @@ def test_evaluation_plays_its_two_modes_one_after_the_other_on_a_host_environmen
   # Without `after_all` both resets ran first and the guided episodes ended after 2 steps, not 6 (measured).
 
 
-@pytest.mark.parametrize("show_distance", [False, True])
-def test_grid_warm_start_demos_replay_through_the_host_env(show_distance):
+@pytest.mark.parametrize("show_distance,guide_close", [(False, "|"), (True, ";")])
+def test_grid_warm_start_demos_replay_through_the_host_env(show_distance, guide_close):
   """The scripted demonstrations are episodes of the environment the RL step plays: every observation
   is what `GridHostEnv` renders after one of the four moves (a slip may change the written one), and
-  the labels from step 2 on are the env's true progress of the previous move ~70% of the time."""
+  the labels from step 2 on are the env's true progress of the previous move ~70% of the time; steps
+  are written with the configured guide close (a review found ";" demonstrated as "|")."""
   from selfrl_jax.algos.self_guide_config import scripted_episode  # pylint: disable=import-outside-toplevel
   from selfrl_jax.data.grid_nav import DIST_CHARS, maze_tables  # pylint: disable=import-outside-toplevel
   tok = CharTokenizer()
@@ -260,12 +261,13 @@ def test_grid_warm_start_demos_replay_through_the_host_env(show_distance):
   hits = total = 0
   for _ in range(200):
     goal, start = (int(c) for c in rng.choice(free, 2, replace=False))
-    texts, _ = scripted_episode(goal, start, 14, 0.2, 0.3, 0.7, True, ("+", "=", "-"), rng, show_distance)
+    texts, _ = scripted_episode(goal, start, 14, 0.2, 0.3, 0.7, True, ("+", "=", "-"), rng, show_distance, guide_close)
     target = np.asarray([tok.encode(f"{goal // 7}{goal % 7}{start // 7}{start % 7}")], np.int32)
     host.reset(np.arange(1), target, 1, 0)
     progress = None
     for k in range(0, len(texts), 2):
-      label, _ = texts[k].split("|")
+      label, move = texts[k].split(guide_close)
+      assert label in "+=-" and move in "udlr"
       if progress is not None:
         hits += label == "+=-"[{1: 0, 0: 1, -1: 2}[progress]]
         total += 1

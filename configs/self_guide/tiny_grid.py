@@ -27,7 +27,9 @@ def get_config(arm: str | None = None):
     raise ValueError(f"Unknown Self-Guide arm {arm!r}; valid: {ARMS}.")
   c = get_base_config("self_guide")
   c.task.name = "grid_nav"
-  c.task.params = {"min_dist": 4, "max_dist": 8}
+  # show_distance=True writes each shown cell's BFS distance to the goal ("61>345:"; README, "Why the
+  # warm start's labels are not learned"); it needs rl.max_prompt_len = 7.
+  c.task.params = {"min_dist": 4, "max_dist": 8, "show_distance": False}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 256, 256
   c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads, c.model.d_ff = 64, 2, 4, 2, 256
 

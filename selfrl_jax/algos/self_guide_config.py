@@ -4,12 +4,15 @@ warm-start demonstrations. Defaults follow self_guide.md §4, §7 and §9."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import ml_collections
 import numpy as np
 
 from selfrl_jax.algos.registry import CheckFn
 from selfrl_jax.algos.self_guide_objective import AGGREGATIONS, SCHEDULES, TrustSchedule
+
+log = logging.getLogger(__name__)
 
 STEP_CREDITS = ("trajectory", "reward_to_go")
 ENV_REWARDS = ("success", "normalized_score")
@@ -67,9 +70,25 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
         f"needs 4 breakpoints (warm-up end, ramp end, full end, anneal end), got {s.schedule_steps}")
   if len(s.schedule_steps) == 4:
     try:
-      schedule_of(s)
+      schedule = schedule_of(s)
     except ValueError as e:
-      check(False, "self_guide.schedule_steps", str(e))
+      # early_entry moves the ramp to start at early_entry_step: name it when the breakpoints alone are fine.
+      field = "self_guide.schedule_steps"
+      if s.schedule == "early_entry":
+        try:
+          TrustSchedule("trapezoid", *map(float, s.schedule_steps))
+          field = "self_guide.early_entry_step"
+        except ValueError:
+          pass
+      check(False, field, str(e))
+    else:
+      ramp_start = schedule.breakpoints()[0]
+      if s.schedule in ("trapezoid", "no_anneal", "early_entry") and cfg.train.num_steps <= ramp_start + 1:
+        # λ(u) is 0 up to the ramp's start (u = step - 1): a shortened run would silently be the λ ≡ 0 arm.
+        log.warning("self_guide.schedule=%r starts its ramp after step %g, but train.num_steps=%d: λ stays 0 for "
+                    "the whole run, which makes it the 'GRPO w/ SG' (λ ≡ 0) arm. Scale self_guide.schedule_steps "
+                    "(and early_entry_step) with the steps, as reproduce.py --num_steps does.",
+                    s.schedule, ramp_start + 1, cfg.train.num_steps)
   check(s.agg in AGGREGATIONS, "self_guide.agg", f"must be one of {AGGREGATIONS}, got {s.agg!r}")
   check(s.step_credit in STEP_CREDITS, "self_guide.step_credit", f"must be one of {STEP_CREDITS}, got {s.step_credit!r}")
   check(s.env_reward in ENV_REWARDS, "self_guide.env_reward", f"must be one of {ENV_REWARDS}, got {s.env_reward!r}")
@@ -87,6 +106,10 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
         f"Self-Guide normalises returns within a task's group: grpo, grpo_sample_std, dr_grpo or rloo, got {rl.advantage!r}")
   check(s.env not in ("grid", "grid_host") or cfg.task.name == "grid_nav", "task.name",
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
+  if s.env in ("grid", "grid_host") and cfg.task.name == "grid_nav":
+    prompt_len = len("61>34:") + _shows_distance(cfg)
+    check(rl.max_prompt_len >= prompt_len, "rl.max_prompt_len",
+          f"a grid_nav prompt takes {prompt_len} ids (task.params.show_distance={_shows_distance(cfg)}), got {rl.max_prompt_len}")
   if s.env in GAME_ENVS:
     check(cfg.task.name == s.env, "task.name", f"self_guide.env={s.env!r} resets from {s.env} tasks, got task.name={cfg.task.name!r}")
   if cfg.sft.steps > 0:   # each warm start plays its own environment's episodes
@@ -180,8 +203,8 @@ def build(cfg, tokenizer, reward_fn, sampling, records=None):
 
 def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skill: float, label_accuracy: float,
                      guided: bool, labels, rng: np.random.Generator,
-                     show_distance: bool = False) -> tuple[list[str], bool]:
-  """One demonstrated grid episode: the text of each step (label + "|" + move, or the move alone) and
+                     show_distance: bool = False, guide_close: str = "|") -> tuple[list[str], bool]:
+  """One demonstrated grid episode: the text of each step (label + guide_close + move, or the move alone) and
   the observation after it; returns (texts alternating step, observation, ..., step) and success.
 
   The move is a shortest-path move with probability `skill`, else uniform (a weak prior); the label
@@ -205,7 +228,7 @@ def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skil
       else:
         true = {1: 0, 0: 1, -1: 2}[progress]
         label = labels[true] if rng.random() < label_accuracy else labels[int(rng.choice([k for k in range(3) if k != true]))]
-      text = label + "|" + text   # the default step format (self_guide.guide_close = "|")
+      text = label + guide_close + text
     texts.append(text)
     actual = int(rng.integers(4)) if rng.random() < slip_prob else move
     new = int(t.next_cell_Cx4[cell, actual])
@@ -242,7 +265,7 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
         goal, start = meta["goal"][0] * size + meta["goal"][1], meta["start"][0] * size + meta["start"][1]
         guided = rng.random() < s.sft_guided_frac
         texts, _ = scripted_episode(goal, start, s.max_steps, s.slip_prob, s.sft_action_skill, s.sft_label_accuracy,
-                                    guided, tuple(s.labels), rng, show_distance)
+                                    guided, tuple(s.labels), rng, show_distance, s.guide_close)
         prefix = (s.instruction if guided else s.plain_instruction) + rec["prompt"]
         ids, loss = tokenizer.encode(prefix), [False] * len(tokenizer.encode(prefix))
         for k, text in enumerate(texts):
@@ -253,6 +276,7 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
       yield {"tokens_BxS": tokens, "valid_BxS": ok, "loss_mask_BxS": mask}
 
   settings = {"self_guide": {k: s[k] for k in ("sft_label_accuracy", "sft_action_skill", "sft_guided_frac",
-                                               "max_steps", "slip_prob", "labels", "instruction", "plain_instruction")},
+                                               "max_steps", "slip_prob", "labels", "instruction", "plain_instruction",
+                                               "guide_close")},
               "width": width, "show_distance": show_distance}
   return stream(), settings

@@ -125,7 +125,7 @@ def internal_rewards(polarity_BxH: jax.Array, step_mask_BxH: jax.Array, scale: f
 
 def aggregate(r_sg_BxH: jax.Array, counted_BxH: jax.Array, agg: str) -> jax.Array:
   """R_sg(τ) [B]: "sum" over steps (paper), "mean" over counted steps (0 with none), or
-  "sum_clipped" (the sum clipped to [-1, 1], so it cannot outweigh R_env in [0, 1]; §7 item 2)."""
+  "sum_clipped" (the sum clipped to [-1, 1], at most the size of a success reward; §7 item 2)."""
   if agg not in AGGREGATIONS:
     raise ValueError(f"aggregate: agg must be one of {AGGREGATIONS}, got {agg!r}.")
   total_B = jnp.where(counted_BxH, r_sg_BxH, 0.0).sum(axis=1)

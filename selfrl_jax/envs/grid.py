@@ -19,7 +19,8 @@ Dynamics (one row):
 
 `GridHostEnv` is the same environment in numpy behind the `HostEnv` interface: `CallbackEnv(
 GridHostEnv(...))` runs it through host callbacks and gives the same episodes as `GridEnv` for the
-same keys (tests/test_self_guide_rollout.py), and the warm start's scripted episodes use it.
+same keys (tests/test_self_guide_rollout.py); the warm start's scripted episodes (numpy, in
+`algos/self_guide_config.py`) are checked against it step by step in the same test file.
 """
 
 from __future__ import annotations
