@@ -106,9 +106,13 @@ def test_a_stop_signal_during_the_warm_start_saves_it_and_the_rerun_resumes(tmp_
   sft_steps = 100   # a periodic save comes every 2 steps: the signal lands long before the last
   cmd = _train_cmd(tmp_path / "run") + [f"--config.sft.steps={sft_steps}", "--config.train.num_steps=2"]
   # A suite started in the background (`nohup … &`) hands SIG_IGN for SIGINT down to the run, which
-  # then rightly leaves it ignored: give the run a launcher that lets Ctrl-C through.
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # then rightly leaves it ignored: launch the run with the default disposition, as a terminal would
+  # (set here and restored, not in a preexec_fn: forking a multithreaded JAX process is unsafe).
+  launcher_sigint = signal.signal(signal.SIGINT, signal.SIG_DFL)
+  try:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, launcher_sigint)
   warm = tmp_path / "run" / "warm_start"
   deadline = time.time() + 300
   while time.time() < deadline and not list(warm.glob("sft_*.partial/[0-9]*")):  # a periodic SFT save
