@@ -27,7 +27,7 @@ def get_config(arm: str | None = None):
     raise ValueError(f"Unknown Self-Guide arm {arm!r}; valid: {ARMS}.")
   c = get_base_config("self_guide")
   c.task.name = "grid_nav"
-  # show_distance=True writes each shown cell's BFS distance to the goal ("61>345:"; README, "Why the
+  # show_distance=True writes each shown cell's BFS distance to the goal ("61>445:"; README, "Why the
   # warm start's labels are not learned"); it needs rl.max_prompt_len = 7.
   c.task.params = {"min_dist": 4, "max_dist": 8, "show_distance": False}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 256, 256

@@ -107,9 +107,10 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(s.env not in ("grid", "grid_host") or cfg.task.name == "grid_nav", "task.name",
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
   if s.env in ("grid", "grid_host") and cfg.task.name == "grid_nav":
-    prompt_len = len("61>34:") + _shows_distance(cfg)
+    show_distance = _shows_distance(cfg)
+    prompt_len = len("61>34:") + show_distance
     check(rl.max_prompt_len >= prompt_len, "rl.max_prompt_len",
-          f"a grid_nav prompt takes {prompt_len} ids (task.params.show_distance={_shows_distance(cfg)}), got {rl.max_prompt_len}")
+          f"a grid_nav prompt takes {prompt_len} ids (task.params.show_distance={show_distance}), got {rl.max_prompt_len}")
   if s.env in GAME_ENVS:
     check(cfg.task.name == s.env, "task.name", f"self_guide.env={s.env!r} resets from {s.env} tasks, got task.name={cfg.task.name!r}")
   if cfg.sft.steps > 0:   # each warm start plays its own environment's episodes

@@ -9,8 +9,8 @@ col>" (digits): the JAX environment (`envs/grid.py`) resets from it, so the whol
 host lookup. Start and goal are at BFS distance [min_dist, max_dist] (moves, around walls).
 
 With `show_distance=True` every cell the agent is shown (the prompt's start, and the environment's
-observations) carries its BFS distance to the goal as one character of `DIST_CHARS` ("61>345:": the
-start 34 is 5 moves away), so "did the last move bring me closer?" is a comparison of two characters
+observations) carries its BFS distance to the goal as one character of `DIST_CHARS` ("61>445:": the
+start 44 is 5 moves away), so "did the last move bring me closer?" is a comparison of two characters
 instead of a BFS over the maze the model would have to memorise.
 """
 

@@ -36,7 +36,6 @@ from selfrl_jax.data.grid_nav import DIST_CHARS, MAZE, MOVES, maze_tables
 from selfrl_jax.envs.base import EnvStep
 
 
-
 @struct.dataclass
 class GridState:
   """Attributes: cell_B, goal_B: cell indices; t_B: steps taken; done_B, success_B."""
@@ -141,7 +140,6 @@ class GridEnv:
 
   spec: GridSpec
   has_progress = True   # BFS distance to the goal: the ground truth guidance calibration is measured against
-
 
   @property
   def obs_len(self) -> int:

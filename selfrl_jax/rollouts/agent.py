@@ -122,15 +122,16 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
   """
   key_reset, key_sample, key_env = jax.random.split(key, 3)
   between_len = len(end_ids) + env.obs_len
-  slots = prompt_tokens_PxT.shape[1] + max_steps * params.max_new_tokens + (max_steps - 1) * between_len
-  if slots > model.cfg.max_position:
+  extra_capacity = (max_steps - 1) * (between_len + params.max_new_tokens)   # slots after step 1
+  positions = prompt_tokens_PxT.shape[1] + params.max_new_tokens + extra_capacity
+  if positions > model.cfg.max_position:
     raise ValueError(
-        f"agent_episode: an episode takes {slots} positions (prompt {prompt_tokens_PxT.shape[1]} + {max_steps} steps "
+        f"agent_episode: an episode takes {positions} positions (prompt {prompt_tokens_PxT.shape[1]} + {max_steps} steps "
         f"x {params.max_new_tokens} ids + {max_steps - 1} x ({len(end_ids)} end + {env.obs_len} observation ids)), "
         f"more than the model's max_position {model.cfg.max_position}. There is no history window: lower the "
         "steps (max_steps), the ids per step (max_new_tokens) or per observation (obs_len).")
   out1 = generate(model, prompt_tokens_PxT, prompt_valid_PxT, jax.random.fold_in(key_sample, 0), params,
-                  group_size=group_size, extra_capacity=(max_steps - 1) * (between_len + params.max_new_tokens))
+                  group_size=group_size, extra_capacity=extra_capacity)
   state = env.reset(batch, group_size, key_reset)
   tokens1, action_valid1, guide1 = _env_view(out1, guide_close_ids)
   state, step1 = env.step(state, tokens1, action_valid1, jax.random.fold_in(key_env, 0))
