@@ -247,3 +247,23 @@ def test_a_schedule_past_the_last_step_warns_that_the_run_is_the_lambda_zero_arm
     cfg.train.num_steps = 5
   validate_config(cfg)
   assert "train.num_steps=5: λ stays 0 for the whole run" in caplog.text
+
+
+def test_toy_base_success_precondition_reads_about_10_to_20_percent_within_two_standard_errors():
+  """§11 asks a base success of *about* 10-20%: a rate measured on 128 tasks passes within two standard
+  errors of the range (0.227: SE 0.037, 0.027 above; 0.039: SE 0.017, 0.061 below), and the claims
+  are evaluated only when every precondition holds."""
+  from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
+  from experiments import self_guide_toy  # pylint: disable=import-outside-toplevel
+  assert self_guide_toy.EVAL_TASKS == get_config().train.eval_size
+
+  def rows(guided_base, balanced=0.69):
+    return {"grpo": {"base_success": (0.133, 0.0)},
+            "sg": {"base_success": (guided_base, 0.0), "base_balanced": (balanced, 0.0), "base_calibration": (0.7, 0.0),
+                   "final_balanced": (0.7, 0.0)}}
+  ok = self_guide_toy.claims(rows(0.227))
+  assert [holds for _, holds, _ in ok[:2]] == [True, True] and "0.227 ± 0.037" in ok[0][2]
+  assert ok[-1][1] is not None   # claims evaluated (here: the calibration claim for (b))
+  for bad in (rows(0.039), rows(0.30), rows(0.18, balanced=0.36)):
+    out = self_guide_toy.claims(bad)
+    assert not all(h for _, h, _ in out[:2]) and out[-1] == ("claims", None, "not evaluated: a precondition failed")

@@ -151,10 +151,10 @@ def test_crashing_environment_ends_episodes_as_failed(episode):
   assert env.counters["env_step_errors"] == 1
 
 
-@pytest.mark.parametrize("show_distance", [False, True])
-def test_grid_jax_equals_host_twin_and_counts_invalid_actions(show_distance):
+@pytest.mark.parametrize("show_distance,show_progress", [(False, False), (True, True)])
+def test_grid_jax_equals_host_twin_and_counts_invalid_actions(show_distance, show_progress):
   tok = CharTokenizer()
-  spec = GridSpec.for_tokenizer(tok, horizon=5, slip_prob=0.3, show_distance=show_distance)
+  spec = GridSpec.for_tokenizer(tok, horizon=5, slip_prob=0.3, show_distance=show_distance, show_progress=show_progress)
   rng = np.random.default_rng(0)
   p, g, n = 6, 3, 3
   target = np.asarray([tok.encode(f"{a}{b}{c}{d}") + [EOS] for a, b, c, d in [(0, 0, 6, 6), (2, 2, 0, 3), (6, 0, 0, 6),
@@ -244,24 +244,26 @@ def test_evaluation_plays_its_two_modes_one_after_the_other_on_a_host_environmen
   # Without `after_all` both resets ran first and the guided episodes ended after 2 steps, not 6 (measured).
 
 
-@pytest.mark.parametrize("show_distance,guide_close", [(False, "|"), (True, ";")])
-def test_grid_warm_start_demos_replay_through_the_host_env(show_distance, guide_close):
+@pytest.mark.parametrize("show_distance,show_progress,guide_close", [(False, False, "|"), (True, False, ";"),
+                                                                    (False, True, "|")])
+def test_grid_warm_start_demos_replay_through_the_host_env(show_distance, show_progress, guide_close):
   """The scripted demonstrations are episodes of the environment the RL step plays: every observation
   is what `GridHostEnv` renders after one of the four moves (a slip may change the written one), and
   the labels from step 2 on are the env's true progress of the previous move ~70% of the time; steps
   are written with the configured guide close (a review found ";" demonstrated as "|")."""
   from selfrl_jax.algos.self_guide_config import scripted_episode  # pylint: disable=import-outside-toplevel
-  from selfrl_jax.data.grid_nav import DIST_CHARS, maze_tables  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.data.grid_nav import DIST_CHARS, PROGRESS_CHARS, maze_tables  # pylint: disable=import-outside-toplevel
   tok = CharTokenizer()
-  spec = GridSpec.for_tokenizer(tok, horizon=14, slip_prob=0.2, show_distance=show_distance)
+  spec = GridSpec.for_tokenizer(tok, horizon=14, slip_prob=0.2, show_distance=show_distance, show_progress=show_progress)
   host, t = GridHostEnv(spec), maze_tables()
-  assert host.obs_len == 3 + show_distance
+  assert host.obs_len == 3 + show_distance + show_progress
   rng = np.random.default_rng(0)
   free = np.flatnonzero(t.free_C)
   hits = total = 0
   for _ in range(200):
     goal, start = (int(c) for c in rng.choice(free, 2, replace=False))
-    texts, _ = scripted_episode(goal, start, 14, 0.2, 0.3, 0.7, True, ("+", "=", "-"), rng, show_distance, guide_close)
+    texts, _ = scripted_episode(goal, start, 14, 0.2, 0.3, 0.7, True, ("+", "=", "-"), rng, show_distance, guide_close,
+                                show_progress)
     target = np.asarray([tok.encode(f"{goal // 7}{goal % 7}{start // 7}{start % 7}")], np.int32)
     host.reset(np.arange(1), target, 1, 0)
     progress = None
@@ -285,6 +287,8 @@ def test_grid_warm_start_demos_replay_through_the_host_env(show_distance, guide_
         if show_distance:
           cell = int(host.state[0][0])
           assert texts[k + 1][2] == DIST_CHARS[t.dist_CxC[goal, cell]]
+        if show_progress:   # the cue is the true progress of the move just taken
+          assert texts[k + 1][-2] == PROGRESS_CHARS[1 - progress]
   assert total > 1000 and abs(hits / total - 0.7) < 0.04, (hits, total)
 
 

@@ -107,7 +107,7 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(s.env not in ("grid", "grid_host") or cfg.task.name == "grid_nav", "task.name",
         f"self_guide.env={s.env!r} resets from grid_nav tasks, got task.name={cfg.task.name!r}")
   if s.env in ("grid", "grid_host") and cfg.task.name == "grid_nav":
-    show_distance = _shows_distance(cfg)
+    show_distance = _grid_view(cfg).show_distance
     prompt_len = len("61>34:") + show_distance
     check(rl.max_prompt_len >= prompt_len, "rl.max_prompt_len",
           f"a grid_nav prompt takes {prompt_len} ids (task.params.show_distance={show_distance}), got {rl.max_prompt_len}")
@@ -168,15 +168,17 @@ def make_env(cfg, tokenizer):
                else ScienceWorldGame(game.task_name, game.simplification, s.max_steps))
     return CallbackEnv(PooledGameEnv(tokenizer, adapter, obs_len=s.obs_len, chat=cfg.task.chat,
                                      step_timeout_s=s.env_step_timeout_s))
+  view = _grid_view(cfg)
   spec = GridSpec.for_tokenizer(tokenizer, horizon=s.max_steps, slip_prob=s.slip_prob,
-                                show_distance=_shows_distance(cfg))
+                                show_distance=view.show_distance, show_progress=view.show_progress)
   return GridEnv(spec) if s.env == "grid" else CallbackEnv(GridHostEnv(spec))
 
 
-def _shows_distance(cfg) -> bool:
-  """The grid task's `show_distance` (its prompts and the environment's observations agree)."""
+def _grid_view(cfg):
+  """The grid task's config (`grid_nav.GridNavConfig`): what its prompts and the environment's
+  observations show (`show_distance`, `show_progress`), so the two always agree."""
   from selfrl_jax.train.builders import build_task  # pylint: disable=import-outside-toplevel
-  return bool(getattr(build_task(cfg).config, "show_distance", False))
+  return build_task(cfg).config
 
 
 def build(cfg, tokenizer, reward_fn, sampling, records=None):
@@ -204,16 +206,18 @@ def build(cfg, tokenizer, reward_fn, sampling, records=None):
 
 def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skill: float, label_accuracy: float,
                      guided: bool, labels, rng: np.random.Generator,
-                     show_distance: bool = False, guide_close: str = "|") -> tuple[list[str], bool]:
+                     show_distance: bool = False, guide_close: str = "|",
+                     show_progress: bool = False) -> tuple[list[str], bool]:
   """One demonstrated grid episode: the text of each step (label + guide_close + move, or the move alone) and
   the observation after it; returns (texts alternating step, observation, ..., step) and success.
 
   The move is a shortest-path move with probability `skill`, else uniform (a weak prior); the label
   (from step 2 on) is the true progress of the previous move with probability `label_accuracy`,
   else one of the two others; step 1's label is neutral (nothing to judge yet). Observations are
-  rendered as the environment renders them (with the BFS distance when `show_distance`).
+  rendered as the environment renders them (`grid_nav.observation_text`: with the BFS distance when
+  `show_distance`, the move's progress when `show_progress`).
   """
-  from selfrl_jax.data.grid_nav import MOVES, cell_text, maze_tables  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.data.grid_nav import MOVES, maze_tables, observation_text  # pylint: disable=import-outside-toplevel
   t = maze_tables()
   cell, texts, progress, success = start, [], 0, False
   for step in range(horizon):
@@ -238,7 +242,7 @@ def scripted_episode(goal: int, start: int, horizon: int, slip_prob: float, skil
     if cell == goal:
       return texts, True
     if step < horizon - 1:
-      texts.append(cell_text(cell, goal=goal if show_distance else None) + ":")
+      texts.append(observation_text(cell, goal, progress, show_distance, show_progress))
   return texts, success
 
 
@@ -250,7 +254,7 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
   s = cfg.self_guide
   size = maze_tables().size
   eos = tokenizer.eos_ids[0]
-  show_distance = _shows_distance(cfg)
+  view = _grid_view(cfg)
   width = (len(algorithm.instruction_ids) + cfg.rl.max_prompt_len
            + s.max_steps * (cfg.rl.max_new_tokens + 1) + (s.max_steps - 1) * (algorithm.env.obs_len + 1))
 
@@ -266,7 +270,8 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
         goal, start = meta["goal"][0] * size + meta["goal"][1], meta["start"][0] * size + meta["start"][1]
         guided = rng.random() < s.sft_guided_frac
         texts, _ = scripted_episode(goal, start, s.max_steps, s.slip_prob, s.sft_action_skill, s.sft_label_accuracy,
-                                    guided, tuple(s.labels), rng, show_distance, s.guide_close)
+                                    guided, tuple(s.labels), rng, view.show_distance, s.guide_close,
+                                    view.show_progress)
         prefix = (s.instruction if guided else s.plain_instruction) + rec["prompt"]
         ids, loss = tokenizer.encode(prefix), [False] * len(tokenizer.encode(prefix))
         for k, text in enumerate(texts):
@@ -279,5 +284,5 @@ def grid_demos(cfg: ml_collections.ConfigDict, algorithm, batches, tokenizer, se
   settings = {"self_guide": {k: s[k] for k in ("sft_label_accuracy", "sft_action_skill", "sft_guided_frac",
                                                "max_steps", "slip_prob", "labels", "instruction", "plain_instruction",
                                                "guide_close")},
-              "width": width, "show_distance": show_distance}
+              "width": width, "show_distance": view.show_distance, "show_progress": view.show_progress}
   return stream(), settings

@@ -12,6 +12,12 @@ With `show_distance=True` every cell the agent is shown (the prompt's start, and
 observations) carries its BFS distance to the goal as one character of `DIST_CHARS` ("61>445:": the
 start 44 is 5 moves away), so "did the last move bring me closer?" is a comparison of two characters
 instead of a BFS over the maze the model would have to memorise.
+
+With `show_progress=True` the environment's observation after a move also carries one character of
+`PROGRESS_CHARS` saying whether that move brought the agent closer to the goal, kept it at the same
+BFS distance, or took it farther ("34^:"): the judgement the guidance label makes can then be read
+off the context, as a language model reads it off a text game's observation. The prompt is
+unchanged (there is no move to judge yet).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ MAZE = (
     "...#...",
 )
 DIST_CHARS = "0123456789abc"                         # BFS distance 0..12 as one character
+PROGRESS_CHARS = "^~v"                               # the last move: closer, same distance, farther
 MOVES = "udlr"                                     # action characters, in this order
 _DELTAS = ((-1, 0), (1, 0), (0, -1), (0, 1))        # (row, col) step of each move
 
@@ -94,16 +101,29 @@ def cell_text(cell: int, size: int = len(MAZE), goal: int | None = None) -> str:
   return f"{r}{c}" if goal is None else f"{r}{c}{DIST_CHARS[maze_tables().dist_CxC[goal, cell]]}"
 
 
+def observation_text(cell: int, goal: int, progress: int, show_distance: bool, show_progress: bool) -> str:
+  """The environment's observation after a move, as text: "<row><col>[<distance>][<progress>]:".
+
+  `progress` is the move's sign of distance decrease (+1 closer, 0 same, -1 farther), shown as
+  `PROGRESS_CHARS[1 - progress]` when `show_progress`. `envs/grid.py` renders the same ids.
+  """
+  cue = PROGRESS_CHARS[1 - progress] if show_progress else ""
+  return cell_text(cell, goal=goal if show_distance else None) + cue + ":"
+
+
 @dataclasses.dataclass(frozen=True)
 class GridNavConfig(TaskConfig):
   """Attributes:
     min_dist / max_dist: BFS distance between start and goal (moves).
     show_distance: shown cells carry their BFS distance to the goal (the environment reads this too).
+    show_progress: observations after a move say whether it brought the agent closer (the
+      environment reads this; prompts are unchanged).
   """
 
   min_dist: int = 4
   max_dist: int = 8
   show_distance: bool = False
+  show_progress: bool = False
 
 
 @register_task

@@ -12,8 +12,10 @@ Dynamics (one row):
     floor(4 u / p), so the host twin reproduces them from the same number;
   - a move into a wall or off the grid leaves the agent in place;
   - reward 1 on the step that reaches the goal; the episode ends there or after `horizon` steps;
-  - the observation is the new cell as "<row><col>:" (3 ids), or "<row><col><distance>:" (4 ids)
-    when the task shows BFS distances (`grid_nav`'s `show_distance`); none once the episode has ended;
+  - the observation is the new cell as "<row><col>:" (3 ids), followed before the ":" by its BFS
+    distance when the task shows distances (`grid_nav`'s `show_distance`) and by the move's progress
+    (`PROGRESS_CHARS`) when it shows progress (`show_progress`); none once the episode has ended
+    (`grid_nav.observation_text` renders the same as text);
   - progress (ground truth for guidance calibration): sign of the decrease of the BFS distance
     to the goal (+1 closer, 0 same, -1 farther).
 
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from selfrl_jax.data.grid_nav import DIST_CHARS, MAZE, MOVES, maze_tables
+from selfrl_jax.data.grid_nav import DIST_CHARS, MAZE, MOVES, PROGRESS_CHARS, maze_tables
 from selfrl_jax.envs.base import EnvStep
 
 
@@ -59,6 +61,7 @@ class GridSpec:
     sep_id: id of ":" (ends an observation).
     pad_id: the tokenizer's pad id.
     dist_ids: ids of `DIST_CHARS` when observations show the BFS distance to the goal, else ().
+    progress_ids: ids of `PROGRESS_CHARS` when observations show the last move's progress, else ().
   """
 
   horizon: int
@@ -68,13 +71,15 @@ class GridSpec:
   sep_id: int
   pad_id: int
   dist_ids: tuple[int, ...] = ()
+  progress_ids: tuple[int, ...] = ()
 
   @property
   def obs_len(self) -> int:
-    return 3 + bool(self.dist_ids)
+    return 3 + bool(self.dist_ids) + bool(self.progress_ids)
 
   @classmethod
-  def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float, show_distance: bool = False) -> GridSpec:
+  def for_tokenizer(cls, tokenizer, horizon: int, slip_prob: float, show_distance: bool = False,
+                    show_progress: bool = False) -> GridSpec:
     """Ids from `tokenizer`. Raises ValueError when the digits are not consecutive single ids."""
     digits = [tokenizer.encode(str(d)) for d in range(10)]
     if any(len(d) != 1 for d in digits) or [d[0] for d in digits] != list(range(digits[0][0], digits[0][0] + 10)):
@@ -83,7 +88,8 @@ class GridSpec:
     single = lambda ch: tokenizer.encode(ch)[0]  # noqa: E731
     return cls(horizon=horizon, slip_prob=slip_prob, digit0_id=digits[0][0], move_ids=tuple(single(m) for m in MOVES),
                sep_id=single(":"), pad_id=tokenizer.pad_id,
-               dist_ids=tuple(single(ch) for ch in DIST_CHARS) if show_distance else ())
+               dist_ids=tuple(single(ch) for ch in DIST_CHARS) if show_distance else (),
+               progress_ids=tuple(single(ch) for ch in PROGRESS_CHARS) if show_progress else ())
 
 
 def _first_action(action_BxN, valid_BxN, move_ids, xp):
@@ -118,6 +124,8 @@ def _transition(spec: GridSpec, cell_B, goal_B, t_B, done_B, success_B, action_B
   shown = [spec.digit0_id + row_B, spec.digit0_id + col_B]
   if spec.dist_ids:
     shown.append(xp.asarray(spec.dist_ids)[after_B])
+  if spec.progress_ids:
+    shown.append(xp.asarray(spec.progress_ids)[1 - progress_B.astype(xp.int32)])
   obs_BxO = xp.stack([*shown, xp.full(row_B.shape, spec.sep_id)], axis=1).astype(xp.int32)
   obs_valid_BxO = xp.broadcast_to((active_B & ~new_done_B)[:, None], obs_BxO.shape)
   obs_BxO = xp.where(obs_valid_BxO, obs_BxO, spec.pad_id)
