@@ -177,7 +177,7 @@ def plot_curves(runs: dict, workdir: str, path: str) -> None:
     for ax, key in ((ax_p, "sg/frac_positive"), (ax_c, "sg/calibration_balanced")):
       v = np.array([[r.get(key, np.nan) for r in arms_lib.train_rows(workdir, arm, s)] for s in by_seed])
       ax.plot(*arms_lib.trailing_means(v.mean(0), WINDOW), **style)
-  ax_s.set(xlabel="RL step", ylabel="success (greedy)", title="Held-out success")
+  ax_s.set(xlabel="RL step", ylabel="success (eval_temperature)", title="Held-out success")
   ax_p.set(xlabel="RL step", ylabel="fraction [POSITIVE]", title="Positive labels (10-step mean)")
   ax_c.set(xlabel="RL step", ylabel="balanced accuracy", title="Guidance calibration (10-step mean; chance 1/3)")
   for ax in (ax_s, ax_p, ax_c):

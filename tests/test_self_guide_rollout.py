@@ -140,6 +140,73 @@ def test_cached_episode_equals_the_episode_read_from_scratch(model, episode):
     np.testing.assert_array_equal(np.where(out.obs_valid_BxO, block[:, 1:], 0), out.obs_BxO)
 
 
+def _windowed(model, k: int):
+  graphdef, state = nnx.split(model)
+  env, batch = CallbackEnv(EchoEnv()), _batch()
+  params = SamplingParams(max_new_tokens=N, temperature=0.0, stop_ids=STOP)
+  run = jax.jit(lambda state, key: agent_episode(nnx.merge(graphdef, state), batch.prompt_tokens_PxT,
+                                                 batch.prompt_valid_PxT, env, key, params, G, H, end_ids=(EOS,),
+                                                 guide_close_ids=(CLOSE,), batch=batch, history_window=k))
+  return jax.device_get(run(state, jax.random.key(0)))
+
+
+def test_a_window_holding_the_whole_history_replays_the_one_cache_episode(model, episode):
+  """history_window = H - 1 rebuilds the cache every step from a window that still holds every
+  earlier step: the same greedy episode, id for id, with the same log-probs, in H rows per episode."""
+  one, _ = episode()
+  win = _windowed(model, H - 1)
+  assert win.extras.rows_per_episode == H and win.tokens_BxS.shape[0] == one.tokens_BxS.shape[0] * H
+  for name in ("step_tokens_BxHxN", "step_valid_BxHxN", "guide_BxHxN", "step_taken_BxH", "num_steps_B", "success_B"):
+    a, b = getattr(one.extras, name), getattr(win.extras, name)
+    np.testing.assert_array_equal(np.where(one.extras.step_valid_BxHxN, a, 0) if a.ndim == 3 else a,
+                                  np.where(win.extras.step_valid_BxHxN, b, 0) if b.ndim == 3 else b, err_msg=name)
+  np.testing.assert_allclose(win.sampler_logp_BxS[win.loss_mask_BxS].sum(), one.sampler_logp_BxS[one.loss_mask_BxS].sum(),
+                             rtol=1e-5)
+
+
+def test_windowed_rows_are_each_steps_own_context_read_from_scratch(model):
+  """history_window = 1: the row of step t is [prompt | y_{t-1} end o_{t-1} | y_t]; greedy y_t is the
+  argmax of a full forward pass over that row's real ids and the trainer's log-probs over the row
+  (holes and all) are the sampler's; the window's step and observation are the environment's replay."""
+  from selfrl_jax.train.step import sequence_logprobs  # pylint: disable=import-outside-toplevel
+  roll = _windowed(model, 1)
+  ex = roll.extras
+  b, s = len(LENGTHS) * G, roll.tokens_BxS.shape[1]
+  assert s == T + (N + 1 + EchoEnv.obs_len) + N and roll.loss_slots == tuple(range(s - N, s))
+  tokens, valid = roll.tokens_BxS.reshape(b, H, s), roll.valid_BxS.reshape(b, H, s)
+  np.testing.assert_array_equal(valid[:, :, -N:].any(-1), ex.step_taken_BxH)     # unplayed steps: empty rows
+  replay = EchoEnv()
+  replay.reset(np.arange(len(LENGTHS)), None, G, 0)
+  prompts = np.repeat(np.asarray(_batch().prompt_tokens_PxT), G, axis=0)
+  prompt_valid = np.repeat(np.asarray(_batch().prompt_valid_PxT), G, axis=0)
+  prev_obs = None
+  for t in range(H):
+    for r in np.flatnonzero(ex.step_taken_BxH[:, t]):
+      expect = list(prompts[r][prompt_valid[r]])
+      if t:
+        prev = ex.step_tokens_BxHxN[r, t - 1][ex.step_valid_BxHxN[r, t - 1]]
+        stopped = bool(np.isin(prev[-1], STOP))
+        expect += list(prev) + ([] if stopped else [EOS]) + list(prev_obs.obs_BxO[r][prev_obs.obs_valid_BxO[r]])
+      got = tokens[r, t][valid[r, t]][:-int(ex.step_valid_BxHxN[r, t].sum())]
+      assert list(got) == expect, (r, t)
+    prev_obs = replay.step(ex.step_tokens_BxHxN[:, t], ex.step_valid_BxHxN[:, t] & ~ex.guide_BxHxN[:, t], None)
+  rows = roll.tokens_BxS.shape[0]
+  compact = np.zeros((rows, s), np.int32)
+  compact_valid = np.zeros((rows, s), bool)
+  for r in range(rows):
+    ids = roll.tokens_BxS[r][roll.valid_BxS[r]]
+    compact[r, :len(ids)], compact_valid[r, :len(ids)] = ids, True
+  logp = np.asarray(jax.nn.log_softmax(model.logits(forward_full(model, jnp.asarray(compact), jnp.asarray(compact_valid)))))
+  for r in range(rows):
+    gen = roll.loss_mask_BxS[r][roll.valid_BxS[r]]
+    pos = np.flatnonzero(gen)
+    np.testing.assert_array_equal(compact[r, pos], logp[r, pos - 1].argmax(-1))
+  trainer = sequence_logprobs(model, jnp.asarray(roll.tokens_BxS), jnp.asarray(roll.valid_BxS), temperature=1.0,
+                              chunk_size=None, slots=roll.loss_slots)
+  np.testing.assert_allclose(np.asarray(trainer)[roll.loss_mask_BxS], roll.sampler_logp_BxS[roll.loss_mask_BxS], atol=2e-5)
+  assert roll.loss_mask_BxS.sum() == ex.step_valid_BxHxN.sum()
+
+
 def test_crashing_environment_ends_episodes_as_failed(episode):
   roll, env = episode(crash_at=2)
   ex = roll.extras
@@ -185,7 +252,7 @@ def test_grid_jax_equals_host_twin_and_counts_invalid_actions(show_distance, sho
   assert np.asarray(out.invalid_B).all()
 
 
-def _train_two_steps(env: str, mode: str):
+def _train_two_steps(env: str, mode: str, **self_guide):
   from configs.self_guide import tiny_grid  # pylint: disable=import-outside-toplevel
   from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
   from selfrl_jax.train.state import create_train_state, make_optimizer  # pylint: disable=import-outside-toplevel
@@ -196,6 +263,7 @@ def _train_two_steps(env: str, mode: str):
     cfg.self_guide.schedule, cfg.rl.prompts_per_step, cfg.rl.micro_batch_size = "immediate", 2, 8
     cfg.model.d_model, cfg.model.d_ff = 32, 64
     cfg.task.train_size = 64
+    cfg.self_guide.update(self_guide)
   model, tok = builders.build_model(cfg)
   source = builders.build_sources(cfg)[0]
   algo = builders.build_algorithm(cfg, tok, source)
@@ -219,6 +287,21 @@ def test_jax_grid_fused_equals_host_grid_split():
     assert [float(m[name]) for m in m_fused] == pytest.approx([float(m[name]) for m in m_split], abs=1e-6), name
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_fused, params_split)
   assert (compiled_fused, compiled_split) == (1, 1)   # nothing recompiles in the second iteration
+
+
+def test_training_with_a_window_holding_the_whole_history_equals_training_on_one_cache():
+  """history_window = H - 1 (every step still sees every earlier one): the same sampled episodes, and
+  one row per step with each token's advantage mapped from its episode (here per-step reward-to-go,
+  guidance tokens on the environment-only advantage), give the same update as one row per episode."""
+  knobs = dict(step_credit="reward_to_go", sg_reward_on_guide_tokens=False)
+  params_one, m_one, _ = _train_two_steps("grid", "fused", **knobs)
+  params_win, m_win, compiled = _train_two_steps("grid", "fused", history_window=3, **knobs)
+  for name in ("agent/success", "agent/episode_len", "sg/frac_positive", "reward_mean", "generated_tokens"):
+    assert [float(m[name]) for m in m_win] == pytest.approx([float(m[name]) for m in m_one], abs=1e-6), name
+  for name in ("adv_abs_mean", "grad_norm"):   # ("loss" is a mean over micro-batches, which differ)
+    assert [float(m[name]) for m in m_win] == pytest.approx([float(m[name]) for m in m_one], rel=1e-4), name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params_win, params_one)
+  assert compiled == 1
 
 
 def test_evaluation_plays_its_two_modes_one_after_the_other_on_a_host_environment():

@@ -18,10 +18,12 @@ with the 40/50/70/80 schedule, sparse success reward. One step is
 admissible actions and the first observation, each observation turn lists the admissible actions
 again, and the mode instruction is a system turn of its own (`self_guide_config.mode_prefix_ids`).
 
-Deviations: the whole episode stays in one KV cache (15 steps x (96 + 257) ids + the prompt fit
-SmolLM2's 8192 positions), so the spec's history window k = 2 is not applied: every earlier step
-stays visible. The guidance segment closes at "</guide" (not "</guide>"): a BPE vocabulary merges
-the ">" with what follows ("><" before "<action>"), and the environment drops a leading ">".
+Each step sees the prompt and the last k = 2 steps (`self_guide.history_window`, verl-agent's
+default): the cache is rebuilt per step and the update trains one row per step with that step's own
+context (`rollouts/agent.py`). `history_window = 0` keeps the whole episode in one KV cache instead
+(15 steps x (96 + 257) ids + the prompt fit SmolLM2's 8192 positions). The guidance segment closes at
+"</guide" (not "</guide>"): a BPE vocabulary merges the ">" with what follows ("><" before
+"<action>"), and the environment drops a leading ">".
 """
 
 from configs.common import get_base_config
@@ -70,6 +72,7 @@ def get_config(arm: str | None = None):
   s = c.self_guide
   s.env = "twx"
   s.max_steps = 15                                        # verl-agent's WebShop horizon; coin's gold paths are 2-8 moves
+  s.history_window = 2                                    # spec §7 item 8 (verl-agent): the last 2 steps in context
   s.obs_len = 256                                         # a coin observation with its admissible actions: ~150 ids
   s.schedule_steps = (40, 50, 70, 80)                     # the paper's breakpoints
   s.eval_temperature = 0.4

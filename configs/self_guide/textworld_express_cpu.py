@@ -9,7 +9,8 @@ lr 1e-5 with the schedule's breakpoints scaled to them (5/7/9/11 of 20 for 40/50
 evaluation on 16 held-out games every 10 steps, and a format warm start first: 30 SFT steps of 4
 train games each, their gold paths written in the step template (`algos/self_guide_game_demos.py`;
 ~26 min, cached). The first RL iteration took 184 s on 2 CPU cores with its compilation (a 1300-slot episode layout
-through the 30-layer update).
+through the 30-layer update). The whole 5-step episode stays in one KV cache (`history_window = 0`): the
+warm start demonstrates whole episodes, and the 20-step run in the README was made this way.
 """
 
 from configs.self_guide import textworld_express
@@ -28,6 +29,7 @@ def get_config(arm: str | None = None):
     c.train.num_steps, c.train.eval_every, c.train.checkpoint_every, c.train.log_every = 20, 10, 5, 1
     c.train.eval_size, c.train.eval_batch_size = 16, 8
     c.self_guide.max_steps = 5
+    c.self_guide.history_window = 0     # the whole (short) episode in context, as its warm start demonstrates
     c.self_guide.obs_len = 160
     # A format warm start: the 135M model does not write the step template zero-shot (README, "A real run").
     c.sft.demos, c.sft.steps, c.sft.batch_size, c.sft.learning_rate = "self_guide_games", 30, 4, 5e-5

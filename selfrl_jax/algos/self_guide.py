@@ -105,6 +105,7 @@ class SelfGuide(Algorithm):
   label_ids: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
   instruction_ids: tuple[int, ...]
   plain_instruction_ids: tuple[int, ...]
+  history_window: int = 0
   use_guidance: bool = True
   schedule: TrustSchedule = TrustSchedule()
   sg_scale: float = 0.1
@@ -119,7 +120,9 @@ class SelfGuide(Algorithm):
 
   @property
   def response_slots(self) -> int:
-    return self.max_steps * self.sampling.max_new_tokens
+    """Generated slots per update row: the whole episode's, or with a history window one step's (the
+    rows are steps; a per-sequence `loss_agg` then averages over played steps, not episodes)."""
+    return self.sampling.max_new_tokens * (1 if self.history_window else self.max_steps)
 
   @property
   def needs_reference(self) -> bool:
@@ -133,7 +136,8 @@ class SelfGuide(Algorithm):
     ids = self.instruction_ids if guided else self.plain_instruction_ids
     prompt_PxT, valid_PxT = _prepend(ids, batch.prompt_tokens_PxT, batch.prompt_valid_PxT)
     return agent_episode(model, prompt_PxT, valid_PxT, self.env, key, self.sampling, self.group_size, self.max_steps,
-                         self.end_ids, self.guide_close_ids if guided else None, batch=batch)
+                         self.end_ids, self.guide_close_ids if guided else None, batch=batch,
+                         history_window=self.history_window)
 
   def rollout(self, model, batch, key) -> AgentRollout:
     return self.episode(model, batch, key, self.use_guidance)
@@ -165,10 +169,11 @@ class SelfGuide(Algorithm):
       total_B = combined_return(env_B, r_sg_BxH, counted_BxH, lam, self.agg)
       adv_B = compute_advantages(self.advantage, total_B.reshape(-1, g)).reshape(-1)
       env_adv_B = compute_advantages(self.advantage, env_B.reshape(-1, g)).reshape(-1)
-      adv_BxS, env_adv_BxS = adv_B[:, None] * rollout.loss_mask_BxS, env_adv_B[:, None] * rollout.loss_mask_BxS
-    else:
+      per_token = lambda a_B: ex.per_row(a_B)[:, None] * rollout.loss_mask_BxS  # noqa: E731
+      adv_BxS, env_adv_BxS = per_token(adv_B), per_token(env_adv_B)
+    else:   # each token gets the advantage of the step that wrote it (its turn id), from its episode's row
       per_step = lambda returns_BxH: jnp.take_along_axis(  # noqa: E731
-          step_group_advantages(returns_BxH, ex.step_taken_BxH, g, self.advantage),
+          ex.per_row(step_group_advantages(returns_BxH, ex.step_taken_BxH, g, self.advantage)),
           jnp.clip(turn_BxS - 1, 0, self.max_steps - 1), axis=1) * rollout.loss_mask_BxS
       adv_BxS = per_step(reward_to_go(env_B, r_sg_BxH, counted_BxH, lam))
       env_adv_BxS = per_step(jnp.broadcast_to(env_B[:, None], ex.step_taken_BxH.shape))

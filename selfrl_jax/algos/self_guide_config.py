@@ -25,6 +25,7 @@ def default_config() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.env = "grid"                    # grid (JAX, the whole episode compiled) | grid_host (the same grid in numpy behind host callbacks) | twx | scienceworld (Java text games: the task of that name, whose task.params pick the game)
   s.max_steps = 14                  # H, steps per episode at most (the grid's horizon)
+  s.history_window = 0              # 0: the whole episode in one KV cache | k >= 1: each step sees the prompt and the last k steps (§3, verl-agent: 2), the cache rebuilt per step, one update row per step
   s.slip_prob = 0.2                 # grid: probability that a move slips to a random one of the four
   s.use_guidance = True             # False: plain GRPO, the policy writes actions only (arm a)
   s.schedule = "trapezoid"          # trust schedule λ(u): trapezoid | immediate (λ ≡ 1) | no_anneal | early_entry | zero (λ ≡ 0: "GRPO w/ SG")
@@ -64,6 +65,7 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   s, rl = cfg.self_guide, cfg.rl
   check(s.env in ENVS, "self_guide.env", f"must be one of {ENVS}, got {s.env!r}")
   check(s.max_steps >= 1, "self_guide.max_steps", f"must be >= 1, got {s.max_steps}")
+  check(s.history_window >= 0, "self_guide.history_window", f"must be >= 0 (0: whole history), got {s.history_window}")
   check(0.0 <= s.slip_prob < 1.0, "self_guide.slip_prob", f"must be in [0, 1), got {s.slip_prob}")
   check(s.schedule in SCHEDULES, "self_guide.schedule", f"must be one of {SCHEDULES}, got {s.schedule!r}")
   check(len(s.schedule_steps) == 4, "self_guide.schedule_steps",
@@ -196,7 +198,8 @@ def build(cfg, tokenizer, reward_fn, sampling, records=None):
       label_ids=tuple(tuple(tokenizer.encode(label)) for label in s.labels),
       instruction_ids=mode_prefix_ids(tokenizer, s.instruction, cfg.task.chat),
       plain_instruction_ids=mode_prefix_ids(tokenizer, s.plain_instruction, cfg.task.chat),
-      use_guidance=s.use_guidance, schedule=schedule_of(s), sg_scale=s.sg_scale, agg=s.agg, skip_first=s.skip_first,
+      history_window=s.history_window, use_guidance=s.use_guidance, schedule=schedule_of(s), sg_scale=s.sg_scale,
+      agg=s.agg, skip_first=s.skip_first,
       step_credit=s.step_credit, sg_reward_on_guide_tokens=s.sg_reward_on_guide_tokens, env_reward=s.env_reward,
       invalid_action_penalty=s.invalid_action_penalty, eval_without_guidance=s.eval_without_guidance,
       eval_temperature=s.eval_temperature)

@@ -48,7 +48,7 @@ class UpdateSettings:
   which divergence each pair follows: `losses.kl_problem`, docs/algorithms.md).
   """
 
-  rollouts: int
+  rollouts: int               # rows of the update batch (set per call from the rollout: P G, or more rows per sample)
   group_size: int
   temperature: float
   clip_low: float
@@ -354,8 +354,10 @@ def make_train_step(settings: UpdateSettings, algorithm: Algorithm, graphdef: nn
 
   def update(state: TrainState, record: StepRecord) -> tuple[TrainState, StepRecord]:
     batch, rollout, rewards = record.batch, record.rollout, record.rewards
-    # Rollouts start with the prompt buffer, which never carries a loss (static width).
-    s = dataclasses.replace(settings, first_loss_slot=batch.prompt_width, loss_slots=rollout.loss_slots)
+    # Rollouts start with the prompt buffer, which never carries a loss (static width). A layout may
+    # have several rows per prompt x sample (an agent episode with a history window: one per step).
+    s = dataclasses.replace(settings, first_loss_slot=batch.prompt_width, loss_slots=rollout.loss_slots,
+                            rollouts=rollout.batch_size)
     next_rng, _, shuffle_key = jax.random.split(state.rng, 3)
     terms = algorithm.advantages(rollout, rewards, state.step, state.algo_state)
     ub = UpdateBatch(tokens_BxS=rollout.tokens_BxS, valid_BxS=rollout.valid_BxS,
