@@ -41,9 +41,9 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
 
   Args:
     edit: optional `edit(cfg)` applied (unlocked) after the arm's config is built, e.g. to shorten it.
-    jobs: runs trained side by side, each in its own process (after the warm start is built alone).
-      A tiny model's sampling loop keeps one core busy, so on a 2-core machine 2 jobs finish a toy
-      sooner; `seconds` then sums each arm's runs, not wall time.
+    jobs: runs trained side by side, each in its own process (after the warm start is built alone),
+      without progress bars. A tiny model's sampling loop keeps one core busy, so on a 2-core
+      machine 2 jobs finish a toy sooner; `seconds` then sums each arm's runs, not wall time.
 
   Raises:
     SystemExit: a run was preempted (SIGTERM / Ctrl-C), with status `EXIT_PREEMPTED`; rerunning
@@ -61,6 +61,8 @@ def run_arms(config_path: str, arms: list[str], seeds: list[int], workdir: str,
         cfg.seed = seed
         if edit is not None:
           edit(cfg)
+        if jobs > 1:   # runs side by side would draw their progress bars over each other
+          cfg.train.progress = False
       validate_config(cfg)
       configs[arm, seed] = cfg
   order = [(arm, seed) for arm in arms for seed in seeds]
@@ -132,7 +134,8 @@ def stats_cell(stats: dict, key: str) -> str:
   at both ends (`key@first`, `key@last`), "base → final ± std" for an evaluation at both ends
   (`key@base`, `key@final`), "mean ± std" for a plain key, "–" where it is absent or NaN."""
   if f"{key}@first" in stats:
-    return f"{stats[key + '@first'][0]:.3f} → {stats[key + '@last'][0]:.3f}"
+    first, last = stats[key + "@first"][0], stats[key + "@last"][0]
+    return "–" if np.isnan(first) and np.isnan(last) else f"{first:.3f} → {last:.3f}"
   if f"{key}@base" in stats:
     return f"{stats[key + '@base'][0]:.3f} → {stats[key + '@final'][0]:.3f} ± {stats[key + '@final'][1]:.3f}"
   if key not in stats or np.isnan(stats[key][0]):

@@ -267,3 +267,19 @@ def test_toy_base_success_precondition_reads_about_10_to_20_percent_within_two_s
   for bad in (rows(0.039), rows(0.30), rows(0.18, balanced=0.36)):
     out = self_guide_toy.claims(bad)
     assert not all(h for _, h, _ in out[:2]) and out[-1] == ("claims", None, "not evaluated: a precondition failed")
+
+
+def test_history_window_warnings_name_the_cap_and_the_whole_episode_warm_start(caplog):
+  """A window of max_steps or more is capped at max_steps - 1; a window with a warm start (which
+  demonstrates whole episodes) warns that RL sees shorter contexts. A review ran k = 100 on the toy
+  (H = 14) for minutes before this said anything."""
+  from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.train.builders import validate_config  # pylint: disable=import-outside-toplevel
+  cfg = get_config("sg_gr")
+  validate_config(cfg)
+  assert "history_window" not in caplog.text
+  with cfg.unlocked():
+    cfg.self_guide.history_window = 100
+  validate_config(cfg)
+  assert "history_window=100 >= max_steps=14: capped at 13" in caplog.text
+  assert "the warm start demonstrates whole episodes" in caplog.text

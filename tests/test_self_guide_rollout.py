@@ -162,6 +162,14 @@ def test_a_window_holding_the_whole_history_replays_the_one_cache_episode(model,
                                   np.where(win.extras.step_valid_BxHxN, b, 0) if b.ndim == 3 else b, err_msg=name)
   np.testing.assert_allclose(win.sampler_logp_BxS[win.loss_mask_BxS].sum(), one.sampler_logp_BxS[one.loss_mask_BxS].sum(),
                              rtol=1e-5)
+  # A larger window is capped at H - 1: it would only add holes to every row.
+  graphdef, state = nnx.split(model)
+  batch = _batch()
+  wide = jax.eval_shape(lambda: agent_episode(
+      nnx.merge(graphdef, state), batch.prompt_tokens_PxT, batch.prompt_valid_PxT, CallbackEnv(EchoEnv()),
+      jax.random.key(0), SamplingParams(max_new_tokens=N, temperature=0.0, stop_ids=STOP), G, H, end_ids=(EOS,),
+      guide_close_ids=(CLOSE,), batch=batch, history_window=50))
+  assert wide.tokens_BxS.shape == win.tokens_BxS.shape == (len(LENGTHS) * G * H, T + (H - 1) * (N + 1 + 3) + N)
 
 
 def test_windowed_rows_are_each_steps_own_context_read_from_scratch(model):

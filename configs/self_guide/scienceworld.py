@@ -6,8 +6,9 @@ knobs of `textworld_express.py` (any of its arms: `scienceworld.py:grpo`) on Sci
 What changes from the TextWorldExpress config: task `scienceworld` (find-living-thing, "easy"
 simplifications by default; any of ScienceWorld's 30 tasks via `task.params.task_name`), the
 training reward is the normalised score (spec §7 item 3: ScienceWorld's score is dense, 0-100;
-success, a full score, is logged beside it), prompts up to 512 ids, episodes of at most 20 steps (20 x (96 + 257) ids
-and the prompt fit SmolLM2's 8192 positions). ScienceWorld cannot list its valid actions cheaply, so
+success, a full score, is logged beside it), prompts up to 512 ids, episodes of at most 20 steps. It keeps the
+history window of the last 2 steps (each step's context ~1200 ids); with `history_window = 0` the whole episode
+(20 x (96 + 257) ids and the prompt) still fits SmolLM2's 8192 positions. ScienceWorld cannot list its valid actions cheaply, so
 the prompt lists the action templates and a parser failure is the invalid action
 (`envs/scienceworld.py`). find-living-thing has 150 / 75 / 75 variations in its train / dev / test folds.
 """

@@ -48,7 +48,7 @@ def get_config(arm: str | None = None):
   c.model.source = "smollm2"            # the paper: Qwen3-1.7B, Qwen3-4B, Qwen2.5-7B-Instruct
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"
-  c.model.remat = True                  # an episode is thousands of slots: keep one block's attention at a time
+  c.model.remat = True                  # rows of ~1100 slots (k = 2), thousands at k = 0: one block's attention at a time
   c.task.name = "twx"
   c.task.params = {"game": "coin", "game_params": "numLocations=4,numDistractorItems=0,includeDoors=0"}
   c.task.train_size, c.task.valid_size, c.task.test_size = 1000, 64, 64   # coin: 1000 train games

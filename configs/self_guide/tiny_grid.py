@@ -30,7 +30,7 @@ def get_config(arm: str | None = None):
   c.task.name = "grid_nav"
   # show_progress: each observation after a move says whether it brought the agent closer ("34^:"), the
   # judgement the guidance label makes; without it the 2-layer model never learned the labels within
-  # budget (README, "Why the warm start's labels were not learned"). show_distance=True writes each
+  # budget (README, "How the toy got here"). show_distance=True writes each
   # shown cell's BFS distance to the goal instead ("61>445:"; needs rl.max_prompt_len = 7).
   c.task.params = {"min_dist": 4, "max_dist": 8, "show_distance": False, "show_progress": True}
   c.task.train_size, c.task.valid_size, c.task.test_size = 5000, 256, 256
@@ -59,7 +59,7 @@ def get_config(arm: str | None = None):
   s.max_steps, s.slip_prob = 14, 0.2                     # §11: H = 14, slips 0.2
   s.schedule_steps = (16, 20, 28, 32)                    # the paper's 40/50/70/80 of 150 steps, scaled to 60
   s.early_entry_step = 6                                 # the ablation's 15, scaled the same way
-  s.sft_action_skill = 0.375                             # the base this gives is checked (precondition, README); 0.35 gave 0.086
+  s.sft_action_skill = 0.375                             # the base this gives is checked (precondition, README; 0.35 and 0.365 gave 0.04-0.09)
   # Held-out success is the policy's own (T = 1): the warm start's best move is the shortest-path one
   # (p = 0.3 + 0.7 / 4), so greedy decoding, or T = 0.4, would turn the weak prior into a near-perfect
   # policy (measured: greedy 0.94 vs sampled 0.13) and leave RL nothing to show.

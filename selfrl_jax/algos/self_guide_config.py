@@ -66,6 +66,13 @@ def validate(cfg: ml_collections.ConfigDict, check: CheckFn) -> None:
   check(s.env in ENVS, "self_guide.env", f"must be one of {ENVS}, got {s.env!r}")
   check(s.max_steps >= 1, "self_guide.max_steps", f"must be >= 1, got {s.max_steps}")
   check(s.history_window >= 0, "self_guide.history_window", f"must be >= 0 (0: whole history), got {s.history_window}")
+  if s.history_window >= s.max_steps >= 1:
+    log.warning("self_guide.history_window=%d >= max_steps=%d: capped at %d (the whole history; each step still "
+                "gets its own update row, which costs more than history_window=0).", s.history_window, s.max_steps,
+                s.max_steps - 1)
+  if s.history_window > 0 and cfg.sft.steps > 0:
+    log.warning("self_guide.history_window=%d with an SFT warm start: the warm start demonstrates whole episodes, "
+                "so RL sees shorter contexts than it was taught.", s.history_window)
   check(0.0 <= s.slip_prob < 1.0, "self_guide.slip_prob", f"must be in [0, 1), got {s.slip_prob}")
   check(s.schedule in SCHEDULES, "self_guide.schedule", f"must be one of {SCHEDULES}, got {s.schedule!r}")
   check(len(s.schedule_steps) == 4, "self_guide.schedule_steps",

@@ -137,7 +137,8 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
       them); None: the policy writes actions only.
     batch: the PromptBatch the environment resets from.
     history_window: 0: the whole episode in one KV cache, one row per episode; k >= 1: each step
-      sampled from the prompt and the last k steps, one row per (episode, step).
+      sampled from the prompt and the last k steps, one row per (episode, step). k is capped at
+      H - 1 (a larger window would only add holes).
 
   Returns:
     AgentRollout with loss on every generated id (guidance and action), none on prompt or observations.
@@ -148,6 +149,7 @@ def agent_episode(model: Decoder, prompt_tokens_PxT: jax.Array, prompt_valid_PxT
   """
   if history_window < 0:
     raise ValueError(f"agent_episode: history_window must be >= 0 (0: whole history), got {history_window}.")
+  history_window = min(history_window, max_steps - 1)   # a window never holds more than the steps before the last
   block_len = params.max_new_tokens + len(end_ids) + env.obs_len    # one step and the observation after it
   t, n = prompt_tokens_PxT.shape[1], params.max_new_tokens
   if history_window:
