@@ -38,6 +38,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
 _ITERS = flags.DEFINE_integer("iterations", 3, "Timed iterations per process, after one untimed.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "New tokens per completion (exactly).")
 _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
+_COMPUTE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                             "Matmul dtype on both sides (weights, optimizer and the loss stay float32): float32 is "
+                             "issue 16's workload; bfloat16 is mixed precision (ours: model.compute_dtype; TRL: "
+                             "GRPOConfig(bf16=True), torch autocast).")
 
 P, G, MICRO, BETA, LR = 8, 8, 16, 0.04, 1e-6
 QUESTION = "What is {a}+{b}? Answer with just the number."
@@ -58,7 +62,7 @@ def _our_setup():
   from selfrl_jax.models.loading import load_model
   from selfrl_jax.sampling.sampler import SamplingParams
   from selfrl_jax.train.builders import build_algorithm
-  model, tok = load_model("smollm2")
+  model, tok = load_model("smollm2", compute_dtype=_COMPUTE.value)
   steps = 1 + _ITERS.value
   prompts = [tok.apply_chat_template([{"role": "user", "content": q}]) for q in _questions(P * steps)]
   if len({len(p) for p in prompts}) != 1:
@@ -125,7 +129,8 @@ def _ours(mode: str) -> dict:
            # forward + backward, plus the reference forward (a third of it)
            "update": roofline.train_flops(mcfg, b, s, head_positions=n) * 4 / 3}
   return {"first_s": times[0], "iter_s": statistics.median(times[1:]), "phases": phases, "flops": flops,
-          "peak_flops": roofline.measured_matmul_peak(), "peak_rss_mb": peak_rss_mb(), "prompt_len": t}
+          "peak_flops": roofline.measured_matmul_peak(dtype=mcfg.compute_dtype), "peak_rss_mb": peak_rss_mb(),
+          "prompt_len": t}
 
 
 def _trl() -> dict:
@@ -155,7 +160,7 @@ def _trl() -> dict:
         beta=BETA, num_iterations=1, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         max_steps=steps, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0, shuffle_dataset=False,
+        use_cpu=True, bf16=_COMPUTE.value == "bfloat16", seed=0, dataloader_num_workers=0, shuffle_dataset=False,
         gradient_checkpointing=False, log_completions=False)
     dataset = datasets.Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": q}] for q in _questions(P * steps)]})
@@ -178,7 +183,7 @@ def main(argv):
     return
   extra = passthrough_flags(("--side", "--sides", "--repeats"))
   module = "experiments.benchmarks.bench_grpo_real"
-  print(f"machine: {os.cpu_count()} cores; P={P} x G={G}, {_NEW_TOKENS.value} new tokens, beta {BETA}, "
+  print(f"machine: {os.cpu_count()} cores; {_COMPUTE.value} matmuls; P={P} x G={G}, {_NEW_TOKENS.value} new tokens, beta {BETA}, "
         f"{P * G // MICRO} micro-batches of {MICRO}; {_REPEATS.value} processes per side, {_ITERS.value} timed "
         "iterations each")
   for side in _SIDES.value:
