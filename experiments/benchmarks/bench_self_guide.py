@@ -2,6 +2,7 @@ r"""Self-Guide's agent episodes: episodes per second, and where an iteration's t
 
   python -m experiments.benchmarks.bench_self_guide --sides=grid,grid_host --repeats=3
   python -m experiments.benchmarks.bench_self_guide --sides=twx --twx_model=smollm2 --steps=3 --repeats=1
+  python -m experiments.benchmarks.bench_self_guide --sides=grid --history_window=2     # a window's cost
 
 Sides (each in its own process, `--repeats` processes per side):
   grid       the grid toy (configs/self_guide/tiny_grid.py) with its JAX environment: the whole
@@ -40,6 +41,7 @@ _SIDES = flags.DEFINE_list("sides", ["grid", "grid_host"], "Sides to measure: gr
 _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
 _STEPS = flags.DEFINE_integer("steps", 6, "RL iterations per process (the first, compiling, is left out).")
+_WINDOW = flags.DEFINE_integer("history_window", None, "self_guide.history_window for every side (None: the config's).")
 _TWX_MODEL = flags.DEFINE_enum("twx_model", "tiny", ["tiny", "smollm2"], "twx: policy (tiny: SmolLM2's vocabulary, tiny decoder).")
 
 
@@ -57,6 +59,8 @@ def _config(side: str):
     cfg.train.progress = False
     if side == "grid_host":
       cfg.self_guide.env = "grid_host"
+    if _WINDOW.value is not None:
+      cfg.self_guide.history_window = _WINDOW.value
     if side == "twx" and _TWX_MODEL.value == "tiny":
       cfg.model.tokenizer, cfg.model.source = cfg.model.source, "tiny"
       cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads, cfg.model.n_kv_heads, cfg.model.d_ff = 64, 2, 4, 2, 256
