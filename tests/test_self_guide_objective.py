@@ -235,18 +235,26 @@ def test_a_bad_config_names_the_field(edit, message):
     validate_config(cfg)
 
 
-def test_a_schedule_past_the_last_step_warns_that_the_run_is_the_lambda_zero_arm(caplog):
-  """A review shortened train.num_steps for a smoke run: the trapezoid's ramp (27) lay past it, so SG & GR
-  silently trained as GRPO w/ SG. Validation now says so."""
+@pytest.mark.parametrize("section,field,value,absent,messages", [
+    # A review shortened train.num_steps for a smoke run: the trapezoid's ramp (27) lay past it, so SG & GR
+    # silently trained as GRPO w/ SG.
+    ("train", "num_steps", 5, "λ stays 0", ["train.num_steps=5: λ stays 0 for the whole run"]),
+    # A review ran k = 100 on the toy (H = 14) for minutes: a window is capped at max_steps - 1, and a
+    # window with a warm start (which demonstrates whole episodes) means RL sees shorter contexts.
+    ("self_guide", "history_window", 100, "history_window",
+     ["history_window=100 >= max_steps=14: capped at 13", "the warm start demonstrates whole episodes"]),
+])
+def test_validation_warns_about_settings_that_silently_change_the_run(caplog, section, field, value, absent, messages):
   from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
   from selfrl_jax.train.builders import validate_config  # pylint: disable=import-outside-toplevel
   cfg = get_config("sg_gr")
   validate_config(cfg)
-  assert "λ stays 0" not in caplog.text
+  assert absent not in caplog.text
   with cfg.unlocked():
-    cfg.train.num_steps = 5
+    cfg[section][field] = value
   validate_config(cfg)
-  assert "train.num_steps=5: λ stays 0 for the whole run" in caplog.text
+  for message in messages:
+    assert message in caplog.text
 
 
 def test_toy_base_success_precondition_reads_about_10_to_20_percent_within_two_standard_errors():
@@ -267,19 +275,3 @@ def test_toy_base_success_precondition_reads_about_10_to_20_percent_within_two_s
   for bad in (rows(0.039), rows(0.30), rows(0.18, balanced=0.36)):
     out = self_guide_toy.claims(bad)
     assert not all(h for _, h, _ in out[:2]) and out[-1] == ("claims", None, "not evaluated: a precondition failed")
-
-
-def test_history_window_warnings_name_the_cap_and_the_whole_episode_warm_start(caplog):
-  """A window of max_steps or more is capped at max_steps - 1; a window with a warm start (which
-  demonstrates whole episodes) warns that RL sees shorter contexts. A review ran k = 100 on the toy
-  (H = 14) for minutes before this said anything."""
-  from configs.self_guide.tiny_grid import get_config  # pylint: disable=import-outside-toplevel
-  from selfrl_jax.train.builders import validate_config  # pylint: disable=import-outside-toplevel
-  cfg = get_config("sg_gr")
-  validate_config(cfg)
-  assert "history_window" not in caplog.text
-  with cfg.unlocked():
-    cfg.self_guide.history_window = 100
-  validate_config(cfg)
-  assert "history_window=100 >= max_steps=14: capped at 13" in caplog.text
-  assert "the warm start demonstrates whole episodes" in caplog.text

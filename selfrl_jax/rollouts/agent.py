@@ -42,7 +42,7 @@ from flax import struct
 
 from selfrl_jax.envs.base import EnvStep
 from selfrl_jax.models.decoder import Decoder
-from selfrl_jax.rollouts.segments import Segment, after_turn, context, pack_segments, trained_slots
+from selfrl_jax.rollouts.segments import after_turn, context, generated, pack_segments, trained_slots
 from selfrl_jax.rollouts.types import Rollout
 from selfrl_jax.sampling.sampler import SampleOutput, SamplingParams, continue_generation, generate
 
@@ -206,13 +206,14 @@ def _ended_rows_keep(step, prev, active_B):
                       failed_B=step.failed_B & active_B, done_B=step.done_B | ~active_B)
 
 
-def _turn(out: SampleOutput) -> tuple[jax.Array, ...]:
-  """What the layout keeps of a step's sample (not its cache): tokens, valid, log-probs, stopped."""
-  return out.tokens_BxN, out.valid_BxN, out.logp_BxN, out.stopped_B
+def _without_cache(out: SampleOutput) -> SampleOutput:
+  """A step's sample as the scan stacks it over steps: its cache is not kept."""
+  return out._replace(cache=None)
 
 
-def _generated(turn_arrays: tuple[jax.Array, ...], turn: int, temperature: float) -> Segment:
-  return Segment(*turn_arrays, turn=turn, temperature=temperature, trained=True)
+def _step(outs: SampleOutput, h: int) -> SampleOutput:
+  """Step h (0-based) of samples stacked over steps."""
+  return jax.tree.map(lambda x: x[h], outs)
 
 
 def _one_cache_steps(model, prompt_tokens_PxT, prompt_valid_PxT, env, keys, params, group_size, max_steps, end_ids,
@@ -238,17 +239,16 @@ def _one_cache_steps(model, prompt_tokens_PxT, prompt_valid_PxT, env, keys, para
     tokens, action_valid, guide = _env_view(out, guide_close_ids)
     state, step = env.step(state, tokens, action_valid, jax.random.fold_in(key_env, t))
     step = _ended_rows_keep(step, prev, active_B)
-    return (out.cache, state, out.stopped_B, step), (between.tokens_BxN, between_valid, _turn(out), guide, active_B, step)
+    ys = (between.tokens_BxN, between_valid, _without_cache(out), guide, active_B, step)
+    return (out.cache, state, out.stopped_B, step), ys
 
   init = (out1.cache, state, out1.stopped_B, step1)
   _, (between_tokens, between_valid, outs, guide, active, steps) = jax.lax.scan(play, init, jnp.arange(1, max_steps))
   prompt_BxT = jnp.repeat(prompt_tokens_PxT, group_size, axis=0)
   prompt_valid_BxT = jnp.repeat(prompt_valid_PxT.astype(bool), group_size, axis=0)
-  temperature = params.temperature or 1.0
-  segments_H = [[context(prompt_BxT, prompt_valid_BxT), _generated(_turn(out1), 1, temperature)]]
+  segments_H = [[context(prompt_BxT, prompt_valid_BxT), generated(out1, 1, params)]]
   for h in range(max_steps - 1):   # layout assembly at trace time: H static slices
-    out = jax.tree.map(lambda x, h=h: x[h], outs)
-    segments_H.append([context(between_tokens[h], between_valid[h]), _generated(out, h + 2, temperature)])
+    segments_H.append([context(between_tokens[h], between_valid[h]), generated(_step(outs, h), h + 2, params)])
   first = lambda a, rest: jnp.concatenate([a[None], rest])  # noqa: E731
   b = out1.tokens_BxN.shape[0]
   return segments_H, jax.tree.map(first, step1, steps), first(guide1, guide), first(jnp.ones((b,), bool), active)
@@ -288,7 +288,7 @@ def _windowed_steps(model, prompt_tokens_PxT, prompt_valid_PxT, env, keys, param
     block_valid_BxL = jnp.concatenate([out.valid_BxN, between.valid_BxN & active_B[:, None]], axis=1)
     window_BxW = jnp.concatenate([window_BxW[:, block_len:], block_BxL], axis=1)
     window_valid_BxW = jnp.concatenate([window_valid_BxW[:, block_len:], block_valid_BxL], axis=1)
-    return (state, window_BxW, window_valid_BxW, step), (ctx_BxC, ctx_valid_BxC, _turn(out), guide, active_B, step)
+    return (state, window_BxW, window_valid_BxW, step), (ctx_BxC, ctx_valid_BxC, _without_cache(out), guide, active_B, step)
 
   no_step = EnvStep(obs_BxO=jnp.zeros((b, env.obs_len), jnp.int32), obs_valid_BxO=jnp.zeros((b, env.obs_len), bool),
                     reward_B=jnp.zeros((b,)), done_B=jnp.zeros((b,), bool), success_B=jnp.zeros((b,), bool),
@@ -296,7 +296,5 @@ def _windowed_steps(model, prompt_tokens_PxT, prompt_valid_PxT, env, keys, param
                     failed_B=jnp.zeros((b,), bool))
   init = (state, jnp.zeros((b, k * block_len), jnp.int32), jnp.zeros((b, k * block_len), bool), no_step)
   _, (ctx, ctx_valid, outs, guide, active, steps) = jax.lax.scan(play, init, jnp.arange(max_steps))
-  temperature = params.temperature or 1.0
-  segments_H = [[context(ctx[h], ctx_valid[h]), _generated(jax.tree.map(lambda x, h=h: x[h], outs), h + 1, temperature)]
-                for h in range(max_steps)]
+  segments_H = [[context(ctx[h], ctx_valid[h]), generated(_step(outs, h), h + 1, params)] for h in range(max_steps)]
   return segments_H, steps, guide, active
