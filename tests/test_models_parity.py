@@ -76,25 +76,38 @@ def test_export_roundtrip_through_transformers(pair, tmp_path):
 
 def test_remat_blocks_give_the_same_loss_and_gradient_and_build_from_the_config():
   """`model.remat` (gradient checkpointing) changes memory, not results: a reference-free check
-  against the same model without it, on a sequence with padding holes."""
+  against the same model without it, on a sequence with padding holes, for each `model.remat_policy`;
+  and each policy keeps what it says for the backward pass."""
   from configs.tiny.grpo_arithmetic import get_config  # pylint: disable=import-outside-toplevel
   from selfrl_jax.train import builders  # pylint: disable=import-outside-toplevel
   cfg = get_config()
-  cfg.model.remat = True
+  cfg.model.remat, cfg.model.remat_policy = True, "dots_with_no_batch_dims_saveable"
   model, _ = builders.build_model(cfg)
-  assert model.remat_blocks
-  tokens = jnp.asarray(np.random.RandomState(2).randint(0, 20, (2, 16)))
-  valid = jnp.asarray(np.arange(16)[None] >= np.array([[0], [5]]))   # the second row left-padded
+  assert model.remat_blocks and model.remat_policy == "dots_with_no_batch_dims_saveable"
+  b, t = 2, 16
+  tokens = jnp.asarray(np.random.RandomState(2).randint(0, 20, (b, t)))
+  valid = jnp.asarray(np.arange(t)[None] >= np.array([[0], [5]]))   # the second row left-padded
 
-  def loss(params, remat):
+  def loss(params, policy):
     m = nnx.merge(graphdef, params)
-    m.remat_blocks = remat
+    m.remat_blocks, m.remat_policy = policy is not None, policy or "nothing_saveable"
     return (m.logits(forward_full(m, tokens, valid)) ** 2).mean()
 
   graphdef, params = nnx.split(model)
-  plain, remat = (jax.value_and_grad(loss)(params, flag) for flag in (False, True))
-  np.testing.assert_allclose(float(plain[0]), float(remat[0]), rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  policies = (None, "nothing_saveable", "dots_with_no_batch_dims_saveable")
+  plain, *remat = (jax.value_and_grad(loss)(params, policy) for policy in policies)
+  for value, grads in remat:
+    np.testing.assert_allclose(float(plain[0]), float(value), rtol=1e-6)
+    for a, g in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(g), rtol=1e-5, atol=1e-7)
   # ...and the backward pass does recompute: the checkpointed program holds a remat region.
-  assert "remat" in str(jax.make_jaxpr(lambda p: jax.grad(loss)(p, True))(params))
+  assert "remat" in str(jax.make_jaxpr(lambda p: jax.grad(loss)(p, "nothing_saveable"))(params))
+  # What the backward pass keeps (the residuals of `jax.vjp`, bytes): keeping the Linear outputs adds
+  # exactly those a backward needs per block, q, k, v, o, gate and up ([B*T, width] float32 each;
+  # down's output only feeds the residual stream, whose sum is the next block's saved input).
+  kept = {p: sum(x.nbytes for x in jax.tree.leaves(jax.vjp(lambda w, p=p: loss(w, p), params)[1])) for p in policies}
+  c = model.cfg
+  linear_outputs = c.n_layers * b * t * 4 * (c.n_heads * c.head_dim + 2 * c.n_kv_heads * c.head_dim + c.d_model
+                                              + 2 * c.d_ff)
+  assert kept["dots_with_no_batch_dims_saveable"] - kept["nothing_saveable"] == linear_outputs
+  assert kept[None] > kept["dots_with_no_batch_dims_saveable"]

@@ -24,6 +24,7 @@ def test_check_resume_config_names_changed_fields_and_allows_bookkeeping():
   saved = config_json(_cfg())
   cfg = _cfg()
   cfg.train.num_steps, cfg.rl.mode, cfg.mesh.fsdp = 10, "split", 2  # resumable changes
+  cfg.model.remat, cfg.model.remat_policy = True, "dots_with_no_batch_dims_saveable"  # memory, not results
   check_resume_config(saved, cfg)
   cfg.optim.learning_rate, cfg.rl.kl_coef = 1e-3, 0.1
   with pytest.raises(ConfigError, match=r"optim.learning_rate: saved 0.0005, now 0.001; rl.kl_coef: saved 0.0, now 0.1"):

@@ -214,6 +214,7 @@ def test_out_of_memory_names_the_fields_that_trade_memory(tmp_path, monkeypatch)
     ("sft.task_params", {"num_digits": 0}, "config.sft.task_params: arithmetic: num_digits must be >= 1"),
     ("sft.task_params", {"seed": 3}, "config.sft.task_params: may not override seed or splits"),
     ("model.param_dtype", "bfloat16", r"config.model.param_dtype: 'bfloat16' weights cannot take updates of optim.learning_rate=1e-06"),
+    ("model.remat_policy", "dots_saveable", r"config.model.remat_policy: 'dots_saveable' is not one of \['dots_with_no_batch_dims_saveable', 'nothing_saveable'\]"),
 ])
 def test_inconsistent_config_names_the_field(field, value, message):
   cfg = get_config()

@@ -2,6 +2,7 @@ r"""One GRPO iteration on SmolLM2-135M-Instruct: our train step vs TRL's `GRPOTr
 
   python -m experiments.benchmarks.bench_grpo_real                       # ours (fused + phases) and TRL
   python -m experiments.benchmarks.bench_grpo_real --sides=ours,phases --repeats=1
+  python -m experiments.benchmarks.bench_grpo_real --tiny                # the tiny random Llama
 
 Workload (issue 16; identical on each side): SmolLM2-135M-Instruct in float32 from the packaged
 GGUF; P = 8 prompts x G = 8 completions; the prompt "What is a+b? Answer with just the number."
@@ -9,7 +10,15 @@ GGUF; P = 8 prompts x G = 8 completions; the prompt "What is a+b? Answer with ju
 TRL: `min_new_tokens`); temperature 1; beta = 0.04 against a frozen reference (k3); clip 0.2 / 0.28;
 token-mean loss over the batch; one optimizer step over 4 micro-batches of 16; AdamW lr 1e-6,
 no weight decay, global-norm clip 1.0. The reward is the fraction of digit tokens in the
-completion (cheap on both sides: this measures the RL machinery, not a verifier).
+completion (cheap on both sides: this measures the RL machinery, not a verifier). Ours computes
+log-probs in chunks of 512 positions and checkpoints each block keeping only its Linear outputs
+(`--logprob_chunk`, `--remat_policy`: memory settings, the results are the same; `--logprob_chunk=0
+--remat_policy=none` is what the issue measured).
+
+`--tiny` swaps the model and prompts for issue 16's overhead-bound case: a random Llama (d 128,
+4 layers, 4/2 heads, d_ff 384, vocab 64 characters, seed 0), 7-character digit prompts without a chat
+template, exactly 64 new tokens; everything else as above. The parent process writes it once as a
+Hugging Face folder (`hf_io.save_hf`) that both sides load.
 
 Sides, each in its own process, `--repeats` processes each:
   ours    the fused iteration (`rl.mode=fused`): seconds per iteration after the first, first
@@ -17,7 +26,9 @@ Sides, each in its own process, `--repeats` processes each:
   phases  split mode, each segment timed on its own: rollout (sampling), reward (host), update
           (reference log-probs + micro-batched forward/backward + AdamW), with the FLOP/s of
           rollout and update over the measured f32 matmul peak.
-  trl     TRL `GRPOTrainer` (optional: pip install trl==1.16.0 datasets), seconds per optimizer step.
+  trl     TRL `GRPOTrainer`, seconds per optimizer step. Optional, outside the dev venv:
+          `pip install --target /tmp/trl --no-deps trl==1.16.0`, then run with PYTHONPATH=/tmp/trl
+          (its dependencies, datasets and accelerate among them, are already in the dev venv).
 Run on an idle machine; the printed figures are medians with their range over processes.
 """
 
@@ -36,20 +47,58 @@ from experiments.benchmarks.sides import passthrough_flags, peak_rss_mb, spawn, 
 _SIDES = flags.DEFINE_list("sides", ["ours", "phases", "trl"], "Sides to run: ours, phases, trl.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
 _ITERS = flags.DEFINE_integer("iterations", 3, "Timed iterations per process, after one untimed.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "New tokens per completion (exactly).")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", None, "New tokens per completion (exactly; default 128, 64 with --tiny).")
+_TINY = flags.DEFINE_bool("tiny", False, "The tiny random Llama with 7-token prompts instead of SmolLM2.")
 _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this process and print JSON.")
+_MICRO = flags.DEFINE_integer("micro_batch", 16, "Rows per micro-batch of the one optimizer step (both sides).")
+_CHUNK = flags.DEFINE_integer("logprob_chunk", 512, "Ours: rl.logprob_chunk (0 = unchunked log-probs).")
+_REMAT = flags.DEFINE_enum("remat_policy", "dots_with_no_batch_dims_saveable",
+                           ["none", "nothing_saveable", "dots_with_no_batch_dims_saveable"],
+                           "Ours: model.remat_policy with model.remat on, or none (model.remat off).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Internal: the tiny model's folder, written by the parent.")
 _COMPUTE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                              "Matmul dtype on both sides (weights, optimizer and the loss stay float32): float32 is "
                              "issue 16's workload; bfloat16 is mixed precision (ours: model.compute_dtype; TRL: "
                              "GRPOConfig(bf16=True), torch autocast).")
 
-P, G, MICRO, BETA, LR = 8, 8, 16, 0.04, 1e-6
+P, G, BETA, LR = 8, 8, 0.04, 1e-6
 QUESTION = "What is {a}+{b}? Answer with just the number."
 
 
-def _questions(count: int) -> list[str]:
+TINY_PROMPT_LEN = 7
+TINY_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY"  # 61 + <pad>, <eos>, <unk> = 64
+
+
+def _new_tokens() -> int:
+  return _NEW_TOKENS.value or (64 if _TINY.value else 128)
+
+
+def _prompts(count: int) -> list:
+  """TRL's dataset prompts: chat messages for SmolLM2, plain digit strings for the tiny model."""
   rs = np.random.RandomState(0)
-  return [QUESTION.format(a=a, b=b) for a, b in rs.randint(10, 100, (count, 2))]
+  if _TINY.value:
+    return ["".join(map(str, rs.randint(0, 10, TINY_PROMPT_LEN))) for _ in range(count)]
+  return [[{"role": "user", "content": QUESTION.format(a=a, b=b)}] for a, b in rs.randint(10, 100, (count, 2))]
+
+
+def _write_tiny_model(directory: str) -> None:
+  """The tiny random Llama and a 64-symbol character tokenizer, as a Hugging Face folder."""
+  # pylint: disable=import-outside-toplevel
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+  from selfrl_jax.models.config import ModelConfig
+  from selfrl_jax.models.decoder import init_model
+  from selfrl_jax.models.hf_io import save_hf
+  from selfrl_jax.models.tokenizers import HFTokenizer
+  vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(TINY_CHARS)}}
+  chars = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  chars.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+  chars.decoder = decoders.Fuse()
+  tok = HFTokenizer(PreTrainedTokenizerFast(tokenizer_object=chars, pad_token="<pad>", eos_token="<eos>",
+                                            unk_token="<unk>"))
+  cfg = ModelConfig(family="llama", vocab_size=len(vocab), d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+                    head_dim=32, d_ff=384, rms_eps=1e-5, tie_embeddings=True)
+  save_hf(init_model(cfg, seed=0), directory, tokenizer=tok)
 
 
 def _our_setup():
@@ -62,16 +111,19 @@ def _our_setup():
   from selfrl_jax.models.loading import load_model
   from selfrl_jax.sampling.sampler import SamplingParams
   from selfrl_jax.train.builders import build_algorithm
-  model, tok = load_model("smollm2", compute_dtype=_COMPUTE.value)
+  model, tok = load_model(_MODEL_DIR.value or "smollm2", compute_dtype=_COMPUTE.value)
+  if _REMAT.value != "none":
+    model.remat_blocks, model.remat_policy = True, _REMAT.value
   steps = 1 + _ITERS.value
-  prompts = [tok.apply_chat_template([{"role": "user", "content": q}]) for q in _questions(P * steps)]
+  prompts = [tok.encode(p) if _TINY.value else tok.apply_chat_template(p) for p in _prompts(P * steps)]
   if len({len(p) for p in prompts}) != 1:
     raise RuntimeError(f"prompt lengths differ: {sorted({len(p) for p in prompts})}")
   cfg = get_base_config()
   rl = cfg.rl
-  rl.prompts_per_step, rl.group_size, rl.max_new_tokens, rl.temperature = P, G, _NEW_TOKENS.value, 1.0
+  rl.prompts_per_step, rl.group_size, rl.max_new_tokens, rl.temperature = P, G, _new_tokens(), 1.0
   rl.max_prompt_len, rl.kl_coef, rl.kl_estimator = len(prompts[0]), BETA, "k3"
-  rl.num_epochs, rl.num_minibatches, rl.micro_batch_size = 1, 1, MICRO
+  rl.num_epochs, rl.num_minibatches, rl.micro_batch_size = 1, 1, _MICRO.value
+  rl.logprob_chunk = _CHUNK.value
   rl.advantage, rl.loss_agg, rl.clip_low, rl.clip_high = "grpo", "token_mean", 0.2, 0.28
   cfg.optim.learning_rate, cfg.optim.grad_clip, cfg.optim.weight_decay = LR, 1.0, 0.0
   table_V = jnp.asarray(digit_table(tok))
@@ -83,7 +135,7 @@ def _our_setup():
 
   algorithm = dataclasses.replace(
       build_algorithm(cfg, tok), reward_fn=digit_fraction,
-      sampling=SamplingParams(max_new_tokens=_NEW_TOKENS.value, temperature=1.0, stop_ids=(), pad_id=tok.pad_id))
+      sampling=SamplingParams(max_new_tokens=_new_tokens(), temperature=1.0, stop_ids=(), pad_id=tok.pad_id))
   return model, tok, cfg, algorithm, np.asarray(prompts, np.int32)
 
 
@@ -122,8 +174,8 @@ def _ours(mode: str) -> dict:
         phases.setdefault(name, []).append(value)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-    print(f"  {mode} iteration {i}: {times[-1]:.1f} s", flush=True)
-  mcfg, t, n, b = model.cfg, prompt_ids.shape[1], _NEW_TOKENS.value, P * G
+    print(f"  {mode} iteration {i}: {times[-1]:.3f} s", flush=True)
+  mcfg, t, n, b = model.cfg, prompt_ids.shape[1], _new_tokens(), P * G
   s = t + n
   flops = {"rollout": (P * t + b * n) * roofline.matmul_flops_per_token(mcfg, s),
            # forward + backward, plus the reference forward (a third of it)
@@ -142,8 +194,14 @@ def _trl() -> dict:
   from experiments.benchmarks.grpo_common import digit_table, trl_step_timer
   from selfrl_jax.models.gguf_io import smollm2_gguf_path
   from selfrl_jax.models.tokenizers import HFTokenizer
-  directory, name = os.path.split(smollm2_gguf_path())
-  digit_set = set(np.flatnonzero(digit_table(HFTokenizer.from_gguf(smollm2_gguf_path()))).tolist())
+  if _MODEL_DIR.value:
+    directory, files = _MODEL_DIR.value, {}
+    ours_tok = HFTokenizer.from_directory(directory)
+  else:
+    directory, name = os.path.split(smollm2_gguf_path())
+    files = {"gguf_file": name}
+    ours_tok = HFTokenizer.from_gguf(smollm2_gguf_path())
+  digit_set = set(np.flatnonzero(digit_table(ours_tok)).tolist())
   lengths = []
 
   def digit_fraction(completions, completion_ids, **kwargs):
@@ -154,18 +212,17 @@ def _trl() -> dict:
   steps = 1 + _ITERS.value
   with tempfile.TemporaryDirectory() as tmp:
     config = GRPOConfig(
-        output_dir=tmp, per_device_train_batch_size=MICRO, gradient_accumulation_steps=P * G // MICRO,
-        num_generations=G, max_completion_length=_NEW_TOKENS.value,
-        generation_kwargs={"min_new_tokens": _NEW_TOKENS.value}, temperature=1.0, top_p=1.0, top_k=0,
+        output_dir=tmp, per_device_train_batch_size=_MICRO.value, gradient_accumulation_steps=P * G // _MICRO.value,
+        num_generations=G, max_completion_length=_new_tokens(),
+        generation_kwargs={"min_new_tokens": _new_tokens()}, temperature=1.0, top_p=1.0, top_k=0,
         beta=BETA, num_iterations=1, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         max_steps=steps, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=True, bf16=_COMPUTE.value == "bfloat16", seed=0, dataloader_num_workers=0, shuffle_dataset=False,
         gradient_checkpointing=False, log_completions=False)
-    dataset = datasets.Dataset.from_dict(
-        {"prompt": [[{"role": "user", "content": q}] for q in _questions(P * steps)]})
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    dataset = datasets.Dataset.from_dict({"prompt": _prompts(P * steps)})
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **files)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **files)
     timer = trl_step_timer()
     GRPOTrainer(model=model, reward_funcs=digit_fraction, args=config, train_dataset=dataset,
                 processing_class=tokenizer, callbacks=[timer]).train()
@@ -181,14 +238,24 @@ def main(argv):
     side = _SIDE.value
     print(json.dumps(_trl() if side == "trl" else _ours("fused" if side == "ours" else "split")))
     return
-  extra = passthrough_flags(("--side", "--sides", "--repeats"))
+  with tempfile.TemporaryDirectory() as tmp:
+    extra = passthrough_flags(("--side", "--sides", "--repeats"))
+    if _TINY.value:
+      _write_tiny_model(tmp)
+      extra.append(f"--model_dir={tmp}")
+    _run_sides(extra)
+
+
+def _run_sides(extra: list[str]) -> None:
   module = "experiments.benchmarks.bench_grpo_real"
-  print(f"machine: {os.cpu_count()} cores; {_COMPUTE.value} matmuls; P={P} x G={G}, {_NEW_TOKENS.value} new tokens, beta {BETA}, "
-        f"{P * G // MICRO} micro-batches of {MICRO}; {_REPEATS.value} processes per side, {_ITERS.value} timed "
+  model = "tiny random Llama (d 128, 4 layers, vocab 64)" if _TINY.value else "SmolLM2-135M-Instruct"
+  print(f"machine: {os.cpu_count()} cores; {model}, {_COMPUTE.value} matmuls; P={P} x G={G}, {_new_tokens()} new tokens, beta {BETA}, "
+        f"{P * G // _MICRO.value} micro-batches of {_MICRO.value}; {_REPEATS.value} processes per side, {_ITERS.value} timed "
         "iterations each")
   for side in _SIDES.value:
     runs = [spawn(module, side, extra) for _ in range(_REPEATS.value)]
-    print(f"{side:>6}: s/iteration {summary([r['iter_s'] for r in runs], '.1f')}; first iteration "
+    digits = ".3f" if _TINY.value else ".1f"
+    print(f"{side:>6}: s/iteration {summary([r['iter_s'] for r in runs], digits)}; first iteration "
           f"{summary([r['first_s'] for r in runs], '.1f')} s; peak RSS "
           f"{summary([r['peak_rss_mb'] / 1024 for r in runs], '.2f')} GiB", flush=True)
     if side == "trl":
@@ -196,7 +263,7 @@ def main(argv):
     if side == "phases":
       for name in runs[0]["phases"]:
         seconds = [statistics.median(r["phases"][name]) for r in runs]
-        line = f"        {name:>8}: s {summary(seconds, '.2f')}"
+        line = f"        {name:>8}: s {summary(seconds, '.3f' if _TINY.value else '.2f')}"
         if name in runs[0]["flops"]:
           fractions = [100 * r["flops"][name] / statistics.median(r["phases"][name]) / r["peak_flops"] for r in runs]
           line += f"; % of peak {summary(fractions, '.1f')}"

@@ -10,6 +10,7 @@ second turn (see `selfrl_jax.sampling`).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -196,16 +197,32 @@ class Backbone(nnx.Module):
                         param_dtype=jnp.dtype(cfg.param_dtype))
 
 
-def _checkpointed_blocks(layers, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
+# What the backward pass of a checkpointed block keeps (`model.remat_policy`), by the names of
+# `jax.checkpoint_policies`. At SmolLM2-135M's shape (GRPO update, micro-batch 16 x 173 slots) the
+# fused step's XLA temporaries are 6.3 GB without checkpointing, 3.3 GB keeping the Linear
+# outputs, 2.0 GB keeping nothing (experiments/benchmarks/README.md).
+REMAT_POLICIES = {
+    # Recompute the whole block: least memory, one more forward pass of the blocks.
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    # Keep the outputs of the 2-D matmuls (the Linear layers: q/k/v/o, gate/up/down), recompute
+    # attention scores and probabilities, norms, RoPE and the SwiGLU product: the [B, heads, S, S]
+    # tensors are what grows with the sequence, and recomputing them costs a few % of a block.
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _checkpointed_blocks(layers, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+                         policy: str) -> jax.Array:
   """The blocks of an uncached forward as one `lax.scan` over their stacked weights, each step a
-  `jax.checkpoint`: the backward pass keeps only each block's input and recomputes the rest, one
-  block at a time. (A checkpoint around each block of the unrolled Python loop saved nothing on
-  XLA:CPU: 4 rows x 1300 slots, 576 wide, took 1 GB of temporaries per block with or without it; the
-  scan takes 40 MB per block more than one block, measured with `compiled.memory_analysis()`.)"""
+  `jax.checkpoint` with `REMAT_POLICIES[policy]`: the backward pass keeps each block's input (and
+  what the policy saves) and recomputes the rest, one block at a time. (A checkpoint around each
+  block of the unrolled Python loop saved nothing on XLA:CPU: 4 rows x 1300 slots, 576 wide, took
+  1 GB of temporaries per block with or without it; the scan takes 40 MB per block more than one
+  block, measured with `compiled.memory_analysis()`.)"""
   graphdef, _ = nnx.split(layers[0])
   stacked = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.split(layer)[1] for layer in layers])
 
-  @jax.checkpoint
+  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[policy])
   def block(x_BxTxD, weights):
     return nnx.merge(graphdef, weights)(x_BxTxD, positions_BxT, mask_BxTxS)[0], None
   return jax.lax.scan(block, x_BxTxD, stacked)[0]
@@ -220,9 +237,11 @@ class Decoder(nnx.Module):
   `remat_blocks` (static; `model.remat` in a config) recomputes each block in the backward pass of
   an uncached forward (gradient checkpointing): the gradient then keeps one block's attention
   scores [B, heads, S, S] at a time instead of every layer's, for about one more forward pass.
+  `remat_policy` (static; `model.remat_policy`) names what each block keeps (`REMAT_POLICIES`).
   """
 
   remat_blocks: bool = False
+  remat_policy: str = "nothing_saveable"
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -248,7 +267,8 @@ class Decoder(nnx.Module):
     x = self.model.embed_tokens(tokens_BxT)
     new_k, new_v = [], []
     if kv is None and self.remat_blocks:
-      return self.model.norm(_checkpointed_blocks(self.model.layers, x, positions_BxT, mask_BxTxS)), None
+      hidden = _checkpointed_blocks(self.model.layers, x, positions_BxT, mask_BxTxS, self.remat_policy)
+      return self.model.norm(hidden), None
     for i, layer in enumerate(self.model.layers):
       layer_kv = None if kv is None else (kv.k_BxKxHxS[i], kv.v_BxKxSxH[i])
       x, layer_new_kv = layer(x, positions_BxT, mask_BxTxS, layer_kv, write_index)

@@ -25,7 +25,7 @@ from selfrl_jax.data.pipeline import make_prompt_iterator
 from selfrl_jax.data.records import normalize_record
 from selfrl_jax.data.tasks import TASKS, make_task
 from selfrl_jax.models.config import ModelConfig
-from selfrl_jax.models.decoder import Decoder, init_model
+from selfrl_jax.models.decoder import REMAT_POLICIES, Decoder, init_model
 from selfrl_jax.models.loading import load_model, load_tokenizer, resolve_checkpoint
 from selfrl_jax.models.tokenizers import CharTokenizer, Tokenizer
 from selfrl_jax.rewards.host import CodeTestReward, MathAnswerReward
@@ -96,6 +96,8 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"'bfloat16' weights cannot take updates of optim.learning_rate={cfg.optim.learning_rate:g}: each one is below "
          "half a bfloat16 step for any weight larger than lr * 2^8, so it rounds to nothing. Keep param_dtype='float32' "
          "and set compute_dtype='bfloat16' for bfloat16 matmuls")
+  _check(cfg.model.get("remat_policy", "nothing_saveable") in REMAT_POLICIES, "model.remat_policy",
+         f"{cfg.model.get('remat_policy')!r} is not one of {sorted(REMAT_POLICIES)}")
   _check(cfg.task.valid_size % cfg.train.eval_batch_size == 0, "task.valid_size",
          f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.train.eval_size % cfg.train.eval_batch_size == 0, "train.eval_size",
@@ -165,6 +167,7 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
     model = init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed)
   if m.get("remat", False):
     model.remat_blocks = True
+    model.remat_policy = m.get("remat_policy", "nothing_saveable")
   return model, tok
 
 
@@ -296,7 +299,7 @@ def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSe
 
 # Fields a resumed run may change: bookkeeping, evaluation, layout on the machine, and settings that
 # only change how the same update is computed (fused vs split mode, micro-batching, log-prob chunks).
-RESUMABLE_CHANGES = ("train.", "mesh.", "rl.mode", "rl.micro_batch_size", "rl.logprob_chunk")
+RESUMABLE_CHANGES = ("train.", "mesh.", "rl.mode", "rl.micro_batch_size", "rl.logprob_chunk", "model.remat")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

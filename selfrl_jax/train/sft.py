@@ -178,5 +178,5 @@ def cached_warm_start(model: Decoder, cache_root: str, settings: dict,
   loaded = load_hf(directory, param_dtype=model.cfg.param_dtype, compute_dtype=model.cfg.compute_dtype)[0]
   # The file holds weights only: the run's static choices (model.remat) come from the model it was asked
   # for. A reused SmolLM2 warm start without them asked 34 GB for a text-game update that fits in 3.
-  loaded.remat_blocks = model.remat_blocks
+  loaded.remat_blocks, loaded.remat_policy = model.remat_blocks, model.remat_policy
   return loaded
