@@ -4,8 +4,9 @@ r"""One GRPO iteration on SmolLM2-135M-Instruct: our train step vs TRL's `GRPOTr
   python -m experiments.benchmarks.bench_grpo_real --sides=ours,phases --repeats=1
   python -m experiments.benchmarks.bench_grpo_real --tiny                # the tiny random Llama
 
-Workload (issue 16; identical on each side): SmolLM2-135M-Instruct in float32 from the packaged
-GGUF; P = 8 prompts x G = 8 completions; the prompt "What is a+b? Answer with just the number."
+Workload (issue 16; identical on each side): SmolLM2-135M-Instruct in float32 (the packaged
+GGUF, dequantised and written once by the parent process as a Hugging Face folder both sides
+load); P = 8 prompts x G = 8 completions; the prompt "What is a+b? Answer with just the number."
 (two-digit a, b) through the chat template; exactly `new_tokens` new tokens (no stop token;
 TRL: `min_new_tokens`); temperature 1; beta = 0.04 against a frozen reference (k3); clip 0.2 / 0.28;
 token-mean loss over the batch; one optimizer step over 4 micro-batches of 16; AdamW lr 1e-6,
@@ -17,8 +18,7 @@ log-probs in chunks of 512 positions and checkpoints each block keeping only its
 
 `--tiny` swaps the model and prompts for issue 16's overhead-bound case: a random Llama (d 128,
 4 layers, 4/2 heads, d_ff 384, vocab 64 characters, seed 0), 7-character digit prompts without a chat
-template, exactly 64 new tokens; everything else as above. The parent process writes it once as a
-Hugging Face folder (`hf_io.save_hf`) that both sides load.
+template, exactly 64 new tokens; everything else as above (also written once as a folder).
 
 Sides, each in its own process, `--repeats` processes each:
   ours    the fused iteration (`rl.mode=fused`): seconds per iteration after the first, first
@@ -55,7 +55,7 @@ _CHUNK = flags.DEFINE_integer("logprob_chunk", 512, "Ours: rl.logprob_chunk (0 =
 _REMAT = flags.DEFINE_enum("remat_policy", "dots_with_no_batch_dims_saveable",
                            ["none", "nothing_saveable", "dots_with_no_batch_dims_saveable"],
                            "Ours: model.remat_policy with model.remat on, or none (model.remat off).")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Internal: the tiny model's folder, written by the parent.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Internal: the model's Hugging Face folder, written by the parent.")
 _COMPUTE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                              "Matmul dtype on both sides (weights, optimizer and the loss stay float32): float32 is "
                              "issue 16's workload; bfloat16 is mixed precision (ours: model.compute_dtype; TRL: "
@@ -79,6 +79,16 @@ def _prompts(count: int) -> list:
   if _TINY.value:
     return ["".join(map(str, rs.randint(0, 10, TINY_PROMPT_LEN))) for _ in range(count)]
   return [[{"role": "user", "content": QUESTION.format(a=a, b=b)}] for a, b in rs.randint(10, 100, (count, 2))]
+
+
+def _write_smollm2(directory: str) -> None:
+  """SmolLM2-135M-Instruct dequantised from the packaged GGUF, as a float32 Hugging Face folder.
+  (transformers 5 marks a model it loads from GGUF as quantised, and `Trainer` refuses to train it.)"""
+  # pylint: disable=import-outside-toplevel
+  from selfrl_jax.models.hf_io import save_hf
+  from selfrl_jax.models.loading import load_model
+  model, tok = load_model("smollm2")
+  save_hf(model, directory, tokenizer=tok)
 
 
 def _write_tiny_model(directory: str) -> None:
@@ -111,7 +121,7 @@ def _our_setup():
   from selfrl_jax.models.loading import load_model
   from selfrl_jax.sampling.sampler import SamplingParams
   from selfrl_jax.train.builders import build_algorithm
-  model, tok = load_model(_MODEL_DIR.value or "smollm2", compute_dtype=_COMPUTE.value)
+  model, tok = load_model(_MODEL_DIR.value, compute_dtype=_COMPUTE.value)
   if _REMAT.value != "none":
     model.remat_blocks, model.remat_policy = True, _REMAT.value
   steps = 1 + _ITERS.value
@@ -192,16 +202,9 @@ def _trl() -> dict:
   from transformers import AutoModelForCausalLM, AutoTokenizer
   from trl import GRPOConfig, GRPOTrainer
   from experiments.benchmarks.grpo_common import digit_table, trl_step_timer
-  from selfrl_jax.models.gguf_io import smollm2_gguf_path
   from selfrl_jax.models.tokenizers import HFTokenizer
-  if _MODEL_DIR.value:
-    directory, files = _MODEL_DIR.value, {}
-    ours_tok = HFTokenizer.from_directory(directory)
-  else:
-    directory, name = os.path.split(smollm2_gguf_path())
-    files = {"gguf_file": name}
-    ours_tok = HFTokenizer.from_gguf(smollm2_gguf_path())
-  digit_set = set(np.flatnonzero(digit_table(ours_tok)).tolist())
+  directory = _MODEL_DIR.value
+  digit_set = set(np.flatnonzero(digit_table(HFTokenizer.from_directory(directory))).tolist())
   lengths = []
 
   def digit_fraction(completions, completion_ids, **kwargs):
@@ -221,8 +224,8 @@ def _trl() -> dict:
         use_cpu=True, bf16=_COMPUTE.value == "bfloat16", seed=0, dataloader_num_workers=0, shuffle_dataset=False,
         gradient_checkpointing=False, log_completions=False)
     dataset = datasets.Dataset.from_dict({"prompt": _prompts(P * steps)})
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **files)
-    tokenizer = AutoTokenizer.from_pretrained(directory, **files)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
     timer = trl_step_timer()
     GRPOTrainer(model=model, reward_funcs=digit_fraction, args=config, train_dataset=dataset,
                 processing_class=tokenizer, callbacks=[timer]).train()
@@ -240,9 +243,8 @@ def main(argv):
     return
   with tempfile.TemporaryDirectory() as tmp:
     extra = passthrough_flags(("--side", "--sides", "--repeats"))
-    if _TINY.value:
-      _write_tiny_model(tmp)
-      extra.append(f"--model_dir={tmp}")
+    (_write_tiny_model if _TINY.value else _write_smollm2)(tmp)
+    extra.append(f"--model_dir={tmp}")
     _run_sides(extra)
 
 
