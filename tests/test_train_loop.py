@@ -203,6 +203,17 @@ def test_out_of_memory_names_the_fields_that_trade_memory(tmp_path, monkeypatch)
     train(cfg, str(tmp_path))
 
 
+def test_a_remat_policy_without_remat_warns(caplog):
+  cfg = get_config()
+  cfg.model.remat_policy = "dots_with_no_batch_dims_saveable"
+  validate_config(cfg)
+  assert "config.model.remat_policy: 'dots_with_no_batch_dims_saveable' has no effect while model.remat is False" in caplog.text
+  caplog.clear()
+  cfg.model.remat = True
+  validate_config(cfg)
+  assert "remat_policy" not in caplog.text
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("rl.num_minibatches", 3, "not divisible by num_minibatches=3"),
     ("rl.micro_batch_size", 48, "not divisible by micro_batch_size=48"),
@@ -452,8 +463,9 @@ def test_a_damaged_cached_warm_start_is_rebuilt_not_reused(tmp_path, caplog):
   assert "model.safetensors differs from the recorded SHA-256" in caplog.text
   assert len(list(tmp_path.glob("sft_*.damaged-*"))) == 1
   remat = make()
-  remat.remat_blocks = True
-  assert cached_warm_start(remat, str(tmp_path), {"a": 1}, build).remat_blocks  # the run's static choice survives
+  remat.remat_blocks, remat.remat_policy = True, "dots_with_no_batch_dims_saveable"
+  loaded = cached_warm_start(remat, str(tmp_path), {"a": 1}, build)
+  assert (loaded.remat_blocks, loaded.remat_policy) == (True, "dots_with_no_batch_dims_saveable")  # the run's static choices survive
   assert len(calls) == 2  # the rebuilt one is intact and reused
 
 

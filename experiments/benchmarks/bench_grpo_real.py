@@ -13,8 +13,8 @@ token-mean loss over the batch; one optimizer step over 4 micro-batches of 16; A
 no weight decay, global-norm clip 1.0. The reward is the fraction of digit tokens in the
 completion (cheap on both sides: this measures the RL machinery, not a verifier). Ours computes
 log-probs in chunks of 512 positions and checkpoints each block keeping only its Linear outputs
-(`--logprob_chunk`, `--remat_policy`: memory settings, the results are the same; `--logprob_chunk=0
---remat_policy=none` is what the issue measured).
+(`--logprob_chunk`, `--remat_policy`: memory settings, the same results up to float32 rounding;
+`--logprob_chunk=0 --remat_policy=off` is what the issue measured).
 
 `--tiny` swaps the model and prompts for issue 16's overhead-bound case: a random Llama (d 128,
 4 layers, 4/2 heads, d_ff 384, vocab 64 characters, seed 0), 7-character digit prompts without a chat
@@ -42,7 +42,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from experiments.benchmarks.sides import passthrough_flags, peak_rss_mb, spawn, summary
+from experiments.benchmarks.sides import load_note, passthrough_flags, peak_rss_mb, spawn, summary
 
 _SIDES = flags.DEFINE_list("sides", ["ours", "phases", "trl"], "Sides to run: ours, phases, trl.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per side.")
@@ -53,8 +53,8 @@ _SIDE = flags.DEFINE_string("side", None, "Internal: run one side in this proces
 _MICRO = flags.DEFINE_integer("micro_batch", 16, "Rows per micro-batch of the one optimizer step (both sides).")
 _CHUNK = flags.DEFINE_integer("logprob_chunk", 512, "Ours: rl.logprob_chunk (0 = unchunked log-probs).")
 _REMAT = flags.DEFINE_enum("remat_policy", "dots_with_no_batch_dims_saveable",
-                           ["none", "nothing_saveable", "dots_with_no_batch_dims_saveable"],
-                           "Ours: model.remat_policy with model.remat on, or none (model.remat off).")
+                           ["off", "nothing_saveable", "dots_with_no_batch_dims_saveable"],
+                           "Ours: model.remat_policy with model.remat on, or off (model.remat off).")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Internal: the model's Hugging Face folder, written by the parent.")
 _COMPUTE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                              "Matmul dtype on both sides (weights, optimizer and the loss stay float32): float32 is "
@@ -70,11 +70,12 @@ TINY_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY"  # 
 
 
 def _new_tokens() -> int:
-  return _NEW_TOKENS.value or (64 if _TINY.value else 128)
+  return _NEW_TOKENS.value if _NEW_TOKENS.value is not None else (64 if _TINY.value else 128)
 
 
 def _prompts(count: int) -> list:
-  """TRL's dataset prompts: chat messages for SmolLM2, plain digit strings for the tiny model."""
+  """Both sides' prompts: chat messages for SmolLM2 (TRL's conversational format; ours applies the
+  chat template), plain digit strings for the tiny model."""
   rs = np.random.RandomState(0)
   if _TINY.value:
     return ["".join(map(str, rs.randint(0, 10, TINY_PROMPT_LEN))) for _ in range(count)]
@@ -120,10 +121,8 @@ def _our_setup():
   from experiments.benchmarks.grpo_common import digit_table
   from selfrl_jax.models.loading import load_model
   from selfrl_jax.sampling.sampler import SamplingParams
-  from selfrl_jax.train.builders import build_algorithm
+  from selfrl_jax.train.builders import apply_remat, build_algorithm, validate_config
   model, tok = load_model(_MODEL_DIR.value, compute_dtype=_COMPUTE.value)
-  if _REMAT.value != "none":
-    model.remat_blocks, model.remat_policy = True, _REMAT.value
   steps = 1 + _ITERS.value
   prompts = [tok.encode(p) if _TINY.value else tok.apply_chat_template(p) for p in _prompts(P * steps)]
   if len({len(p) for p in prompts}) != 1:
@@ -136,6 +135,11 @@ def _our_setup():
   rl.logprob_chunk = _CHUNK.value
   rl.advantage, rl.loss_agg, rl.clip_low, rl.clip_high = "grpo", "token_mean", 0.2, 0.28
   cfg.optim.learning_rate, cfg.optim.grad_clip, cfg.optim.weight_decay = LR, 1.0, 0.0
+  cfg.model.remat = _REMAT.value != "off"
+  if cfg.model.remat:
+    cfg.model.remat_policy = _REMAT.value
+  validate_config(cfg, num_devices=1)
+  apply_remat(model, cfg.model)
   table_V = jnp.asarray(digit_table(tok))
 
   def digit_fraction(rollout, batch):
@@ -242,6 +246,8 @@ def main(argv):
     print(json.dumps(_trl() if side == "trl" else _ours("fused" if side == "ours" else "split")))
     return
   with tempfile.TemporaryDirectory() as tmp:
+    if (P * G) % _MICRO.value:
+      raise app.UsageError(f"--micro_batch={_MICRO.value} does not divide the {P * G} rollouts")
     extra = passthrough_flags(("--side", "--sides", "--repeats"))
     (_write_tiny_model if _TINY.value else _write_smollm2)(tmp)
     extra.append(f"--model_dir={tmp}")
@@ -252,8 +258,8 @@ def _run_sides(extra: list[str]) -> None:
   module = "experiments.benchmarks.bench_grpo_real"
   model = "tiny random Llama (d 128, 4 layers, vocab 64)" if _TINY.value else "SmolLM2-135M-Instruct"
   print(f"machine: {os.cpu_count()} cores; {model}, {_COMPUTE.value} matmuls; P={P} x G={G}, {_new_tokens()} new tokens, beta {BETA}, "
-        f"{P * G // _MICRO.value} micro-batches of {_MICRO.value}; {_REPEATS.value} processes per side, {_ITERS.value} timed "
-        "iterations each")
+        f"{P * G // _MICRO.value} micro-batches of {_MICRO.value}; processes per side: {_REPEATS.value}, timed "
+        f"iterations each: {_ITERS.value}; {load_note()}")
   for side in _SIDES.value:
     runs = [spawn(module, side, extra) for _ in range(_REPEATS.value)]
     digits = ".3f" if _TINY.value else ".1f"

@@ -8,6 +8,7 @@ side's threads, caches and allocator state from disturbing the other's.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -41,3 +42,11 @@ def summary(values: list[float], fmt: str = ".3f") -> str:
 def peak_rss_mb() -> float:
   """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_note(idle_below: float = 0.5) -> str:
+  """The 1-minute load average, flagged when the machine is not idle (results from a loaded
+  machine are not results: torch's thread pools in particular slow down by orders of magnitude)."""
+  load = os.getloadavg()[0]
+  note = f"load average {load:.2f}"
+  return note if load < idle_below else f"{note} -- NOT IDLE, do not report these numbers"

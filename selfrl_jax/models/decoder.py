@@ -198,9 +198,9 @@ class Backbone(nnx.Module):
 
 
 # What the backward pass of a checkpointed block keeps (`model.remat_policy`), by the names of
-# `jax.checkpoint_policies`. At SmolLM2-135M's shape (GRPO update, micro-batch 16 x 173 slots) the
-# fused step's XLA temporaries are 6.3 GB without checkpointing, 3.3 GB keeping the Linear
-# outputs, 2.0 GB keeping nothing (experiments/benchmarks/README.md).
+# `jax.checkpoint_policies`. At SmolLM2-135M's shape (GRPO update, micro-batch 16 x 173 slots,
+# log-probs in chunks of 512) the fused step's XLA temporaries are 6.3 GiB without checkpointing,
+# 3.3 GiB keeping the Linear outputs, 2.0 GiB keeping nothing (experiments/benchmarks/README.md).
 REMAT_POLICIES = {
     # Recompute the whole block: least memory, one more forward pass of the blocks.
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
@@ -236,8 +236,9 @@ class Decoder(nnx.Module):
 
   `remat_blocks` (static; `model.remat` in a config) recomputes each block in the backward pass of
   an uncached forward (gradient checkpointing): the gradient then keeps one block's attention
-  scores [B, heads, S, S] at a time instead of every layer's, for about one more forward pass.
-  `remat_policy` (static; `model.remat_policy`) names what each block keeps (`REMAT_POLICIES`).
+  scores [B, heads, S, S] at a time instead of every layer's. `remat_policy` (static;
+  `model.remat_policy`) names what each block keeps (`REMAT_POLICIES`): nothing costs about one more
+  forward pass; the Linear outputs cost 2.5% of a SmolLM2 GRPO iteration.
   """
 
   remat_blocks: bool = False

@@ -96,8 +96,10 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"'bfloat16' weights cannot take updates of optim.learning_rate={cfg.optim.learning_rate:g}: each one is below "
          "half a bfloat16 step for any weight larger than lr * 2^8, so it rounds to nothing. Keep param_dtype='float32' "
          "and set compute_dtype='bfloat16' for bfloat16 matmuls")
-  _check(cfg.model.get("remat_policy", "nothing_saveable") in REMAT_POLICIES, "model.remat_policy",
-         f"{cfg.model.get('remat_policy')!r} is not one of {sorted(REMAT_POLICIES)}")
+  remat_policy = cfg.model.get("remat_policy", "nothing_saveable")
+  _check(remat_policy in REMAT_POLICIES, "model.remat_policy", f"{remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+  if remat_policy != "nothing_saveable" and not cfg.model.get("remat", False):
+    log.warning("config.model.remat_policy: %r has no effect while model.remat is False.", remat_policy)
   _check(cfg.task.valid_size % cfg.train.eval_batch_size == 0, "task.valid_size",
          f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
   _check(cfg.train.eval_size % cfg.train.eval_batch_size == 0, "train.eval_size",
@@ -165,10 +167,14 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
                             d_ff=m.d_ff, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
                             tie_embeddings=m.tie_embeddings)
     model = init_model(model_cfg, seed=cfg.seed if cfg.sft.seed < 0 else cfg.sft.seed)
-  if m.get("remat", False):
-    model.remat_blocks = True
-    model.remat_policy = m.get("remat_policy", "nothing_saveable")
+  apply_remat(model, m)
   return model, tok
+
+
+def apply_remat(model: Decoder, m: ml_collections.ConfigDict) -> None:
+  """Sets `model.remat` / `model.remat_policy` (static attributes of the Decoder) on a built model."""
+  model.remat_blocks = bool(m.get("remat", False))
+  model.remat_policy = m.get("remat_policy", "nothing_saveable")
 
 
 def base_weights_fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -298,7 +304,8 @@ def build_update_settings(cfg: ml_collections.ConfigDict, algorithm) -> UpdateSe
 
 
 # Fields a resumed run may change: bookkeeping, evaluation, layout on the machine, and settings that
-# only change how the same update is computed (fused vs split mode, micro-batching, log-prob chunks).
+# only change how the same update is computed (fused vs split mode, micro-batching, log-prob chunks,
+# gradient checkpointing: the prefix "model.remat" covers model.remat and model.remat_policy).
 RESUMABLE_CHANGES = ("train.", "mesh.", "rl.mode", "rl.micro_batch_size", "rl.logprob_chunk", "model.remat")
 
 
