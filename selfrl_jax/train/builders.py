@@ -96,9 +96,9 @@ def validate_config(cfg: ml_collections.ConfigDict, num_devices: int | None = No
          f"'bfloat16' weights cannot take updates of optim.learning_rate={cfg.optim.learning_rate:g}: each one is below "
          "half a bfloat16 step for any weight larger than lr * 2^8, so it rounds to nothing. Keep param_dtype='float32' "
          "and set compute_dtype='bfloat16' for bfloat16 matmuls")
-  remat_policy = cfg.model.get("remat_policy", "nothing_saveable")
+  remat_policy = cfg.model.get("remat_policy", Decoder.remat_policy)
   _check(remat_policy in REMAT_POLICIES, "model.remat_policy", f"{remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
-  if remat_policy != "nothing_saveable" and not cfg.model.get("remat", False):
+  if remat_policy != Decoder.remat_policy and not cfg.model.get("remat", False):
     log.warning("config.model.remat_policy: %r has no effect while model.remat is False.", remat_policy)
   _check(cfg.task.valid_size % cfg.train.eval_batch_size == 0, "task.valid_size",
          f"{cfg.task.valid_size} is not a multiple of train.eval_batch_size={cfg.train.eval_batch_size}")
@@ -174,7 +174,7 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[Decoder, Tokenizer]:
 def apply_remat(model: Decoder, m: ml_collections.ConfigDict) -> None:
   """Sets `model.remat` / `model.remat_policy` (static attributes of the Decoder) on a built model."""
   model.remat_blocks = bool(m.get("remat", False))
-  model.remat_policy = m.get("remat_policy", "nothing_saveable")
+  model.remat_policy = m.get("remat_policy", Decoder.remat_policy)
 
 
 def base_weights_fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -129,8 +129,9 @@ def _out_of_memory_named(train_step, state, batch, ckpt):
         f"The RL iteration needs more memory than the device has ({str(e).splitlines()[0]}). Lower "
         "rl.micro_batch_size (the update's rows at a time), set model.remat=True (recompute each block in "
         "the backward pass: long sequences; model.remat_policy='nothing_saveable' keeps the least), set "
-        "rl.logprob_chunk (e.g. 512: log-probs a slice of positions at a time), or shorten the rollout (rl.max_new_tokens, rl.max_prompt_len, "
-        f"the number of turns or steps). Checkpoints are intact ({_newest(ckpt)}).") from e
+        "rl.logprob_chunk (e.g. 512: log-probs a slice of positions at a time), or shorten the rollout "
+        "(rl.max_new_tokens, rl.max_prompt_len, the number of turns or steps). "
+        f"Checkpoints are intact ({_newest(ckpt)}).") from e
 
 
 def _newest(ckpt) -> str:
