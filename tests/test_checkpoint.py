@@ -281,6 +281,11 @@ def test_corrupt_latest_falls_back_to_previous_step(tmp_path, how, caplog):
     again = ckpt.restore_latest(abstract_state())
     assert again.step == 8 and again.skipped == {}
     assert_states_equal(again.state, newer)
+  # Damaged again at once (within the same second): quarantined beside the first, not an error.
+  _corrupt(tmp_path / "8", how)
+  with CheckpointManager(tmp_path, save_every=4) as ckpt:
+    assert ckpt.restore_latest(abstract_state()).step == 4
+  assert sorted(p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()) == ["8", "8"]
 
 
 @_IGNORE_CLOSED_LOOP

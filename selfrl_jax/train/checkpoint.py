@@ -416,7 +416,12 @@ class CheckpointManager:
       root = epath.Path(self.directory)
       (root / CORRUPT_SUBDIR).mkdir(parents=True, exist_ok=True)
       for step in bad:
-        target = root / CORRUPT_SUBDIR / f"{step}-{int(time.time())}"
+        # The same step can go bad twice within a second (written again, damaged again): never reuse a name.
+        stamp, n = int(time.time()), 0
+        target = root / CORRUPT_SUBDIR / f"{step}-{stamp}"
+        while target.exists():
+          n += 1
+          target = root / CORRUPT_SUBDIR / f"{step}-{stamp}-{n}"
         (root / str(step)).rename(target)
         (target / "RESTORE_ERROR.txt").write_text(bad[step])
         log.warning("moved unreadable checkpoint step %d to %s", step, target)
